@@ -1,0 +1,70 @@
+"""Pure-PyTorch reference selective scan (Mamba S6), written for clarity, not speed.
+
+It walks the sequence one step at a time, keeping the state ``x`` of shape (b, d, n):
+
+    x_t = exp(delta_t * A) * x_t-1 + delta_t * B_t * u_t
+    y_t = <x_t, C_t> + D * u_t
+    out = y * silu(z)
+
+It is differentiable through autograd, runs in any float dtype on any device, and stores
+``exp(delta * A)`` for the whole sequence, so its memory grows with L x n. Tests and small
+shapes use it; the fast backends are checked against it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def expand_groups(M: Tensor, channels: int) -> Tensor:
+    """Give every channel its B or C row.
+
+    Args:
+        M: (b, n, L) shared by all channels, or (b, g, n, L) shared within groups of d/g channels.
+        channels: d.
+    Returns:
+        (b, d, n, L), or (b, 1, n, L) when ungrouped (broadcasts over d).
+    """
+    if M.dim() == 3:
+        return M.unsqueeze(1)
+    groups = M.shape[1]
+    return M.repeat_interleave(channels // groups, dim=1)
+
+
+def selective_scan_reference(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """Selective scan; shapes as in :func:`mambaad_lib.ops.selective_scan`. Returns (b, d, L)."""
+    dtype_in = u.dtype
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, channels, length = u.shape
+    B = expand_groups(B.to(compute), channels)  # (b, d|1, n, L)
+    C = expand_groups(C.to(compute), channels)
+
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (b, d, L, n)
+    drive = torch.einsum("bdl,bdnl->bdln", delta * u, B)  # (b, d, L, n)
+    state = u.new_zeros(batch, channels, A.shape[1])
+    outputs = []
+    for t in range(length):
+        state = decay[:, :, t] * state + drive[:, :, t]
+        outputs.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t].expand_as(state)))
+    y = torch.stack(outputs, dim=2)  # (b, d, L)
+    if D is not None:
+        y = y + u * D.to(compute)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(dtype_in)

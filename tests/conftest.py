@@ -1,0 +1,9 @@
+"""Shared test configuration: deterministic torch on a small thread budget."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    yield
