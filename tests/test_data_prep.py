@@ -1,0 +1,318 @@
+"""Converters: tiny fake datasets in each published layout -> the standard tree and meta, exactly."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import folder, mvtec, mvtec3d, realiad, visa
+from data_prep.common import ConversionError
+from data_prep.validate import validate_dataset
+from mambaad_lib.data import AnomalyDataset, read_meta
+
+SIZE = (24, 20)  # (width, height) of the fake images
+
+
+def _image(path: Path, value: int = 100, size=SIZE, fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def _mask(path: Path, value: int = 255, size=SIZE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    mask[4:9, 5:12] = value
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _item(img, mask, cls, specie):
+    return {"img_path": img, "mask_path": mask, "cls_name": cls, "specie_name": specie,
+            "anomaly": int(specie != "good")}
+
+
+# ----------------------------------------------------------------------------- MVTec-AD
+
+def _fake_mvtec(src: Path) -> Path:
+    for cls in ("bottle", "wood"):
+        for i in range(2):
+            _image(src / cls / "train" / "good" / f"{i:03d}.png", i)
+        _image(src / cls / "test" / "good" / "000.png", 10)
+        _image(src / cls / "test" / "broken" / "000.png", 11)
+        _mask(src / cls / "ground_truth" / "broken" / "000_mask.png")
+    (src / "license.txt").write_text("not a class")
+    return src
+
+
+def _mvtec_expected(name: str) -> dict:
+    train, test = {}, {}
+    for cls in ("bottle", "wood"):
+        train[cls] = [_item(f"{name}/{cls}/train/good/{i:03d}.png", "", cls, "good") for i in range(2)]
+        test[cls] = [_item(f"{name}/{cls}/test/broken/000.png", f"{name}/{cls}/ground_truth/broken/000_mask.png",
+                           cls, "broken"),
+                     _item(f"{name}/{cls}/test/good/000.png", "", cls, "good")]
+    return {"train": train, "test": test}
+
+
+def test_mvtec_tree_meta_counts_and_source_untouched(tmp_path):
+    src = _fake_mvtec(tmp_path / "raw")
+    before = _digests(src)
+    counts = mvtec.convert(src, tmp_path / "data", "mvtec")
+    assert counts == {cls: {"train": {"good": 2}, "test": {"broken": 1, "good": 1}} for cls in ("bottle", "wood")}
+    assert json.loads((tmp_path / "data" / "meta_mvtec.json").read_text()) == _mvtec_expected("mvtec")
+    converted = tmp_path / "data" / "mvtec"
+    assert (converted / "bottle/test/broken/000.png").read_bytes() == (src / "bottle/test/broken/000.png").read_bytes()
+    assert _digests(src) == before
+    assert validate_dataset(tmp_path / "data", "mvtec") == []
+    data = AnomalyDataset(tmp_path / "data", "mvtec", "test", image_size=32, crop_size=32)
+    assert [item["label"] for item in data] == [1, 0, 1, 0]
+    assert data[0]["mask"].sum() > 0
+
+
+def test_idempotent_and_hard_links(tmp_path, capsys):
+    src = _fake_mvtec(tmp_path / "raw")
+    first = mvtec.convert(src, tmp_path / "data", "mvtec")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "data" / "mvtec").rglob("*.png")}
+    capsys.readouterr()
+    assert mvtec.convert(src, tmp_path / "data", "mvtec") == first
+    assert "wrote 0 file(s)" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "data" / "mvtec").rglob("*.png")}
+
+    mvtec.convert(src, tmp_path / "data", "linked", link=True)
+    linked = tmp_path / "data" / "linked" / "wood" / "train" / "good" / "001.png"
+    assert os.path.samefile(linked, src / "wood" / "train" / "good" / "001.png")
+    before = _digests(src)
+    mvtec.convert(src, tmp_path / "data", "linked", link=False)  # switching to copies breaks the links
+    assert not os.path.samefile(linked, src / "wood" / "train" / "good" / "001.png")
+    assert _digests(src) == before
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    src = _fake_mvtec(tmp_path / "raw")
+    counts = mvtec.convert(src, tmp_path / "data", "mvtec", dry_run=True)
+    assert counts["wood"]["test"] == {"broken": 1, "good": 1}
+    assert not (tmp_path / "data").exists()
+    out = capsys.readouterr().out
+    assert f"copy {src / 'wood/test/broken/000.png'} -> {tmp_path / 'data/mvtec/wood/test/broken/000.png'}" in out
+    assert "ground_truth/broken/000_mask.png" in out and "dry run" in out
+
+
+def test_every_bad_pair_is_reported_by_name(tmp_path):
+    src = _fake_mvtec(tmp_path / "raw")
+    (src / "bottle/ground_truth/broken/000_mask.png").unlink()                      # missing mask
+    _mask(src / "wood/ground_truth/broken/000_mask.png", size=(10, 10))             # wrong size
+    (src / "wood/train/good/001.png").write_bytes(b"garbage")                       # unreadable
+    _image(src / "bottle/test/crack/000.png", 3)
+    three_values = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+    three_values[:2], three_values[2:4] = 128, 255
+    (src / "bottle/ground_truth/crack").mkdir()
+    Image.fromarray(three_values).save(src / "bottle/ground_truth/crack/000_mask.png")  # not binary
+    with pytest.raises(ConversionError) as raised:
+        mvtec.convert(src, tmp_path / "data", "mvtec")
+    message = str(raised.value)
+    assert "4 problem(s)" in message and "nothing was written" in message
+    assert "bottle/test/broken/000.png' (broken) has no mask file" in message
+    assert "wood/ground_truth/broken/000_mask.png' is 10x10" in message
+    assert "wood/train/good/001.png' cannot be read" in message
+    assert "crack/000_mask.png' is not binary" in message
+    assert not (tmp_path / "data").exists()
+
+
+def test_overlapping_source_and_target_is_refused(tmp_path):
+    src = _fake_mvtec(tmp_path / "raw")
+    with pytest.raises(ConversionError, match="overlap"):
+        mvtec.convert(src, src, "mvtec")
+
+
+# ----------------------------------------------------------------------------- VisA
+
+def _fake_visa(src: Path) -> Path:
+    rows = ["object,split,label,image,mask"]
+    for cls in ("candle", "pcb1"):
+        base = src / cls / "Data"
+        for i in range(2):
+            _image(base / "Images" / "Normal" / f"{i:04d}.JPG", i, fmt="JPEG")
+            rows.append(f"{cls},{'train' if i == 0 else 'test'},normal,{cls}/Data/Images/Normal/{i:04d}.JPG,")
+        _image(base / "Images" / "Anomaly" / "000.JPG", 5, fmt="JPEG")
+        _mask(base / "Masks" / "Anomaly" / "000.png", value=3)  # VisA masks hold small class indices
+        rows.append(f"{cls},test,anomaly,{cls}/Data/Images/Anomaly/000.JPG,{cls}/Data/Masks/Anomaly/000.png")
+    (src / "split_csv").mkdir(parents=True)
+    (src / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return src
+
+
+def test_visa_tree_meta_and_binarised_masks(tmp_path):
+    src = _fake_visa(tmp_path / "raw")
+    counts = visa.convert(src, tmp_path / "data")
+    assert counts == {c: {"train": {"good": 1}, "test": {"good": 1, "anomaly": 1}} for c in ("candle", "pcb1")}
+    expected = {"train": {}, "test": {}}
+    for cls in ("candle", "pcb1"):
+        expected["train"][cls] = [_item(f"visa/{cls}/train/good/0000.JPG", "", cls, "good")]
+        expected["test"][cls] = [_item(f"visa/{cls}/test/good/0001.JPG", "", cls, "good"),
+                                 _item(f"visa/{cls}/test/anomaly/000.JPG",
+                                       f"visa/{cls}/ground_truth/anomaly/000_mask.png", cls, "anomaly")]
+    assert read_meta(tmp_path / "data", "visa") == expected
+    mask = np.asarray(Image.open(tmp_path / "data/visa/pcb1/ground_truth/anomaly/000_mask.png"))
+    assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 5 * 7
+    assert validate_dataset(tmp_path / "data", "visa") == []
+
+
+def test_visa_bad_csv(tmp_path):
+    src = _fake_visa(tmp_path / "raw")
+    csv_path = src / "split_csv" / "1cls.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(lines[:2] + ["candle,test,weird,x.JPG,"] + lines[2:]) + "\n")
+    with pytest.raises(ConversionError, match=r"1cls.csv:3: split must be train/test"):
+        visa.convert(src, tmp_path / "data")
+    csv_path.write_text("object,image\ncandle,x.JPG\n")
+    with pytest.raises(ConversionError, match="lacks the column"):
+        visa.convert(src, tmp_path / "data")
+    csv_path.unlink()
+    with pytest.raises(FileNotFoundError, match="1cls.csv"):
+        visa.convert(src, tmp_path / "data")
+
+
+# ----------------------------------------------------------------------------- MVTec-3D
+
+def _fake_mvtec3d(src: Path) -> Path:
+    cls = src / "bagel"
+    _image(cls / "train/good/rgb/000.png", 1)
+    (cls / "train/good/xyz").mkdir(parents=True)
+    (cls / "train/good/xyz/000.tiff").write_bytes(b"point cloud, ignored")
+    _image(cls / "validation/good/rgb/000.png", 2)
+    _image(cls / "test/good/rgb/000.png", 3)
+    _mask(cls / "test/good/gt/000.png", value=0)
+    _image(cls / "test/crack/rgb/000.png", 4)
+    _mask(cls / "test/crack/gt/000.png")
+    return src
+
+
+@pytest.mark.parametrize("validation, train_names", [("ignore", ["000.png"]), ("merge", ["000.png", "val_000.png"])])
+def test_mvtec3d(tmp_path, validation, train_names):
+    src = _fake_mvtec3d(tmp_path / "raw")
+    mvtec3d.convert(src, tmp_path / "data", validation=validation)
+    assert read_meta(tmp_path / "data", "mvtec3d") == {
+        "train": {"bagel": [_item(f"mvtec3d/bagel/train/good/{n}", "", "bagel", "good") for n in train_names]},
+        "test": {"bagel": [_item("mvtec3d/bagel/test/crack/000.png", "mvtec3d/bagel/ground_truth/crack/000_mask.png",
+                                 "bagel", "crack"),
+                           _item("mvtec3d/bagel/test/good/000.png", "", "bagel", "good")]}}
+    assert validate_dataset(tmp_path / "data", "mvtec3d") == []
+
+
+# ----------------------------------------------------------------------------- Real-IAD
+
+def _fake_realiad(src: Path) -> Path:
+    images = src / "realiad_1024"
+    _image(images / "audiojack/OK/S0001/audiojack_0001_OK_C1_1.jpg", 1, fmt="JPEG")
+    _image(images / "audiojack/OK/S0002/audiojack_0002_OK_C1_2.jpg", 2, fmt="JPEG")
+    _image(images / "audiojack/NG/AK/S0003/audiojack_0003_NG_AK_C1_3.jpg", 3, fmt="JPEG")
+    _mask(images / "audiojack/NG/AK/S0003/audiojack_0003_NG_AK_C1_3.png")
+    _image(images / "toy/OK/S0001/toy_0001_OK_C2_1.jpg", 4, fmt="JPEG")
+    _image(images / "toy/NG/QS/S0002/toy_0002_NG_QS_C2_2.jpg", 5, fmt="JPEG")
+    _mask(images / "toy/NG/QS/S0002/toy_0002_NG_QS_C2_2.png")
+    jsons = src / "realiad_jsons_sv"
+    jsons.mkdir(parents=True)
+    (jsons / "audiojack.json").write_text(json.dumps({
+        "meta": {"prefix": "audiojack/", "normal_class": "OK"},
+        "train": [{"category": "audiojack", "anomaly_class": "OK", "image_path": "OK/S0001/audiojack_0001_OK_C1_1.jpg",
+                   "mask_path": None}],
+        "test": [{"category": "audiojack", "anomaly_class": "OK", "image_path": "OK/S0002/audiojack_0002_OK_C1_2.jpg"},
+                 {"category": "audiojack", "anomaly_class": "AK",
+                  "image_path": "NG/AK/S0003/audiojack_0003_NG_AK_C1_3.jpg",
+                  "mask_path": "NG/AK/S0003/audiojack_0003_NG_AK_C1_3.png"}]}))
+    # another release's keys: no meta, no category, img_path/mask/defect_type, paths from the image root
+    (jsons / "toy.json").write_text(json.dumps({
+        "train": [{"defect_type": "good", "img_path": "toy/OK/S0001/toy_0001_OK_C2_1.jpg"}],
+        "test": [{"defect_type": "QS", "img_path": "toy/NG/QS/S0002/toy_0002_NG_QS_C2_2.jpg",
+                  "mask": "toy/NG/QS/S0002/toy_0002_NG_QS_C2_2.png"}]}))
+    return src
+
+
+def test_realiad_reads_keys_defensively(tmp_path):
+    src = _fake_realiad(tmp_path / "raw")
+    counts = realiad.convert(src, tmp_path / "data")
+    assert counts == {"audiojack": {"train": {"good": 1}, "test": {"good": 1, "AK": 1}},
+                      "toy": {"train": {"good": 1}, "test": {"QS": 1}}}
+    assert read_meta(tmp_path / "data", "realiad") == {
+        "train": {"audiojack": [_item("realiad/audiojack/train/good/audiojack_0001_OK_C1_1.jpg", "", "audiojack", "good")],
+                  "toy": [_item("realiad/toy/train/good/toy_0001_OK_C2_1.jpg", "", "toy", "good")]},
+        "test": {"audiojack": [_item("realiad/audiojack/test/good/audiojack_0002_OK_C1_2.jpg", "", "audiojack", "good"),
+                               _item("realiad/audiojack/test/AK/audiojack_0003_NG_AK_C1_3.jpg",
+                                     "realiad/audiojack/ground_truth/AK/audiojack_0003_NG_AK_C1_3_mask.png",
+                                     "audiojack", "AK")],
+                 "toy": [_item("realiad/toy/test/QS/toy_0002_NG_QS_C2_2.jpg",
+                               "realiad/toy/ground_truth/QS/toy_0002_NG_QS_C2_2_mask.png", "toy", "QS")]}}
+    assert validate_dataset(tmp_path / "data", "realiad") == []
+
+
+def test_realiad_missing_masks_and_anomalous_training_images(tmp_path, capsys):
+    src = _fake_realiad(tmp_path / "raw")
+    (src / "realiad_1024/toy/NG/QS/S0002/toy_0002_NG_QS_C2_2.png").unlink()
+    with pytest.raises(ConversionError, match=r"toy.json test\[0\]: anomalous image .* has no mask"):
+        realiad.convert(src, tmp_path / "data")
+    counts = realiad.convert(src, tmp_path / "data", missing_mask="skip")
+    assert counts["toy"] == {"train": {"good": 1}, "test": {}}
+    assert "skipped 1 anomalous image" in capsys.readouterr().out
+    document = json.loads((src / "realiad_jsons_sv/audiojack.json").read_text())
+    document["train"][0]["anomaly_class"] = "AK"
+    (src / "realiad_jsons_sv/audiojack.json").write_text(json.dumps(document))
+    with pytest.raises(ConversionError, match="anomalous training image"):
+        realiad.convert(src, tmp_path / "data", missing_mask="skip")
+
+
+# ----------------------------------------------------------------------------- generic folder
+
+def test_folder_converter_accepts_masks_without_suffix_and_rejects_odd_train(tmp_path):
+    src = tmp_path / "unimedical"
+    _image(src / "brain/train/good/a.png", 1)
+    _image(src / "brain/test/good/b.png", 2)
+    _image(src / "brain/test/Ungood/c.png", 3)
+    _mask(src / "brain/ground_truth/Ungood/c.png")
+    counts = folder.convert(src, tmp_path / "data", "unimedical")
+    assert counts == {"brain": {"train": {"good": 1}, "test": {"Ungood": 1, "good": 1}}}
+    assert read_meta(tmp_path / "data", "unimedical")["test"]["brain"][0]["mask_path"] == \
+        "unimedical/brain/ground_truth/Ungood/c_mask.png"
+    _image(src / "brain/train/bad/d.png", 4)
+    with pytest.raises(ConversionError, match="besides good"):
+        folder.convert(src, tmp_path / "data", "unimedical")
+    with pytest.raises(ConversionError, match="no class folders"):
+        folder.convert(tmp_path / "data" / "unimedical" / "brain" / "train", tmp_path / "other", "x")
+
+
+# ----------------------------------------------------------------------------- command lines
+
+@pytest.mark.parametrize("module", [mvtec, visa, mvtec3d, realiad, folder])
+def test_command_line_help_and_failure(module, tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        module.main(["--help"])
+    assert raised.value.code == 0
+    help_text = capsys.readouterr().out
+    assert all(option in help_text for option in ("--src", "--root", "--name", "--link", "--dry-run"))
+    assert module.main(["--src", str(tmp_path / "missing"), "--root", str(tmp_path / "data")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_command_line_converts(tmp_path):
+    src = _fake_mvtec(tmp_path / "raw")
+    assert mvtec.main(["--src", str(src), "--root", str(tmp_path / "data"), "--name", "m", "--link"]) == 0
+    assert read_meta(tmp_path / "data", "m") == _mvtec_expected("m")
+
+
+@pytest.mark.slow
+def test_runs_as_a_module(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "data_prep.mvtec3d", "--help"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0 and "--validation" in result.stdout

@@ -1,0 +1,173 @@
+"""The loader, the meta file and the dataset validator: items, transforms and every error path."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_prep import validate
+from data_prep.synthetic import make_synthetic_dataset
+from mambaad_lib.data import (IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize, read_meta, transform_mask,
+                              write_meta)
+
+CLASSES = ["gravel", "coin"]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pristine")
+    make_synthetic_dataset(root, image_size=64, n_train=4, n_test=5, classes=CLASSES)
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path) -> Path:
+    """A private copy that a test may break."""
+    return Path(shutil.copytree(pristine, tmp_path / "data"))
+
+
+def _edit_meta(root: Path, edit) -> None:
+    path = root / "meta_synthetic.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _first_anomalous(root: Path) -> dict:
+    return next(item for item in read_meta(root, "synthetic")["test"]["gravel"] if item["anomaly"])
+
+
+def test_items_shapes_labels_and_masks(pristine):
+    data = AnomalyDataset(pristine, "synthetic", "test", image_size=72, crop_size=64)
+    assert data.classes == CLASSES and len(data) == 10
+    labels = []
+    for item in data:
+        assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
+        assert item["mask"].shape == (1, 64, 64)
+        assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert isinstance(item["label"], int)
+        assert (item["mask"].sum() > 0) == bool(item["label"])
+        assert item["img_path"].startswith(f"synthetic/{item['cls_name']}/test/{item['specie_name']}/")
+        labels.append(item["label"])
+    assert 0 < sum(labels) < len(labels)
+
+
+def test_normalisation_round_trips_at_native_size(pristine):
+    data = AnomalyDataset(pristine, "synthetic", "train", classes=["coin"], image_size=64, crop_size=64)
+    item = data[0]
+    original = torch.from_numpy(np.asarray(Image.open(pristine / item["img_path"]), np.float32) / 255).permute(2, 0, 1)
+    assert torch.allclose(denormalize(item["image"]), original, atol=1e-5)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(item["image"], (original - mean) / std, atol=1e-5)
+
+
+def test_mask_transform_is_nearest_and_binary():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 3:7] = 255
+    out = transform_mask(Image.fromarray(mask), image_size=20, crop_size=20)
+    assert out.shape == (1, 20, 20) and set(out.unique().tolist()) == {0.0, 1.0}
+    assert out.sum().item() == 12 * 4  # 3x4 defect pixels, each becoming 2x2
+    odd_values = transform_mask(Image.fromarray((mask > 0).astype(np.uint8) * 3), 10, 10)  # VisA-like 0/3
+    assert odd_values.sum().item() == 12
+
+
+def test_class_filter(pristine):
+    data = AnomalyDataset(pristine, "synthetic", "train", classes=["coin"])
+    assert data.classes == ["coin"] and len(data) == 4
+    assert {item["cls_name"] for item in data.items} == {"coin"}
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"split": "val"}, ValueError, "split"),
+    ({"classes": ["bottle"]}, ValueError, "bottle"),
+    ({"name": "mvtec"}, FileNotFoundError, "meta_mvtec.json"),
+    ({"crop_size": 300}, ValueError, "crop_size"),
+])
+def test_construction_errors(pristine, kwargs, error, match):
+    arguments = {"root": pristine, "name": "synthetic", "split": "test", **kwargs}
+    with pytest.raises(error, match=match):
+        AnomalyDataset(**arguments)
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        AnomalyDataset(tmp_path / "nowhere", "synthetic", "train")
+
+
+def test_malformed_meta(root):
+    (root / "meta_synthetic.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        AnomalyDataset(root, "synthetic", "train")
+
+
+def test_anomalous_item_without_mask_path(root):
+    def drop_mask(meta):
+        next(item for item in meta["test"]["gravel"] if item["anomaly"])["mask_path"] = ""
+    _edit_meta(root, drop_mask)
+    with pytest.raises(ValueError, match="has no mask_path"):
+        AnomalyDataset(root, "synthetic", "test")
+
+
+def test_unreadable_and_missing_image(root):
+    data = AnomalyDataset(root, "synthetic", "train", classes=["gravel"])
+    (root / data.items[0]["img_path"]).write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot be read"):
+        data[0]
+    (root / data.items[1]["img_path"]).unlink()
+    with pytest.raises(FileNotFoundError, match=data.items[1]["img_path"].split("/")[-1]):
+        data[1]
+
+
+def test_mask_file_missing_and_size_mismatch(root):
+    item = _first_anomalous(root)
+    data = AnomalyDataset(root, "synthetic", "test", classes=["gravel"])
+    index = next(i for i, it in enumerate(data.items) if it["img_path"] == item["img_path"])
+    Image.new("L", (32, 32)).save(root / item["mask_path"])
+    with pytest.raises(ValueError, match="32x32"):
+        data[index]
+    (root / item["mask_path"]).unlink()
+    with pytest.raises(FileNotFoundError, match="mask file"):
+        data[index]
+
+
+def test_write_meta_round_trip_and_rejection(pristine, tmp_path):
+    meta = read_meta(pristine, "synthetic")
+    path = write_meta(tmp_path, "copy", meta)
+    assert path == tmp_path / "meta_copy.json" and read_meta(tmp_path, "copy") == meta
+    meta["train"]["coin"][0]["anomaly"] = 2
+    with pytest.raises(ValueError, match="anomaly must be 0 or 1"):
+        write_meta(tmp_path, "bad", meta)
+    assert not (tmp_path / "meta_bad.json").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_validator_reports_every_problem_at_once(root, capsys):
+    meta = read_meta(root, "synthetic")
+    normal, second = meta["train"]["gravel"][0], meta["train"]["gravel"][1]
+    anomalous = [item for item in meta["test"]["gravel"] + meta["test"]["coin"] if item["anomaly"]]
+    (root / normal["img_path"]).unlink()                                      # missing image
+    Image.new("L", (16, 16)).save(root / anomalous[0]["mask_path"])           # wrong mask size
+    Image.new("L", (64, 64), 128).save(root / anomalous[1]["mask_path"])      # mask values
+    second["mask_path"] = anomalous[1]["mask_path"]                           # normal with a mask
+    meta["train"]["coin"].append(dict(meta["train"]["coin"][0]))             # listed twice
+    (root / "meta_synthetic.json").write_text(json.dumps(meta))
+    problems = validate.validate_dataset(root, "synthetic")
+    text = "\n".join(problems)
+    assert len(problems) == 5, text
+    assert "does not exist" in text and "16x16" in text and "other than 0 and 255: 128" in text
+    assert "normal image" in text and "more than once" in text
+    assert validate.main(["--root", str(root), "--name", "synthetic"]) == 1
+    assert "5 problem(s)" in capsys.readouterr().out
+
+
+def test_validator_on_a_good_dataset_and_missing_pieces(pristine, tmp_path, capsys):
+    assert validate.validate_dataset(pristine, "synthetic") == []
+    assert validate.main(["--root", str(pristine), "--name", "synthetic"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert "not found" in validate.validate_dataset(pristine, "other")[0]
+    assert "does not exist" in validate.validate_dataset(tmp_path / "nowhere", "synthetic")[0]
+    (tmp_path / "meta_x.json").write_text(json.dumps({"train": {}}))
+    assert validate.validate_dataset(tmp_path, "x") == [f"{tmp_path / 'meta_x.json'}: missing the 'test' split"]
