@@ -1,0 +1,244 @@
+"""GLASS as an engine method: LAS + GAS training of an adaptor and a discriminator.
+
+One training step on a batch of normal images (B, 3, H, W):
+
+1. LAS images and masks from the batch (:class:`~mambaad_lib.synthesis.las.LocalAnomalySynthesizer`,
+   foreground by the rule of ``model.foreground``);
+2. adapted features of the clean and the LAS images (frozen patch features -> adaptor);
+3. GAS features from the clean ones (:func:`~mambaad_lib.synthesis.gas.synthesize_gas`); the
+   ascent reads the discriminator in eval mode (running BatchNorm statistics), so its passes
+   neither update those statistics nor normalise the synthetic features by their own batch;
+   the perturbation found is then added to the adapted features (gradients reach the adaptor);
+4. one discriminator pass over [normal, GAS, LAS] features together (one set of BatchNorm
+   batch statistics for all three), loss = BCE(normal, 0) + BCE(GAS, 1) + focal(LAS, mask);
+5. Adam steps for the adaptor (``adaptor_lr``) and the discriminator (``discriminator_lr``).
+
+GLASS's learning rates are in the ``model`` section; ``train.lr`` and the step decay are not
+used. GLASS trains one model per class (``mambaad_lib.methods.per_class``); run as a single
+unified model it is a different (multi-class) experiment. The LAS and GAS random streams are
+seeded by ``model.synthesis_seed`` and saved in checkpoints, so a resumed run is identical.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambaad_lib.data.transforms import denormalize
+from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.methods.base import AnomalyMethod
+from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, _encoder_weights_argument
+from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels
+from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor
+from mambaad_lib.synthesis.gas import GASConfig, synthesize_gas
+from mambaad_lib.synthesis.las import LASConfig, build_las, estimate_foreground
+
+logger = logging.getLogger(__name__)
+
+FOREGROUND_RULES = ("estimate", "whole")
+
+
+@dataclass
+class PatchFeatureOptions:
+    """Frozen-feature options shared by ``glass`` and ``nearest_neighbor`` (``model.*``).
+
+    ``encoder_weights``: ``imagenet``, ``none`` (random, BatchNorm re-estimated on at most
+    ``bn_reestimate_images`` training images) or a local weights file.
+    """
+
+    backbone: str = "wide_resnet50_2"
+    encoder_weights: str = "imagenet"
+    bn_reestimate_images: int | None = None
+    layers: tuple[str, ...] = ("layer2", "layer3")
+    neighbourhood: int = 3
+    embed_dim: int | None = None
+    map_sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not self.encoder_weights:
+            raise ConfigError("config key 'model.encoder_weights': expected imagenet, none or a file path")
+        if self.bn_reestimate_images is not None and self.bn_reestimate_images < 1:
+            raise ConfigError(f"config key 'model.bn_reestimate_images': must be >= 1 or null, "
+                              f"got {self.bn_reestimate_images}")
+        if self.map_sigma < 0:
+            raise ConfigError(f"config key 'model.map_sigma': must be >= 0, got {self.map_sigma}")
+        try:
+            self.feature_config(resolve_weights=False)
+        except ValueError as error:
+            raise ConfigError(f"config section 'model': {error}") from None
+
+    @property
+    def random_encoder(self) -> bool:
+        return self.encoder_weights.lower() == "none"
+
+    def feature_config(self, resolve_weights: bool = True) -> PatchFeatureConfig:
+        weights = _encoder_weights_argument(self.encoder_weights) if resolve_weights else None
+        return PatchFeatureConfig(self.backbone, weights, tuple(self.layers), self.neighbourhood, self.embed_dim)
+
+
+def build_patch_features(options: PatchFeatureOptions, device: torch.device, pretrained: bool = True
+                         ) -> PatchFeatureExtractor:
+    """The frozen extractor described by ``options`` on ``device``; ``pretrained=False`` skips
+    loading the encoder weights (a checkpoint is about to replace them)."""
+    return PatchFeatureExtractor(options.feature_config(resolve_weights=pretrained)).to(device)
+
+
+def prepare_patch_features(extractor: PatchFeatureExtractor, options: PatchFeatureOptions,
+                           batches: Iterable[Tensor], device: torch.device) -> dict[str, Any]:
+    """Re-estimate BatchNorm statistics of a random encoder on (at most a capped number of)
+    normal training batches; returns the facts for the results file's ``encoder`` entry."""
+    if not options.random_encoder:
+        return {"encoder_weights": options.encoder_weights, "batchnorm_reestimated_on": 0}
+    cap = options.bn_reestimate_images
+
+    def capped() -> Iterable[Tensor]:
+        seen = 0
+        for images in batches:
+            if cap is not None and seen >= cap:
+                return
+            images = images if cap is None else images[: cap - seen]
+            seen += images.shape[0]
+            yield images.to(device)
+
+    n_images = extractor.fit_batchnorm(capped())
+    logger.warning("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
+    return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
+            "warning": RANDOM_ENCODER_WARNING}
+
+
+@dataclass
+class GLASSMethodConfig(PatchFeatureOptions):
+    """The ``model:`` section for ``method: glass`` (GLASS defaults).
+
+    ``texture_dir``: a DTD copy or any image folder for LAS textures (null: textures cut
+    from scikit-image's bundled images). ``foreground``: ``estimate`` (objects get
+    :func:`~mambaad_lib.synthesis.las.estimate_foreground`, textures the whole image by its
+    border rule) or ``whole`` (always the whole image).
+    """
+
+    discriminator_hidden: int = 1024
+    adaptor_lr: float = 1e-4
+    discriminator_lr: float = 2e-4
+    focal_gamma: float = 2.0
+    texture_dir: str | None = None
+    foreground: str = "estimate"
+    synthesis_seed: int = 0
+    las: LASConfig = field(default_factory=LASConfig)
+    gas: GASConfig = field(default_factory=GASConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.foreground not in FOREGROUND_RULES:
+            raise ConfigError(f"config key 'model.foreground': must be one of {list(FOREGROUND_RULES)}, "
+                              f"got {self.foreground!r}")
+        for key in ("adaptor_lr", "discriminator_lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"config key 'model.{key}': must be > 0, got {getattr(self, key)}")
+
+
+class GLASSMethod(AnomalyMethod):
+    """GLASS: frozen patch features, linear adaptor, MLP discriminator; LAS + GAS training."""
+
+    name = "glass"
+    config_class = GLASSMethodConfig
+
+    def __init__(self, config: GLASSMethodConfig, image_size: int, device: torch.device,
+                 pretrained: bool = True) -> None:
+        super().__init__(config, image_size, device, pretrained)
+        self.net = GLASSNet(build_patch_features(config, self.device, pretrained),
+                            GLASSNetConfig(config.discriminator_hidden)).to(self.device)
+        self.las = build_las(config.texture_dir, config.las)
+        self.las_rng = np.random.default_rng(config.synthesis_seed)
+        self.gas_generator = torch.Generator().manual_seed(config.synthesis_seed)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @property
+    def network(self) -> nn.Module:
+        return self.net
+
+    def summary(self) -> str:
+        c = self.config
+        return (f"glass(backbone={c.backbone}, layers={list(c.layers)}, dim={self.net.features.dim}, "
+                f"gas_band={c.gas.band}, textures={self.las.textures.description}, image_size={self.image_size})")
+
+    def describe(self) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.net.parameters())
+        return {"parameters": {"total": total, "trainable": trainable, "frozen": total - trainable},
+                "architecture": self.summary()}
+
+    # ---- training -----------------------------------------------------------------------
+    def prepare(self, batches: Iterable[Tensor]) -> dict[str, Any]:
+        return prepare_patch_features(self.net.features, self.config, batches, self.device)
+
+    def configure_optimization(self, train, total_steps: int) -> None:
+        self.optimizers = {
+            "adaptor": torch.optim.Adam(self.net.adaptor.parameters(), lr=self.config.adaptor_lr),
+            "discriminator": torch.optim.Adam(self.net.discriminator.parameters(), lr=self.config.discriminator_lr),
+        }
+
+    def _foregrounds(self, clean: Tensor) -> Tensor | None:
+        """(B, 1, H, W) bool foregrounds of clean images in [0, 1], or None for whole images."""
+        if self.config.foreground == "whole":
+            return None
+        return torch.stack([estimate_foreground(image) for image in clean])[:, None]
+
+    def loss(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """GLASS loss on normal images (B, 3, H, W) and its three terms."""
+        cpu_images = images.detach().cpu()
+        foregrounds = self._foregrounds(denormalize(cpu_images))
+        las_images, las_masks = self.las(cpu_images, self.las_rng, foregrounds)  # (B,3,H,W), (B,1,H,W)
+
+        normal, grid = self.net.adapted(images)                       # (N, D)
+        las_features, _ = self.net.adapted(las_images.to(self.device))  # (N, D)
+        labels = patch_labels(las_masks, grid).to(self.device)        # (N, 1)
+
+        discriminator = self.net.discriminator
+        was_training = discriminator.training
+        discriminator.eval()
+        anchor = normal.detach()
+        gas = synthesize_gas(anchor, discriminator, self.config.gas, self.gas_generator)
+        discriminator.train(was_training)
+        gas_features = normal + (gas - anchor)
+
+        scores = discriminator(torch.cat([normal, gas_features, las_features]))  # (3N, 1)
+        normal_scores, gas_scores, las_scores = scores.split(normal.shape[0])
+        terms = {
+            "normal_bce": F.binary_cross_entropy(normal_scores, torch.zeros_like(normal_scores)),
+            "gas_bce": F.binary_cross_entropy(gas_scores, torch.ones_like(gas_scores)),
+            "las_focal": focal_loss(las_scores, labels, self.config.focal_gamma),
+        }
+        return sum(terms.values()), {key: float(value.detach()) for key, value in terms.items()}
+
+    def training_step(self, images: Tensor) -> float:
+        if not self.optimizers:
+            raise RuntimeError("configure_optimization must be called before training_step")
+        loss, _ = self.loss(images)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return float(loss.detach())
+
+    def optimization_state(self) -> dict[str, Any]:
+        return {"optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
+                "las_rng": self.las_rng.bit_generator.state,
+                "gas_generator": self.gas_generator.get_state()}
+
+    def load_optimization_state(self, state: dict[str, Any]) -> None:
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        self.las_rng.bit_generator.state = state["las_rng"]
+        self.gas_generator.set_state(state["gas_generator"])
+
+    # ---- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        self.net.eval()
+        return self.net.predict(images.to(self.device), self.config.map_sigma)  # (B,1,H,W), (B,)

@@ -1,0 +1,78 @@
+"""MambaAD trained with Local Anomaly Synthesis on its input path (``method: mambaad_las``).
+
+Everything is MambaAD's (:class:`~mambaad_lib.methods.mambaad.MambaADMethod`) except the
+training loss: with probability ``las_probability`` a training image is replaced by its LAS
+version on the decoder's input path while the reconstruction target stays the clean
+image's encoder features (:func:`~mambaad_lib.synthesis.las.las_reconstruction_loss`).
+Inference is unchanged, so the two methods' checkpoints share one architecture. With
+``las_augment: false`` it trains exactly like ``mambaad``, which makes the flag an ablation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.methods.mambaad import MambaADMethod, MambaADMethodConfig
+from mambaad_lib.synthesis.las import build_las, las_reconstruction_loss
+
+
+@dataclass
+class MambaADLASMethodConfig(MambaADMethodConfig):
+    """MambaAD's ``model:`` section plus the LAS options.
+
+    ``texture_dir``: DTD or any image folder (null: textures bundled with scikit-image).
+    LAS uses the whole image as foreground (MambaAD is trained on all classes at once).
+    """
+
+    las_augment: bool = True
+    las_probability: float = 0.5
+    texture_dir: str | None = None
+    las_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.las_probability <= 1.0:
+            raise ConfigError(f"config key 'model.las_probability': must be in [0, 1], got {self.las_probability}")
+
+
+class MambaADLASMethod(MambaADMethod):
+    """MambaAD whose decoder learns to reconstruct clean features from LAS-corrupted inputs."""
+
+    name = "mambaad_las"
+    config_class = MambaADLASMethodConfig
+
+    def __init__(self, config: MambaADLASMethodConfig, image_size: int, device: torch.device,
+                 pretrained: bool = True) -> None:
+        super().__init__(config, image_size, device, pretrained)
+        self.las = build_las(config.texture_dir, probability=config.las_probability) if config.las_augment else None
+        self.las_rng = np.random.default_rng(config.las_seed)
+
+    def summary(self) -> str:
+        las = f"las_p={self.config.las_probability}" if self.las is not None else "las=off"
+        return super().summary()[:-1] + f", {las})"
+
+    def training_step(self, images: Tensor) -> float:
+        if self.las is None:
+            return super().training_step(images)
+        if self.optimizer is None:
+            raise RuntimeError("configure_optimization must be called before training_step")
+        loss = las_reconstruction_loss(self.model, images, self.las, self.las_rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def optimization_state(self) -> dict[str, Any]:
+        return {**super().optimization_state(), "las_rng": self.las_rng.bit_generator.state}
+
+    def load_optimization_state(self, state: dict[str, Any]) -> None:
+        super().load_optimization_state(state)
+        self.las_rng.bit_generator.state = state["las_rng"]
