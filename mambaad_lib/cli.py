@@ -1,0 +1,414 @@
+"""The ``mambaad`` command: train, evaluate, predict, make data, check data, show the setup.
+
+Examples::
+
+    mambaad synth --profile smoke                 # a tiny synthetic dataset under data/
+    mambaad train --profile smoke                 # train + evaluate, writes results/smoke/smoke/<run>.json
+    mambaad evaluate --profile smoke              # re-evaluate the newest finished smoke run
+    mambaad predict my_images/ --checkpoint runs/smoke/<run>/final.pt --out predictions/
+    mambaad train --profile paper --dataset visa --experiment paper_visa --device cuda
+    mambaad train --profile demo --train.epochs 5 --model.depths 2,2,2,2
+
+Every config key can be overridden with ``--section.key VALUE`` (see ``mambaad train --help``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+DATASETS = ("mvtec", "visa", "mvtec3d", "realiad", "folder")
+
+# Short options -> config keys.
+ALIASES: dict[str, tuple[str, str]] = {
+    "model": ("method", "detector to use"),
+    "device": ("device", "cpu, cuda or auto (cuda when available)"),
+    "seed": ("seed", "seed of torch, numpy, python and data order"),
+    "experiment": ("experiment", "experiment name (results/<experiment>/..., runs/<experiment>/...)"),
+    "epochs": ("train.epochs", "training epochs"),
+    "batch_size": ("train.batch_size", "training batch size (the learning rate scales with it)"),
+    "lr": ("train.lr", "learning rate at batch 16"),
+    "encoder_weights": ("model.encoder_weights",
+                        "imagenet (needs network or the torch hub cache), none (random encoder, offline "
+                        "check only) or PATH to a local ResNet weights file"),
+    "scan_backend": ("model.scan_backend", "selective-scan backend: auto, cpu, mamba_ssm, chunked, reference"),
+    "image_size": ("data.image_size", "image side after resizing"),
+    "data_root": ("data.root", "folder holding meta_<dataset>.json"),
+    "dataset": ("data.name", "dataset name (meta_<name>.json)"),
+    "classes": ("data.classes", "comma-separated classes (default: all)"),
+    "results_dir": ("paths.results_dir", "results folder (default results/ in the current folder)"),
+    "runs_dir": ("paths.runs_dir", "checkpoint/scratch folder (default runs/ in the current folder)"),
+}
+
+
+class CLIError(Exception):
+    """A usage error reported as ``mambaad: error: ...`` with exit code 2."""
+
+
+def _config_epilog() -> str:
+    from mambaad_lib.engine.config import available_profiles, config_keys, load_config
+
+    lines = ["config keys (override any with --section.key VALUE; lists as 1,2,3; defaults shown are",
+             "those of a config without profile):"]
+    for key, type_name, value in config_keys(load_config(None)):
+        lines.append(f"  --{key:<32} {type_name:<22} {value!r}")
+    lines.append(f"profiles: {', '.join(available_profiles())} (configs/*.yaml) or any YAML path")
+    return "\n".join(lines)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, profile_required: bool) -> None:
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--profile", "--config", dest="profile", metavar="NAME|YAML", required=profile_required,
+                       help="profile in configs/ (smoke, demo, paper) or a YAML file")
+    for name, (key, text) in ALIASES.items():
+        if name == "model":
+            from mambaad_lib.methods import METHODS
+
+            group.add_argument("--model", dest="alias_model", choices=sorted(METHODS), help=text)
+        else:
+            same = key == name
+            group.add_argument("--" + name.replace("_", "-"), dest=f"alias_{name}", metavar="VALUE",
+                               help=text if same else f"{text} (= --{key})")
+    group.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings and errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mambaad", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        description="MambaAD Companion: train and evaluate MambaAD (NeurIPS 2024) anomaly detectors, "
+                    "on CPU or GPU, and write results the book reads.",
+        epilog="Start here:  mambaad synth --profile smoke && mambaad train --profile smoke\n"
+               "Details of a command:  mambaad COMMAND --help")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    train = commands.add_parser(
+        "train", help="train a detector, evaluate it, write results", formatter_class=raw, allow_abbrev=False,
+        description="Train on the normal images of all classes (one unified model), evaluate the test split "
+                    "with both metric protocols, write results/<experiment>/<profile>/<run_id>.json and "
+                    "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.",
+        epilog=_config_epilog())
+    _add_config_options(train, profile_required=False)
+    train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>)")
+    train.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                       help="continue an interrupted run: a run id, run folder or last.pt (default: the newest)")
+    _add_common(train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a checkpoint on a test split", formatter_class=raw, allow_abbrev=False,
+        description="Evaluate a checkpoint (default: the newest finished run of the profile's experiment) "
+                    "and write a results file. Without --profile the checkpoint's own config is used; "
+                    "options still override it (e.g. --data-root).",
+        epilog=_config_epilog())
+    evaluate.add_argument("--checkpoint", metavar="FILE", help="final.pt / last.pt (or a bare state dict)")
+    _add_config_options(evaluate, profile_required=False)
+    evaluate.add_argument("--run-id", help="name of the results file (default: eval-<run>-<time>)")
+    _add_common(evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="anomaly maps and scores for your own images", formatter_class=raw, allow_abbrev=False,
+        description="Write <name>_map.npy, <name>_overlay.png and scores.csv for image files or folders. "
+                    "Images are resized like the training images; RGB or greyscale only.")
+    predict.add_argument("inputs", nargs="+", metavar="IMG|DIR", help="image files and/or folders of images")
+    predict.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint written by train")
+    predict.add_argument("--out", default="predictions", metavar="DIR",
+                         help="output folder, must be new or empty (default: predictions)")
+    predict.add_argument("--no-resize", dest="resize", action="store_false",
+                         help="require images of exactly the model's input size instead of resizing")
+    _add_config_options(predict, profile_required=False)
+    _add_common(predict)
+
+    synth = commands.add_parser(
+        "synth", help="generate the synthetic benchmark", formatter_class=raw, allow_abbrev=False,
+        description="Write the synthetic defect dataset (data.root/data.name, with the profile's "
+                    "'synthetic' section) so that everything runs without downloads.")
+    _add_config_options(synth, profile_required=False)
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    _add_common(synth)
+
+    prep = commands.add_parser(
+        "prep", help="convert a downloaded dataset to the standard layout", allow_abbrev=False,
+        description="Convert MVTec-AD, VisA, MVTec-3D (RGB), Real-IAD or any MVTec-style folder into "
+                    "ROOT/meta_<name>.json + images, as the engine reads them.")
+    prep.add_argument("dataset", choices=DATASETS, help="which converter")
+    prep.add_argument("source", help="the dataset as downloaded and extracted")
+    prep.add_argument("--root", default="data", help="output root (default: data)")
+    prep.add_argument("--name", help="dataset name (default: the converter's)")
+    prep.add_argument("--link", action="store_true", help="symlink images instead of copying")
+    prep.add_argument("--dry-run", action="store_true", help="report what would be written, write nothing")
+    _add_common(prep)
+
+    validate = commands.add_parser(
+        "validate-data", help="check a dataset's meta file and images", allow_abbrev=False,
+        description="Report every problem of ROOT/meta_NAME.json and the files it names; exit 1 if any.")
+    validate.add_argument("--root", default="data", help="dataset root (default: data)")
+    validate.add_argument("--name", default="synthetic", help="dataset name (default: synthetic)")
+    _add_common(validate)
+
+    info = commands.add_parser("info", help="versions, device and selective-scan backends", allow_abbrev=False,
+                               description="Print versions, devices, every scan backend's status and "
+                                           "the profiles and methods available. Makes no network calls.")
+    _add_common(info)
+
+    from mambaad_lib.reproduce import add_arguments as add_reproduce_arguments
+
+    reproduce = commands.add_parser(
+        "reproduce", help="execute the book's notebooks with papermill, then build the book", allow_abbrev=False,
+        description="Run every notebooks/NN_*.py (or --only some) with papermill and the chosen profile, write "
+                    "the executed notebooks to book/experiments/, then build the book into _build/html/.")
+    add_reproduce_arguments(reproduce)
+    _add_common(reproduce)
+    return parser
+
+
+# ---- config from arguments -------------------------------------------------------------
+
+
+def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    """Aliases, --set and --section.key arguments -> {dotted key: value}."""
+    from mambaad_lib.engine.config import parse_override
+
+    overrides: dict[str, Any] = {}
+    for name, (key, _) in ALIASES.items():
+        value = getattr(args, f"alias_{name}", None)
+        if value is not None:
+            overrides[key] = value if name == "model" else parse_override(f"{key}={value}")[1]
+    for text in args.sets:
+        key, value = parse_override(text)
+        overrides[key] = value
+    tokens = list(extra)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            raise CLIError(f"unrecognized argument {token!r} (config keys look like --train.epochs 3)")
+        if "=" in token:
+            key, value = parse_override(token[2:])
+        else:
+            if not tokens or tokens[0].startswith("--"):
+                raise CLIError(f"{token} needs a value")
+            key, value = parse_override(f"{token[2:]}={tokens.pop(0)}")
+        overrides[key] = value
+    return overrides
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str], base: dict[str, Any] | None = None):
+    from mambaad_lib.engine.config import load_config, read_yaml, resolve_profile
+
+    overrides = _overrides(args, extra)
+    method = overrides.get("method")
+    if args.profile is None and base is None:
+        raise CLIError("choose a profile: --profile smoke|demo|paper or --profile path/to/config.yaml")
+    if method is not None:
+        values = read_yaml(resolve_profile(args.profile)) if args.profile else dict(base)
+        if values.get("method", "mambaad") != method:
+            # The profile's model section belongs to the other method: start from defaults.
+            logging.getLogger("mambaad_lib").info("--model %s: using %s's default model options", method, method)
+            values.pop("model", None)
+            if args.profile:
+                values.setdefault("profile", Path(args.profile).stem)
+            return load_config(None, overrides, base=values)
+    return load_config(args.profile, overrides, base=base)
+
+
+# ---- commands --------------------------------------------------------------------------
+
+
+def _cmd_train(args, extra) -> int:
+    from mambaad_lib.engine import runner
+
+    base = None
+    if args.resume is not None and args.profile is None:
+        base = _config_from_checkpoint_for_resume(args)
+    config = _config(args, extra, base=base)
+    outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet)
+    _print_summary(outcome.record, outcome.results_file)
+    return 0
+
+
+def _config_from_checkpoint_for_resume(args) -> dict[str, Any]:
+    """``--resume`` without ``--profile``: the interrupted run's stored config."""
+    from mambaad_lib.engine.checkpoint import load_checkpoint
+
+    candidate = Path(args.resume)
+    checkpoint = candidate if candidate.is_file() else candidate / "last.pt"
+    if not checkpoint.is_file():
+        raise CLIError("--resume with a run id or 'latest' needs --profile (to know the experiment); "
+                       "or pass the run folder or its last.pt")
+    return load_checkpoint(checkpoint).get("config") or {}
+
+
+def _cmd_evaluate(args, extra) -> int:
+    from mambaad_lib.engine import runner
+    from mambaad_lib.engine.checkpoint import load_checkpoint
+
+    if args.checkpoint is None:
+        config = _config(args, extra)
+        checkpoint = runner.find_checkpoint(config)
+        logging.getLogger("mambaad_lib").info("evaluating the newest finished run: %s", checkpoint)
+    else:
+        checkpoint = Path(args.checkpoint)
+        stored = load_checkpoint(checkpoint).get("config")
+        if args.profile is None and not stored:
+            raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model and data it is for")
+        config = _config(args, extra, base=stored)
+    outcome = runner.evaluate(config, checkpoint, run_id=args.run_id, progress=not args.quiet)
+    _print_summary(outcome.record, outcome.results_file)
+    return 0
+
+
+def _cmd_predict(args, extra) -> int:
+    from mambaad_lib.engine import runner
+    from mambaad_lib.engine.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(args.checkpoint).get("config")
+    if args.profile is None and not stored:
+        raise CLIError(f"{args.checkpoint} holds weights only; pass --profile to say which model it is")
+    config = _config(args, extra, base=stored)
+    csv_path = runner.predict(config, args.checkpoint, args.inputs, args.out, resize=args.resize,
+                              progress=not args.quiet)
+    print(f"wrote {csv_path} and one map + overlay per image in {csv_path.parent}")
+    return 0
+
+
+def _cmd_synth(args, extra) -> int:
+    from data_prep.synthetic import make_synthetic_dataset
+
+    if args.profile is None:
+        args.profile = "demo"
+    config = _config(args, extra)
+    meta = make_synthetic_dataset(config.data.root, name=config.data.name, seed=config.synthetic.seed,
+                                  image_size=config.synthetic.image_size, n_train=config.synthetic.n_train,
+                                  n_test=config.synthetic.n_test, classes=config.synthetic.classes,
+                                  overwrite=args.overwrite)
+    print(f"synthetic dataset written: {meta}")
+    return 0
+
+
+def _cmd_prep(args, extra) -> int:
+    import importlib
+
+    if extra:
+        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
+    converter = importlib.import_module(f"data_prep.{args.dataset}")
+    options = {"link": args.link, "dry_run": args.dry_run}
+    summary = converter.convert(args.source, args.root, args.name, **options) if args.name else \
+        converter.convert(args.source, args.root, **options)
+    print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=None).rstrip())
+    return 0
+
+
+def _cmd_validate(args, extra) -> int:
+    from data_prep.validate import validate_dataset
+
+    if extra:
+        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
+    problems = validate_dataset(args.root, args.name)
+    for problem in problems:
+        print(problem)
+    print(f"{args.root}/meta_{args.name}.json: " + (f"{len(problems)} problem(s)" if problems else "OK"))
+    return 1 if problems else 0
+
+
+def _cmd_info(args, extra) -> int:
+    import numpy
+    import torch
+    import torchvision
+
+    import mambaad_lib
+    from mambaad_lib.engine.config import available_profiles
+    from mambaad_lib.methods import METHODS
+    from mambaad_lib.ops import AUTO_ORDER, backend_status, resolve_backend
+
+    if extra:
+        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
+    print(f"mambaad-companion {mambaad_lib.__version__}")
+    print(f"python {platform.python_version()}  torch {torch.__version__}  torchvision {torchvision.__version__}  "
+          f"numpy {numpy.__version__}  ({platform.platform()})")
+    print(f"cpu threads: {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        print(f"cuda: {torch.version.cuda}, {torch.cuda.device_count()} device(s): "
+              + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
+    else:
+        print("cuda: not available (torch sees no GPU)")
+    print("selective-scan backends:")
+    for name, status in backend_status().items():
+        print(f"  {name:<10} {status}")
+    for device, order in AUTO_ORDER.items():
+        try:
+            chosen = resolve_backend("auto", device) if device == "cpu" or torch.cuda.is_available() else None
+        except RuntimeError as error:
+            chosen = f"none ({error})"
+        if chosen:
+            print(f"  auto on {device}: {chosen} (preference {', '.join(order)})")
+    print(f"methods: {', '.join(sorted(METHODS))}")
+    print(f"profiles: {', '.join(available_profiles())}")
+    print("ImageNet encoder weights: not checked (no network calls); use --encoder-weights PATH offline")
+    return 0
+
+
+def _cmd_reproduce(args, extra) -> int:
+    from mambaad_lib.reproduce import run
+
+    if extra:
+        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
+    return run(args)
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "synth": _cmd_synth,
+            "prep": _cmd_prep, "validate-data": _cmd_validate, "info": _cmd_info, "reproduce": _cmd_reproduce}
+
+
+def _print_summary(record: dict[str, Any], results_file: Path) -> None:
+    for title, key in (("untrained", "metrics_untrained"), ("result", "metrics")):
+        metrics = record.get(key)
+        if not metrics:
+            continue
+        for protocol, values in metrics.items():
+            mean = values["mean"]
+            shown = "  ".join(f"{name} {value:.3f}" if value is not None else f"{name} nan"
+                              for name, value in mean.items())
+            print(f"{title:>9} [{protocol}]  {shown}")
+    print(f"results: {results_file}")
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    library = logging.getLogger("mambaad_lib")
+    library.handlers[:] = [handler]
+    library.setLevel(logging.WARNING if quiet else logging.INFO)
+    library.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mambaad`` console script; returns the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return COMMANDS[args.command](args, extra)
+    except KeyboardInterrupt as interrupt:
+        print(f"mambaad: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
+            KeyError, ImportError) as error:
+        if args.debug:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mambaad: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Evaluation: maps and scores for a test split, metrics in both protocols, timing, examples."""
+from __future__ import annotations
+
+import io
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mambaad_lib.engine.figures import example_panel, normalize_map
+from mambaad_lib.engine.io import atomic_write_bytes
+from mambaad_lib.methods.base import AnomalyMethod
+
+
+@dataclass
+class Predictions:
+    """Everything predicted on a test split, in dataset order.
+
+    ``maps`` (N,H,W) float32; ``scores`` (N,); ``labels`` (N,) 0/1; ``masks`` (N,H,W) bool;
+    ``class_names`` and ``image_paths`` one per image; ``timing`` dict.
+    """
+
+    maps: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    class_names: list[str]
+    image_paths: list[str]
+    timing: dict[str, Any]
+
+
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "peak_memory_kind": "cuda max_memory_allocated during evaluation"}
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+    return {"peak_memory_bytes": int(kilobytes * scale),
+            "peak_memory_kind": "process peak resident set size (CPU)"}
+
+
+def predict_dataset(method: AnomalyMethod, dataset: Dataset, batch_size: int, num_workers: int = 0,
+                    progress: bool = True, desc: str = "evaluate") -> Predictions:
+    """Run ``method.predict`` over ``dataset`` (items as from :class:`AnomalyDataset`)."""
+    if len(dataset) == 0:
+        raise ValueError("the test set is empty: no test images were found")
+    if method.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(method.device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    maps, scores, labels, masks, class_names, paths = [], [], [], [], [], []
+    model_seconds = 0.0
+    started = time.perf_counter()
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
+        tick = time.perf_counter()
+        batch_maps, batch_scores = method.predict(batch["image"])  # (B,1,H,W), (B,)
+        if method.device.type == "cuda":
+            torch.cuda.synchronize(method.device)
+        model_seconds += time.perf_counter() - tick
+        maps.append(batch_maps[:, 0].float().cpu().numpy())
+        scores.append(batch_scores.float().cpu().numpy())
+        labels.append(np.asarray(batch["label"]))
+        masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        class_names += list(batch["cls_name"])
+        paths += list(batch["img_path"])
+    total_seconds = time.perf_counter() - started
+    n_images = len(class_names)
+    timing = {"n_images": n_images, "wall_time_s": total_seconds, "model_time_s": model_seconds,
+              "images_per_s": n_images / max(total_seconds, 1e-9),
+              "model_images_per_s": n_images / max(model_seconds, 1e-9), **_peak_memory(method.device)}
+    return Predictions(np.concatenate(maps), np.concatenate(scores), np.concatenate(labels).astype(np.int64),
+                       np.concatenate(masks), class_names, paths, timing)
+
+
+def compute_protocol_metrics(predictions: Predictions, protocols: Sequence[str]) -> dict[str, Any]:
+    """``{protocol: {"per_class": [{cls_name, metric...}], "mean": {metric...}}}``."""
+    from mambaad_lib.metrics import per_class_metrics
+
+    metrics = {}
+    for protocol in protocols:
+        result = per_class_metrics(predictions.scores, predictions.labels, predictions.maps,
+                                   predictions.masks, predictions.class_names, protocol=protocol)
+        metrics[protocol] = {"per_class": [_plain(row) for row in result.per_class], "mean": _plain(result.mean)}
+    return metrics
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars -> Python floats (JSON)."""
+    return {key: float(value) if isinstance(value, (float, np.floating)) else value for key, value in row.items()}
+
+
+def pick_examples(predictions: Predictions, count: int) -> list[int]:
+    """Up to ``count`` anomalous test images, one class after another (round robin)."""
+    by_class: dict[str, list[int]] = {}
+    for index, (name, label) in enumerate(zip(predictions.class_names, predictions.labels)):
+        if label == 1:
+            by_class.setdefault(name, []).append(index)
+    chosen: list[int] = []
+    queues = list(by_class.values())
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def save_examples(predictions: Predictions, dataset: Dataset, indices: Sequence[int], folder: Path) -> list[Path]:
+    """Write ``image | ground truth | overlay`` PNGs; the colour range is shared by all maps."""
+    from mambaad_lib.data import denormalize
+
+    if not indices:
+        return []
+    low, high = float(predictions.maps.min()), float(np.quantile(predictions.maps, 0.999))
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rank, index in enumerate(indices):
+        item = dataset[index]
+        image = denormalize(item["image"]).permute(1, 2, 0).numpy()  # (H,W,3) in [0,1]
+        panel = example_panel(image, normalize_map(predictions.maps[index], low, high), predictions.masks[index])
+        name = f"{rank:02d}_{predictions.class_names[index]}_{Path(predictions.image_paths[index]).stem}.png"
+        buffer = io.BytesIO()
+        panel.save(buffer, format="PNG")
+        written.append(atomic_write_bytes(folder / name, buffer.getvalue()))
+    return written

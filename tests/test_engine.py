@@ -1,0 +1,251 @@
+"""Engine: atomic files, seeding, smoke training, exact resumption, bad input, predict."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_prep.synthetic import make_synthetic_dataset
+from mambaad_lib.engine import runner
+from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
+from mambaad_lib.engine.config import load_config
+from mambaad_lib.engine.io import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
+from mambaad_lib.engine.results import load_results, results_table
+from mambaad_lib.engine.seeding import epoch_permutation
+from mambaad_lib.engine.trainer import TrainingInterrupted, training_batches
+from mambaad_lib.methods import get_method
+from mambaad_lib.metrics import METRIC_KEYS
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory) -> Path:
+    """The smoke profile's synthetic dataset, generated once for this module."""
+    config = load_config("smoke")
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(root, name=config.data.name, seed=config.synthetic.seed,
+                           image_size=config.synthetic.image_size, n_train=config.synthetic.n_train,
+                           n_test=config.synthetic.n_test, classes=config.synthetic.classes)
+    return root
+
+
+def smoke_config(root: Path, tmp_path: Path, **overrides):
+    values = {"data.root": str(root), "paths.results_dir": str(tmp_path / "results"),
+              "paths.runs_dir": str(tmp_path / "runs"), **overrides}
+    return load_config("smoke", values)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_root, tmp_path_factory):
+    """One complete smoke training run (train + untrained and trained evaluation)."""
+    tmp_path = tmp_path_factory.mktemp("smoke_run")
+    return runner.train(smoke_config(smoke_root, tmp_path), run_id="smoke", progress=False), tmp_path
+
+
+# ---- files and seeding ----------------------------------------------------------------
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path):
+    target = tmp_path / "result.json"
+    atomic_write_json(target, {"a": 1, "bad": float("nan")})
+    assert json.loads(target.read_text()) == {"a": 1, "bad": None}
+
+    def failing(handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing)
+    assert json.loads(target.read_text()) == {"a": 1, "bad": None}
+    assert [path.name for path in tmp_path.iterdir()] == ["result.json"]  # no temp file left
+    assert target.stat().st_mode & 0o777 == _DEFAULT_MODE  # as open() would make it, not a temp file's 0600
+
+
+def test_unwritable_folder_is_reported(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="results folder .*a_file/sub.* is not writable"):
+        ensure_writable_dir(blocker / "sub", "results")
+
+
+def test_data_order_depends_only_on_seed_and_epoch():
+    assert epoch_permutation(10, 3, 1) == epoch_permutation(10, 3, 1)
+    assert epoch_permutation(10, 3, 1) != epoch_permutation(10, 3, 2)
+    assert sorted(epoch_permutation(10, 3, 1)) == list(range(10))
+    batches = training_batches(10, 4, seed=0, epoch=0)
+    assert [len(batch) for batch in batches] == [4, 4]  # partial batch of 2 dropped
+    assert [len(batch) for batch in training_batches(3, 4, seed=0, epoch=0)] == [3]
+
+
+# ---- smoke run and results ------------------------------------------------------------
+
+
+def test_smoke_run_writes_complete_results(smoke_run):
+    outcome, tmp_path = smoke_run
+    path = tmp_path / "results" / "smoke" / "smoke" / "smoke.json"
+    assert outcome.results_file == path and path.is_file()
+    record = json.loads(path.read_text())
+    assert record["schema_version"] == 1 and record["kind"] == "train"
+    assert record["scan_backend"] in ("cpu", "reference", "chunked") and record["device"] == "cpu"
+    assert record["environment"]["torch"] == torch.__version__
+    assert "RANDOM ENCODER" in record["encoder"]["warning"] and record["encoder"]["batchnorm_reestimated_on"] == 8
+    for key in ("metrics", "metrics_untrained"):
+        for protocol in ("standard", "ader"):
+            block = record[key][protocol]
+            assert {row["cls_name"] for row in block["per_class"]} == {"brick", "coin"}
+            values = [block["mean"][name] for name in METRIC_KEYS]
+            values += [row[name] for row in block["per_class"] for name in METRIC_KEYS]
+            assert all(value is not None and math.isfinite(value) and 0 <= value <= 1 for value in values)
+    assert record["training"]["steps"] == 4 and len(record["training"]["epoch_losses"]) == 2
+    assert record["model"]["parameters"]["trainable"] > 0 and record["model"]["flops"]["total"] > 0
+    assert record["evaluation"]["n_images"] == 8 and record["evaluation"]["images_per_s"] > 0
+    assert record["examples"] and all((path.parent / name).is_file() for name in record["examples"])
+    checkpoint = load_checkpoint(tmp_path / "runs" / "smoke" / "smoke" / FINAL)
+    assert checkpoint["finished"] and checkpoint["method"] == "mambaad"
+
+
+def test_results_folder_loads_into_a_table(smoke_run):
+    _, tmp_path = smoke_run
+    records = load_results(tmp_path / "results")
+    assert [record["run_id"] for record in records] == ["smoke"]
+    rows = results_table(tmp_path / "results", protocol="ader", per_class=True)
+    assert [row["cls_name"] for row in rows] == ["brick", "coin"]
+    untrained = results_table(records, untrained=True)
+    assert untrained[0]["p_auroc"] == records[0]["metrics_untrained"]["standard"]["mean"]["p_auroc"]
+
+
+def test_evaluate_checkpoint_reproduces_training_metrics(smoke_run, smoke_root):
+    outcome, tmp_path = smoke_run
+    config = smoke_config(smoke_root, tmp_path)
+    again = runner.evaluate(config, outcome.run_dir / FINAL, run_id="re-eval", progress=False)
+    assert again.record["kind"] == "evaluate"
+    assert again.record["metrics"] == outcome.record["metrics"]
+
+
+# ---- exact resumption -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_equals_uninterrupted_run(smoke_root, tmp_path):
+    config = smoke_config(smoke_root, tmp_path, **{"train.evaluate_untrained": False, "eval.num_examples": 0})
+    runner.train(config, run_id="straight", progress=False)
+
+    def stop_after_three_steps(trainer):  # epoch 2, step 1 of 2: the middle of an epoch
+        if trainer.state.global_step == 3:
+            trainer.stop_requested = True
+
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        runner.train(config, run_id="broken", progress=False, callbacks=[stop_after_three_steps])
+    assert interrupted.value.checkpoint == tmp_path / "runs" / "smoke" / "broken" / LAST
+    assert not (tmp_path / "results" / "smoke" / "smoke" / "broken.json").exists()
+    assert load_checkpoint(interrupted.value.checkpoint)["progress"]["global_step"] == 3
+
+    resumed = runner.train(config, resume="broken", progress=False)
+    assert resumed.record["training"]["resumed_from"].endswith(LAST)
+    straight = load_checkpoint(tmp_path / "runs" / "smoke" / "straight" / FINAL)
+    finished = load_checkpoint(tmp_path / "runs" / "smoke" / "broken" / FINAL)
+    assert straight["model"].keys() == finished["model"].keys()
+    for key, tensor in straight["model"].items():
+        assert torch.equal(tensor, finished["model"][key]), key
+    assert straight["progress"]["epoch_losses"] == finished["progress"]["epoch_losses"]
+
+
+def test_resume_refuses_a_changed_config(smoke_root, tmp_path):
+    config = smoke_config(smoke_root, tmp_path)
+    run_dir = tmp_path / "runs" / "smoke" / "old"
+    run_dir.mkdir(parents=True)
+    save_checkpoint(run_dir / LAST, method="mambaad", config={**_plain(config), "seed": 99}, model={},
+                    optimization={}, rng={}, progress={}, extras={}, finished=False)
+    with pytest.raises(ValueError, match="seed: checkpoint 99 vs now 0"):
+        runner.train(config, resume="old", progress=False)
+
+
+def _plain(config):
+    from mambaad_lib.engine.config import config_to_dict
+
+    return config_to_dict(config)
+
+
+# ---- bad input ------------------------------------------------------------------------
+
+
+def test_dataset_without_meta_fails_before_writing(tmp_path):
+    config = smoke_config(tmp_path / "empty", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no meta file .*meta_synthetic_smoke.json.*mambaad synth"):
+        runner.train(config, progress=False)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_unwritable_results_folder_fails_before_training(smoke_root, tmp_path):
+    (tmp_path / "blocker").write_text("a file where the results folder should be")
+    config = smoke_config(smoke_root, tmp_path, **{"paths.results_dir": str(tmp_path / "blocker" / "results")})
+    with pytest.raises(PermissionError, match="results .*not writable"):
+        runner.train(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_of_another_architecture_lists_keys(smoke_root, tmp_path):
+    config = smoke_config(smoke_root, tmp_path)
+    small = get_method("mambaad", config.model, 64, "cpu", pretrained=False)
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, method="mambaad", config=_plain(config), model=small.state_dict())
+    other = smoke_config(smoke_root, tmp_path, **{"model.depths": [2, 1, 1, 1], "model.local_kernels": [5]})
+    with pytest.raises(ValueError) as error:
+        runner.evaluate(other, path, run_id="mismatch", progress=False)
+    message = str(error.value)
+    assert "does not match the model" in message and "missing keys" in message
+    assert "shape mismatches" in message and "local" in message
+    assert not (tmp_path / "results" / "smoke" / "smoke" / "mismatch.json").exists()
+
+
+def test_imagenet_without_network_points_to_a_local_file(smoke_root, tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    config = smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": "imagenet"})
+    with pytest.raises(RuntimeError, match="--encoder-weights /path/to/weights.pth"):
+        get_method("mambaad", config.model, 64, "cpu")
+
+
+# ---- predict --------------------------------------------------------------------------
+
+
+def _write_image(path: Path, mode: str, size: int) -> Path:
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = np.random.default_rng(0).integers(0, 255, (size, size, channels), dtype=np.uint8)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode=mode).save(path)
+    return path
+
+
+def test_predict_writes_maps_overlays_and_scores(smoke_run, smoke_root, tmp_path):
+    outcome, _ = smoke_run
+    config = load_config(None, base=load_checkpoint(outcome.run_dir / FINAL)["config"])
+    images = tmp_path / "mine"
+    images.mkdir()
+    _write_image(images / "a.png", "RGB", 100)
+    _write_image(images / "b.png", "L", 64)
+    csv_path = runner.predict(config, outcome.run_dir / FINAL, [images], tmp_path / "out", progress=False)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "image,score,map,overlay" and len(lines) == 3
+    assert np.load(tmp_path / "out" / "a_map.npy").shape == (64, 64)
+    assert Image.open(tmp_path / "out" / "b_overlay.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("mode, size, resize, message", [
+    ("RGBA", 64, True, "mode RGBA with 4 channel"),
+    ("RGB", 100, False, "is 100x100, the model takes 64x64"),
+])
+def test_predict_rejects_bad_images_and_writes_nothing(smoke_run, tmp_path, mode, size, resize, message):
+    outcome, _ = smoke_run
+    config = load_config(None, base=load_checkpoint(outcome.run_dir / FINAL)["config"])
+    good = _write_image(tmp_path / "good.png", "RGB", 64)
+    bad = _write_image(tmp_path / "bad.png", mode, size)
+    with pytest.raises(ValueError, match=message):
+        runner.predict(config, outcome.run_dir / FINAL, [good, bad], tmp_path / "out", resize=resize,
+                       progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.png", "good.png"]
