@@ -37,6 +37,9 @@ ALIASES: dict[str, tuple[str, str]] = {
                         "imagenet (needs network or the torch hub cache), none (random encoder, offline "
                         "check only) or PATH to a local ResNet weights file"),
     "scan_backend": ("model.scan_backend", "selective-scan backend: auto, cpu, mamba_ssm, chunked, reference"),
+    "base": ("model.base", "AHL's base model: dra or devnet"),
+    "texture_dir": ("model.texture_dir", "texture folder for GLASS's local anomaly synthesis (e.g. DTD); "
+                    "default: textures bundled with scikit-image"),
     "image_size": ("data.image_size", "image side after resizing"),
     "data_root": ("data.root", "folder holding meta_<dataset>.json"),
     "dataset": ("data.name", "dataset name (meta_<name>.json)"),
@@ -112,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "options still override it (e.g. --data-root).",
         epilog=_config_epilog())
     evaluate.add_argument("--checkpoint", metavar="FILE", help="final.pt / last.pt (or a bare state dict)")
+    evaluate.add_argument("--release-checkpoint", metavar="PTH",
+                          help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
+                               "see book/release_checkpoints.md")
+    evaluate.add_argument("--non-strict", action="store_true",
+                          help="with --release-checkpoint: load what matches and list the rest")
     _add_config_options(evaluate, profile_required=False)
     evaluate.add_argument("--run-id", help="name of the results file (default: eval-<run>-<time>)")
     _add_common(evaluate)
@@ -121,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write <name>_map.npy, <name>_overlay.png and scores.csv for image files or folders. "
                     "Images are resized like the training images; RGB or greyscale only.")
     predict.add_argument("inputs", nargs="+", metavar="IMG|DIR", help="image files and/or folders of images")
-    predict.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint written by train")
+    predict.add_argument("--checkpoint", metavar="FILE", help="a checkpoint written by train")
+    predict.add_argument("--release-checkpoint", metavar="PTH",
+                          help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
+                               "see book/release_checkpoints.md")
+    predict.add_argument("--non-strict", action="store_true",
+                          help="with --release-checkpoint: load what matches and list the rest")
     predict.add_argument("--out", default="predictions", metavar="DIR",
                          help="output folder, must be new or empty (default: predictions)")
     predict.add_argument("--no-resize", dest="resize", action="store_false",
@@ -248,11 +261,25 @@ def _config_from_checkpoint_for_resume(args) -> dict[str, Any]:
     return load_checkpoint(checkpoint).get("config") or {}
 
 
+def _release_checkpoint(args, extra):
+    """Convert the authors' weights into one of our checkpoints; (config, checkpoint path)."""
+    from mambaad_lib.models.release import release_checkpoint_for_engine
+
+    if args.checkpoint is not None:
+        raise CLIError("--checkpoint and --release-checkpoint exclude each other")
+    config = _config(args, extra)
+    checkpoint, report = release_checkpoint_for_engine(args.release_checkpoint, config, strict=not args.non_strict)
+    print(report.summary())
+    return config, checkpoint
+
+
 def _cmd_evaluate(args, extra) -> int:
     from mambaad_lib.engine import runner
     from mambaad_lib.engine.checkpoint import load_checkpoint
 
-    if args.checkpoint is None:
+    if args.release_checkpoint is not None:
+        config, checkpoint = _release_checkpoint(args, extra)
+    elif args.checkpoint is None:
         config = _config(args, extra)
         checkpoint = runner.find_checkpoint(config)
         logging.getLogger("mambaad_lib").info("evaluating the newest finished run: %s", checkpoint)
@@ -271,11 +298,17 @@ def _cmd_predict(args, extra) -> int:
     from mambaad_lib.engine import runner
     from mambaad_lib.engine.checkpoint import load_checkpoint
 
-    stored = load_checkpoint(args.checkpoint).get("config")
-    if args.profile is None and not stored:
-        raise CLIError(f"{args.checkpoint} holds weights only; pass --profile to say which model it is")
-    config = _config(args, extra, base=stored)
-    csv_path = runner.predict(config, args.checkpoint, args.inputs, args.out, resize=args.resize,
+    if args.release_checkpoint is not None:
+        config, checkpoint = _release_checkpoint(args, extra)
+    elif args.checkpoint is None:
+        raise CLIError("pass --checkpoint (a run of ours) or --release-checkpoint (the authors' weights)")
+    else:
+        checkpoint = args.checkpoint
+        stored = load_checkpoint(checkpoint).get("config")
+        if args.profile is None and not stored:
+            raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model it is")
+        config = _config(args, extra, base=stored)
+    csv_path = runner.predict(config, checkpoint, args.inputs, args.out, resize=args.resize,
                               progress=not args.quiet)
     print(f"wrote {csv_path} and one map + overlay per image in {csv_path.parent}")
     return 0

@@ -65,10 +65,9 @@ from data_prep.synthetic import make_synthetic_dataset
 from mambaad_lib.data import meta_path
 from mambaad_lib.engine.config import load_config
 from mambaad_lib.engine.io import atomic_write_json
-from mambaad_lib.methods.ahl import openset_grid, register_openset_methods, summarize_openset
+from mambaad_lib.methods.ahl import openset_grid, summarize_openset
 from mambaad_lib.paper import paper_table
 
-register_openset_methods()
 if profile not in grid:
     raise ValueError(f"profile {profile!r}: this notebook runs 'smoke' or 'demo' offline; the paper grid "
                      "(nine real datasets, fine-tuned ImageNet encoders) needs the real data and a GPU")

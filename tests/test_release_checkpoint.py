@@ -633,3 +633,21 @@ def test_release_checkpoint_for_engine_writes_a_checkpoint_the_engine_evaluates(
     glass = load_config(None, {"method": "glass", "paths.runs_dir": str(tmp_path / "runs")})
     with pytest.raises(ValueError, match="method is 'glass'"):
         release_checkpoint_for_engine(release_file, glass)
+
+
+def test_cli_points_release_files_and_our_checkpoints_at_the_right_flag(tmp_path, ader_state, capsys):
+    """``--checkpoint`` refuses the authors' file with a pointer to ``--release-checkpoint``;
+    ``--release-checkpoint`` refuses a file that is not a checkpoint, naming it."""
+    from mambaad_lib.cli import main
+
+    release_file = tmp_path / "mambaad_mvtec.pth"
+    torch.save({"net": ader_state}, release_file)
+    code = main(["evaluate", "--checkpoint", str(release_file), "--profile", "smoke", "--quiet"])
+    assert code != 0
+    assert "--release-checkpoint" in capsys.readouterr().err
+
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("not a checkpoint")
+    code = main(["evaluate", "--release-checkpoint", str(not_a_checkpoint), "--profile", "smoke", "--quiet"])
+    assert code != 0
+    assert "notes.pth" in capsys.readouterr().err

@@ -61,6 +61,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         content = _load_untrusted(path)
     except Exception as error:
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+    from mambaad_lib.models.release import RELEASE_STATE_DICT, RELEASE_TRAINING_CHECKPOINT, detect_checkpoint_format
+
+    if detect_checkpoint_format(content) in (RELEASE_STATE_DICT, RELEASE_TRAINING_CHECKPOINT):
+        raise ValueError(f"{path} is a released MambaAD checkpoint (the authors' weights, net_t./mff_oce./net_s. "
+                         f"keys); evaluate it with --release-checkpoint {path} "
+                         "(mambaad_lib.models.load_release_checkpoint)")
     if isinstance(content, dict) and content.get("format") == FORMAT:
         if content.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path}: checkpoint format version {content['format_version']} is newer "

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mambaad_lib.engine.checkpoint import FINAL, LAST, latest_run_dir, load_checkpoint
-from mambaad_lib.engine.config import RunConfig, config_to_dict
+from mambaad_lib.engine.config import ConfigError, RunConfig, config_to_dict
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
 from mambaad_lib.engine.figures import normalize_map, overlay
@@ -32,7 +32,7 @@ from mambaad_lib.engine.io import atomic_write_bytes, atomic_write_text, ensure_
 from mambaad_lib.engine.results import new_record, results_path, write_results
 from mambaad_lib.engine.seeding import seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer
-from mambaad_lib.methods import AnomalyMethod, get_method
+from mambaad_lib.methods import AnomalyMethod, get_method, get_method_class
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,11 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
         progress: tqdm bars.
         callbacks: passed to the :class:`Trainer` (called after every step).
     """
+    run_training = get_method_class(config.method).run_training
+    if run_training is not None:
+        if resume is not None:
+            raise ConfigError(f"method {config.method!r} trains in one go and cannot --resume")
+        return run_training(config, run_id=run_id, progress=progress)
     started = time.perf_counter()
     device = resolve_device(config.device)
     checkpoint_to_resume = None

@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mambaad_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mambaad_lib.engine.config import ConfigError, RunConfig, config_to_dict
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, _encoder_weights_argument
+from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, encoder_weights_argument
 from mambaad_lib.models.ahl import CDLConfig, collaborative_training
 from mambaad_lib.models.base_training import BaseTrainingConfig, train_heads
 from mambaad_lib.models.devnet import build_devnet
@@ -176,12 +176,15 @@ class OpenSetNet(nn.Module):
 class OpenSetMethod(AnomalyMethod):
     """Common part of devnet, dra and ahl: encoder, feature cache, prediction, checkpoints."""
 
-    supervised: ClassVar[bool] = True
+    @staticmethod
+    def run_training(config: RunConfig, run_id: str | None = None, progress: bool = True):
+        """The engine's ``train`` delegates here: open-set methods train on labelled anomalies."""
+        return train_openset(config, run_id=run_id, progress=progress)
 
     def __init__(self, config: OpenSetMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
         super().__init__(config, image_size, device, pretrained)
-        weights = _encoder_weights_argument(config.encoder_weights) if pretrained else None
+        weights = encoder_weights_argument(config.encoder_weights) if pretrained else None
         features = MultiScaleFeatures(build_encoder(config.backbone, weights), config.feature_level, config.n_scales)
         self.net = OpenSetNet(features, self.build_head(features.channels)).to(self.device)
         self.training_facts: dict[str, Any] = {}
@@ -618,11 +621,3 @@ def summarize_openset(rows: list[dict[str, Any]], metric: str = "i_auroc") -> li
                     f"{metric}_std": float(values.std(ddof=0)), "n_seeds": len(values),
                     "n_runs": sum(len(v) for v in per_seed.values())})
     return out
-
-
-def register_openset_methods() -> None:
-    """Add devnet, dra and ahl to the method registry if it does not list them yet."""
-    from mambaad_lib.methods.base import METHODS
-
-    for name, cls in (("devnet", "DevNetMethod"), ("dra", "DRAMethod"), ("ahl", "AHLMethod")):
-        METHODS.setdefault(name, f"mambaad_lib.methods.ahl:{cls}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, str] = {
     "mambaad": "mambaad_lib.methods.mambaad:MambaADMethod",
+    "mambaad_las": "mambaad_lib.methods.mambaad_las:MambaADLASMethod",
     "glass": "mambaad_lib.methods.glass:GLASSMethod",
+    "nearest_neighbor": "mambaad_lib.methods.nearest_neighbor:NearestNeighborMethod",
+    "mmad": "mambaad_lib.methods.mmad:MMADMethod",
+    "devnet": "mambaad_lib.methods.ahl:DevNetMethod",
+    "dra": "mambaad_lib.methods.ahl:DRAMethod",
+    "ahl": "mambaad_lib.methods.ahl:AHLMethod",
 }
 
 
@@ -39,6 +45,10 @@ class AnomalyMethod(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    #: Methods whose training is not the engine's unsupervised loop (the open-set supervised
+    #: ones train on labelled anomalies) set this to a callable
+    #: ``(config, run_id=None, progress=True) -> RunOutcome``; ``runner.train`` then delegates.
+    run_training: ClassVar[Callable[..., Any] | None] = None
 
     def __init__(self, config: Any, image_size: int, device: torch.device, pretrained: bool = True) -> None:
         """``pretrained=False`` skips loading external pretrained weights (e.g. an ImageNet

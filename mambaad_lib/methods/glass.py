@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from mambaad_lib.data.transforms import denormalize
 from mambaad_lib.engine.config import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, _encoder_weights_argument
+from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, encoder_weights_argument
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels
 from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor
 from mambaad_lib.synthesis.gas import GASConfig, synthesize_gas
@@ -77,7 +77,7 @@ class PatchFeatureOptions:
         return self.encoder_weights.lower() == "none"
 
     def feature_config(self, resolve_weights: bool = True) -> PatchFeatureConfig:
-        weights = _encoder_weights_argument(self.encoder_weights) if resolve_weights else None
+        weights = encoder_weights_argument(self.encoder_weights) if resolve_weights else None
         return PatchFeatureConfig(self.backbone, weights, tuple(self.layers), self.neighbourhood, self.embed_dim)
 
 

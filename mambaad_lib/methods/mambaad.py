@@ -62,7 +62,7 @@ class MambaADMethodConfig:
         return self.encoder_weights.lower() == "none"
 
 
-def _encoder_weights_argument(value: str) -> str | None:
+def encoder_weights_argument(value: str) -> str | None:
     """``none`` -> None (random encoder); ``imagenet`` and file paths pass through."""
     return None if value.lower() == "none" else value
 
@@ -88,7 +88,7 @@ class MambaADMethod(AnomalyMethod):
         super().__init__(config, image_size, device, pretrained)
         from mambaad_lib.models import build_mambaad
 
-        weights = _encoder_weights_argument(config.encoder_weights) if pretrained else None
+        weights = encoder_weights_argument(config.encoder_weights) if pretrained else None
         try:
             model = build_mambaad(
                 backbone=config.backbone, depths=tuple(config.depths), scan=config.scan,
@@ -158,10 +158,14 @@ class MambaADMethod(AnomalyMethod):
                                                               gamma=train.lr_step_gamma)
         self.grad_clip_norm = train.grad_clip_norm
 
+    def training_loss(self, images: Tensor) -> Tensor:
+        """The scalar loss of one training batch (B,3,H,W): the release's feature MSE."""
+        return self.model.loss(images)
+
     def training_step(self, images: Tensor) -> float:
         if self.optimizer is None:
             raise RuntimeError("configure_optimization must be called before training_step")
-        loss = self.model.loss(images)
+        loss = self.training_loss(images)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip_norm is not None:

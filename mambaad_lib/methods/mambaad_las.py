@@ -56,19 +56,10 @@ class MambaADLASMethod(MambaADMethod):
         las = f"las_p={self.config.las_probability}" if self.las is not None else "las=off"
         return super().summary()[:-1] + f", {las})"
 
-    def training_step(self, images: Tensor) -> float:
+    def training_loss(self, images: Tensor) -> Tensor:
         if self.las is None:
-            return super().training_step(images)
-        if self.optimizer is None:
-            raise RuntimeError("configure_optimization must be called before training_step")
-        loss = las_reconstruction_loss(self.model, images, self.las, self.las_rng)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+            return super().training_loss(images)
+        return las_reconstruction_loss(self.model, images, self.las, self.las_rng)
 
     def optimization_state(self) -> dict[str, Any]:
         return {**super().optimization_state(), "las_rng": self.las_rng.bit_generator.state}
