@@ -66,6 +66,9 @@ def selective_scan_mamba_ssm(
     delta_bias: Tensor | None = None, delta_softplus: bool = False,
 ) -> Tensor:
     """Selective scan on CUDA tensors through mamba-ssm's kernel. Returns (b, d, L)."""
+    if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"the mamba_ssm backend takes float32/float16/bfloat16 inputs, got u of dtype {u.dtype}")
+    A = A.float()  # the kernel keeps its weights in fp32
     D = D.float() if D is not None else None
     delta_bias = delta_bias.float() if delta_bias is not None else None
     return _MambaSsmScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -51,7 +51,7 @@ def selective_scan_reference(
         delta = delta + delta_bias.to(compute)[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    batch, channels, length = u.shape
+    batch, channels, _ = u.shape
     B = expand_groups(B.to(compute), channels)  # (b, d|1, n, L)
     C = expand_groups(C.to(compute), channels)
 
@@ -59,9 +59,10 @@ def selective_scan_reference(
     drive = torch.einsum("bdl,bdnl->bdln", delta * u, B)  # (b, d, L, n)
     state = u.new_zeros(batch, channels, A.shape[1])
     outputs = []
-    for t in range(length):
-        state = decay[:, :, t] * state + drive[:, :, t]
-        outputs.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t].expand_as(state)))
+    # unbind once: indexing inside the loop would make autograd build a full-size gradient per step
+    for decay_t, drive_t, C_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(3)):
+        state = decay_t * state + drive_t
+        outputs.append(torch.einsum("bdn,bdn->bd", state, C_t.expand_as(state)))
     y = torch.stack(outputs, dim=2)  # (b, d, L)
     if D is not None:
         y = y + u * D.to(compute)[None, :, None]

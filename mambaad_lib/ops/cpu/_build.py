@@ -1,0 +1,78 @@
+"""Compile the fused CPU scan at first use and cache the build.
+
+The build is specialised for this CPU (``-march=native``), so the cache key covers
+everything that changes the binary: the C++ source, the compiler flags, the compiler,
+torch's version and the CPU's instruction-set flags. Builds live under
+``$MAMBAAD_CACHE_DIR`` (default ``~/.cache/mambaad_lib``) in ``torch_extensions/<key>``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+CACHE_ENV = "MAMBAAD_CACHE_DIR"
+CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
+             "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math")
+LD_FLAGS = ("-fopenmp",)
+
+
+def cache_root() -> Path:
+    """Where compiled extensions are kept."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "mambaad_lib"
+
+
+def _cpu_flags() -> str:
+    """The CPU's instruction-set flags (what -march=native compiles for)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def build_key() -> str:
+    """A short hash of everything that determines the compiled binary."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CXX_FLAGS + LD_FLAGS).encode(), _compiler().encode(),
+                 torch.__version__.encode(), _cpu_flags().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def load_extension() -> ModuleType:
+    """The compiled module (with ``forward`` and ``backward``), built once per cache key.
+
+    Raises:
+        RuntimeError: no C++ compiler, no ninja, or the compilation failed (with the reason).
+    """
+    from torch.utils import cpp_extension
+
+    if shutil.which(_compiler()) is None:
+        raise RuntimeError(f"no C++ compiler found (looked for {_compiler()!r}; set $CXX)")
+    cpp_extension.verify_ninja_availability()  # RuntimeError naming ninja when it is missing
+    name = f"mambaad_scan_cpu_{build_key()}"
+    build_dir = cache_root() / "torch_extensions" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return cpp_extension.load(
+            name=name, sources=[str(SOURCE)], extra_cflags=list(CXX_FLAGS),
+            extra_ldflags=list(LD_FLAGS), build_directory=str(build_dir), verbose=False)
+    except Exception as error:  # compiler errors arrive as several exception types
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {type(error).__name__}: {error}") from error
