@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mambaad_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mambaad_lib.engine.config import ConfigError, RunConfig, config_to_dict
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, encoder_weights_argument
+from mambaad_lib.methods.mambaad import encoder_weights_argument, prepare_random_encoder
 from mambaad_lib.models.ahl import CDLConfig, collaborative_training
 from mambaad_lib.models.base_training import BaseTrainingConfig, train_heads
 from mambaad_lib.models.devnet import build_devnet
@@ -228,23 +229,8 @@ class OpenSetMethod(AnomalyMethod):
     # ---- preparation and feature cache ------------------------------------------------
     def prepare(self, batches: Iterable[Tensor]) -> dict[str, Any]:
         """BatchNorm re-estimation of a random encoder on (capped) normal batches."""
-        if not self.config.random_encoder:
-            return {"encoder_weights": self.config.encoder_weights, "batchnorm_reestimated_on": 0}
-        cap = self.config.bn_reestimate_images
-
-        def capped() -> Iterable[Tensor]:
-            seen = 0
-            for images in batches:
-                if cap is not None and seen >= cap:
-                    return
-                images = images if cap is None else images[:cap - seen]
-                seen += images.shape[0]
-                yield images.to(self.device)
-
-        n_images = reestimate_batchnorm(self.net.features.encoder, capped())
-        logger.warning("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
-        return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
-                "warning": RANDOM_ENCODER_WARNING}
+        return prepare_random_encoder(self.config, partial(reestimate_batchnorm, self.net.features.encoder),
+                                      batches, self.device)
 
     def encode(self, images: Tensor, batch_size: int = 32) -> list[Tensor]:
         """Features per scale of normalised images (N, 3, H, W), in batches, on the CPU."""

@@ -20,7 +20,6 @@ seeded by ``model.synthesis_seed`` and saved in checkpoints, so a resumed run is
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -32,13 +31,12 @@ from torch import Tensor, nn
 from mambaad_lib.data.transforms import denormalize
 from mambaad_lib.engine.config import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import RANDOM_ENCODER_WARNING, encoder_weights_argument
+from mambaad_lib.methods.mambaad import encoder_weights_argument, prepare_random_encoder
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels
 from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor
 from mambaad_lib.synthesis.gas import GASConfig, synthesize_gas
 from mambaad_lib.synthesis.las import LASConfig, build_las, estimate_foreground
 
-logger = logging.getLogger(__name__)
 
 FOREGROUND_RULES = ("estimate", "whole")
 
@@ -92,23 +90,7 @@ def prepare_patch_features(extractor: PatchFeatureExtractor, options: PatchFeatu
                            batches: Iterable[Tensor], device: torch.device) -> dict[str, Any]:
     """Re-estimate BatchNorm statistics of a random encoder on (at most a capped number of)
     normal training batches; returns the facts for the results file's ``encoder`` entry."""
-    if not options.random_encoder:
-        return {"encoder_weights": options.encoder_weights, "batchnorm_reestimated_on": 0}
-    cap = options.bn_reestimate_images
-
-    def capped() -> Iterable[Tensor]:
-        seen = 0
-        for images in batches:
-            if cap is not None and seen >= cap:
-                return
-            images = images if cap is None else images[: cap - seen]
-            seen += images.shape[0]
-            yield images.to(device)
-
-    n_images = extractor.fit_batchnorm(capped())
-    logger.warning("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
-    return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
-            "warning": RANDOM_ENCODER_WARNING}
+    return prepare_random_encoder(options, extractor.fit_batchnorm, batches, device)
 
 
 @dataclass

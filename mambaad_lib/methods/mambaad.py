@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,38 @@ class MambaADMethodConfig:
 def encoder_weights_argument(value: str) -> str | None:
     """``none`` -> None (random encoder); ``imagenet`` and file paths pass through."""
     return None if value.lower() == "none" else value
+
+
+def prepare_random_encoder(options: Any, reestimate: Callable[[Iterable[Tensor]], int],
+                           batches: Iterable[Tensor], device: torch.device) -> dict[str, Any]:
+    """BatchNorm re-estimation of a random encoder, shared by every method with a frozen encoder.
+
+    Args:
+        options: a method config with ``random_encoder``, ``encoder_weights`` and
+            ``bn_reestimate_images`` (cap on the number of images; None = all).
+        reestimate: the network's re-estimation function, called with (B,3,H,W) batches;
+            returns the number of images it used.
+        batches: normal training batches.
+    Returns:
+        the facts for the results file (and logs the random-encoder warning loudly).
+    """
+    if not options.random_encoder:
+        return {"encoder_weights": options.encoder_weights, "batchnorm_reestimated_on": 0}
+    cap = options.bn_reestimate_images
+
+    def capped() -> Iterable[Tensor]:
+        seen = 0
+        for images in batches:
+            if cap is not None and seen >= cap:
+                return
+            images = images if cap is None else images[: cap - seen]
+            seen += images.shape[0]
+            yield images.to(device)
+
+    n_images = reestimate(capped())
+    logger.warning("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
+    return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
+            "warning": RANDOM_ENCODER_WARNING}
 
 
 def release_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -132,23 +164,7 @@ class MambaADMethod(AnomalyMethod):
     # ---- training -----------------------------------------------------------------------
     def prepare(self, batches: Iterable[Tensor]) -> dict[str, Any]:
         """Re-estimate the encoder's BatchNorm statistics when the encoder is random."""
-        if not self.config.random_encoder:
-            return {"encoder_weights": self.config.encoder_weights, "batchnorm_reestimated_on": 0}
-        cap = self.config.bn_reestimate_images
-
-        def capped() -> Iterable[Tensor]:
-            seen = 0
-            for images in batches:
-                if cap is not None and seen >= cap:
-                    return
-                images = images if cap is None else images[: cap - seen]
-                seen += images.shape[0]
-                yield images.to(self.device)
-
-        n_images = self.model.reestimate_encoder_batchnorm(capped())
-        logger.warning("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
-        return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
-                "warning": RANDOM_ENCODER_WARNING}
+        return prepare_random_encoder(self.config, self.model.reestimate_encoder_batchnorm, batches, self.device)
 
     def configure_optimization(self, train, total_steps: int) -> None:
         self.optimizer = torch.optim.AdamW(
