@@ -56,7 +56,6 @@ grid = {
 }
 
 # %%
-import json
 from pathlib import Path
 
 import pandas as pd

@@ -118,16 +118,9 @@ class MambaADMethod(AnomalyMethod):
     def __init__(self, config: MambaADMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
         super().__init__(config, image_size, device, pretrained)
-        from mambaad_lib.models import build_mambaad
-
         weights = encoder_weights_argument(config.encoder_weights) if pretrained else None
         try:
-            model = build_mambaad(
-                backbone=config.backbone, depths=tuple(config.depths), scan=config.scan,
-                directions=config.directions, hss_per_lss=config.hss_per_lss, lss_residual=config.lss_residual,
-                local_kernels=tuple(config.local_kernels), local_conv=config.local_conv,
-                encoder_weights=weights, image_size=image_size,
-                drop_path_rate=config.drop_path_rate, scan_backend=config.scan_backend)
+            model = self.build_model(weights)
         except RuntimeError as error:
             if weights != "imagenet":
                 raise
@@ -140,6 +133,17 @@ class MambaADMethod(AnomalyMethod):
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.grad_clip_norm: float | None = None
+
+    def build_model(self, encoder_weights: str | None) -> nn.Module:
+        """The network this method trains, for ``self.config`` at ``self.image_size``."""
+        from mambaad_lib.models import build_mambaad
+
+        c = self.config
+        return build_mambaad(
+            backbone=c.backbone, depths=tuple(c.depths), scan=c.scan, directions=c.directions,
+            hss_per_lss=c.hss_per_lss, lss_residual=c.lss_residual, local_kernels=tuple(c.local_kernels),
+            local_conv=c.local_conv, encoder_weights=encoder_weights, image_size=self.image_size,
+            drop_path_rate=c.drop_path_rate, scan_backend=c.scan_backend)
 
     @property
     def network(self) -> nn.Module:

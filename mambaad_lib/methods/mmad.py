@@ -22,11 +22,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mambaad_lib.engine.config import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import MambaADMethod, encoder_weights_argument
+from mambaad_lib.methods.mambaad import MambaADMethod
 from mambaad_lib.models.mmad import DEFAULT_GROUP_SCANS, MMADConfig
 
 # Any valid image size validates the architecture options; the run's size is checked at build time.
@@ -86,26 +86,10 @@ class MMADMethod(MambaADMethod):
     name = "mmad"
     config_class = MMADMethodConfig
 
-    def __init__(self, config: MMADMethodConfig, image_size: int, device: torch.device,
-                 pretrained: bool = True) -> None:
-        # MambaADMethod.__init__ builds a MambaAD; everything after building is shared.
-        AnomalyMethod.__init__(self, config, image_size, device, pretrained)
+    def build_model(self, encoder_weights: str | None) -> nn.Module:
         from mambaad_lib.models.mmad import MMAD
-        from mambaad_lib.ops import resolve_backend
 
-        weights = encoder_weights_argument(config.encoder_weights) if pretrained else None
-        try:
-            model = MMAD(config.model_config(encoder_weights=weights, image_size=image_size))
-        except RuntimeError as error:
-            if weights != "imagenet":
-                raise
-            raise RuntimeError(f"{error}\nOn the command line: --encoder-weights /path/to/weights.pth "
-                               "(or --encoder-weights none for an offline random-encoder check).") from error
-        self.model = model.to(self.device)
-        self._scan_backend = resolve_backend(config.scan_backend, self.device)
-        self.optimizer = None
-        self.scheduler = None
-        self.grad_clip_norm = None
+        return MMAD(self.config.model_config(encoder_weights=encoder_weights, image_size=self.image_size))
 
     def summary(self) -> str:
         c = self.config

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -107,11 +108,107 @@ def check_scan_grid(scan: ScanSpec, directions: int, height: int, width: int, pa
                 f"{grid[0] << 3}x{grid[1] << 3}, which scan {scan!r} cannot traverse: {error}") from error
 
 
-class MambaAD(nn.Module):
+class ReconstructionModel(nn.Module):
+    """Frozen encoder -> trainable bottleneck -> trainable decoder, compared scale by scale.
+
+    The shell MambaAD and MMAD share. Subclasses build ``encoder``, ``bottleneck`` and
+    ``decoder`` from their config dataclass (``config_class``) and may override
+    :meth:`check_grids` (which image sizes the scans accept), :meth:`decoding_context`
+    (e.g. a seeded RNG around bottleneck and decoder) and ``map_scale`` (1 = mean of the
+    per-scale maps; the number of scales = their sum).
+    """
+
+    config_class: ClassVar[type]
+    map_scale: ClassVar[str] = "mean"
+
+    encoder: nn.Module
+    bottleneck: nn.Module
+    decoder: nn.Module
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ReconstructionModel":
+        """A fresh model from a config or its ``asdict`` form (e.g. read back from YAML/JSON)."""
+        return cls(config if isinstance(config, cls.config_class) else cls.config_class(**config))
+
+    @property
+    def scan_backend(self) -> str:
+        return self.config.scan_backend
+
+    def set_scan_backend(self, name: str) -> None:
+        """Use selective-scan backend ``name`` ("auto", "reference", "cpu", ...) in every SS2D."""
+        self.config = replace(self.config, scan_backend=check_scan_backend(name))
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.scan_backend = name
+
+    def check_grids(self, height: int, width: int) -> None:
+        """Raise a ValueError when the scans cannot traverse this image size's grids."""
+        check_scan_grid(self.config.scan, self.config.directions, height, width, "images")
+
+    def decoding_context(self, device: torch.device) -> AbstractContextManager:
+        """Context around bottleneck and decoder in :meth:`forward`; none by default."""
+        return nullcontext()
+
+    def _check_images(self, images: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+        height, width = images.shape[-2:]
+        if height % BOTTLENECK_STRIDE or width % BOTTLENECK_STRIDE or min(height, width) < MIN_IMAGE_SIDE:
+            raise ValueError(f"images height and width must be multiples of {BOTTLENECK_STRIDE} and at least "
+                             f"{MIN_IMAGE_SIDE}, got {height}x{width}")
+        self.check_grids(height, width)
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """(B, 3, H, W) -> ([f1, f2, f3], [d1, d2, d3]) with d_s shaped like f_s.
+
+        Shapes (ResNet34): f1/d1 (B,64,H/4,W/4), f2/d2 (B,128,H/8,W/8), f3/d3 (B,256,H/16,W/16).
+        """
+        self._check_images(images)
+        with torch.no_grad():
+            encoder_features = self.encoder(images)
+        with self.decoding_context(images.device):
+            bottleneck = self.bottleneck(encoder_features)  # (B, 2*c3, H/32, W/32)
+            decoder_features = self.decoder(bottleneck)
+        return encoder_features, decoder_features
+
+    def loss(self, images: Tensor, weight: float = RELEASE_LOSS_WEIGHT) -> Tensor:
+        """Training loss: ``weight * sum_s MSE(f_s, d_s)`` (the release uses weight 5)."""
+        return reconstruction_loss(*self(images), weight=weight)
+
+    @torch.no_grad()
+    def anomaly_map(self, images: Tensor, sigma: float = MAP_SIGMA) -> tuple[Tensor, Tensor]:
+        """Anomaly maps and image scores (call ``model.eval()`` first).
+
+        Returns:
+            maps (B, 1, H, W): blurred mean (``map_scale="mean"``) or sum (``"sum"``) over
+            scales of 1 - cosine(f_s, d_s);
+            scores (B,): the maximum of each map.
+        """
+        encoder_features, decoder_features = self(images)
+        maps = cosine_anomaly_map(encoder_features, decoder_features, tuple(images.shape[-2:]))
+        if self.map_scale == "sum":
+            maps = len(encoder_features) * maps
+        if sigma > 0:
+            maps = gaussian_blur(maps, sigma)
+        return maps, maps.amax(dim=(1, 2, 3))
+
+    @torch.no_grad()
+    def reestimate_encoder_batchnorm(self, batches: Iterable[Tensor]) -> int:
+        """Recompute the frozen encoder's BatchNorm statistics on image batches; returns images used.
+
+        For random (offline) encoders; see :func:`mambaad_lib.models.encoders.reestimate_batchnorm`.
+        """
+        return reestimate_batchnorm(self.encoder, batches)
+
+
+class MambaAD(ReconstructionModel):
     """The MambaAD reconstruction model. Build it with :func:`build_mambaad` or :meth:`from_config`.
 
     Images are ImageNet-normalised (B, 3, H, W) with H, W multiples of 32 that the scan accepts.
     """
+
+    config_class = MambaADConfig
 
     def __init__(self, config: MambaADConfig) -> None:
         super().__init__()
@@ -126,70 +223,6 @@ class MambaAD(nn.Module):
             drop_path_rate=config.drop_path_rate, hss_per_lss=config.hss_per_lss,
             local_kernels=config.local_kernels, local_conv=config.local_conv, residual=config.lss_residual,
             scan=config.scan, directions=config.directions, scan_backend=config.scan_backend)
-
-    @classmethod
-    def from_config(cls, config: MambaADConfig | Mapping[str, Any]) -> MambaAD:
-        """A fresh model from a config or its ``asdict`` form (e.g. read back from YAML/JSON)."""
-        return cls(config if isinstance(config, MambaADConfig) else MambaADConfig(**config))
-
-    @property
-    def scan_backend(self) -> str:
-        return self.config.scan_backend
-
-    def set_scan_backend(self, name: str) -> None:
-        """Use selective-scan backend ``name`` ("auto", "reference", "cpu", ...) in every SS2D."""
-        self.config = replace(self.config, scan_backend=check_scan_backend(name))
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.scan_backend = name
-
-    def _check_images(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-        height, width = images.shape[-2:]
-        if height % BOTTLENECK_STRIDE or width % BOTTLENECK_STRIDE or min(height, width) < MIN_IMAGE_SIDE:
-            raise ValueError(f"images height and width must be multiples of {BOTTLENECK_STRIDE} and at least "
-                             f"{MIN_IMAGE_SIDE}, got {height}x{width}")
-        check_scan_grid(self.config.scan, self.config.directions, height, width, "images")
-
-    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """(B, 3, H, W) -> ([f1, f2, f3], [d1, d2, d3]) with d_s shaped like f_s.
-
-        Shapes (ResNet34): f1/d1 (B,64,H/4,W/4), f2/d2 (B,128,H/8,W/8), f3/d3 (B,256,H/16,W/16).
-        """
-        self._check_images(images)
-        with torch.no_grad():
-            encoder_features = self.encoder(images)
-        bottleneck = self.bottleneck(encoder_features)  # (B, 2*c3, H/32, W/32)
-        decoder_features = self.decoder(bottleneck)
-        return encoder_features, decoder_features
-
-    def loss(self, images: Tensor, weight: float = RELEASE_LOSS_WEIGHT) -> Tensor:
-        """Training loss: ``weight * sum_s MSE(f_s, d_s)`` (the release uses weight 5)."""
-        return reconstruction_loss(*self(images), weight=weight)
-
-    @torch.no_grad()
-    def anomaly_map(self, images: Tensor, sigma: float = MAP_SIGMA) -> tuple[Tensor, Tensor]:
-        """Anomaly maps and image scores (call ``model.eval()`` first).
-
-        Returns:
-            maps (B, 1, H, W): blurred mean over scales of 1 - cosine(f_s, d_s);
-            scores (B,): the maximum of each map.
-        """
-        encoder_features, decoder_features = self(images)
-        maps = cosine_anomaly_map(encoder_features, decoder_features, tuple(images.shape[-2:]))
-        if sigma > 0:
-            maps = gaussian_blur(maps, sigma)
-        return maps, maps.amax(dim=(1, 2, 3))
-
-    @torch.no_grad()
-    def reestimate_encoder_batchnorm(self, batches: Iterable[Tensor]) -> int:
-        """Recompute the frozen encoder's BatchNorm statistics on image batches; returns images used.
-
-        For random (offline) encoders; see :func:`mambaad_lib.models.encoders.reestimate_batchnorm`.
-        """
-        return reestimate_batchnorm(self.encoder, batches)
 
 
 def reconstruction_loss(encoder_features: Sequence[Tensor], decoder_features: Sequence[Tensor],

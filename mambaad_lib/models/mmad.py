@@ -19,22 +19,19 @@ masks and needs no seed.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mambaad_lib.models.decoder import split_depth
-from mambaad_lib.models.encoders import build_encoder, encoder_spec, reestimate_batchnorm
+from mambaad_lib.models.encoders import build_encoder, encoder_spec
 from mambaad_lib.models.mambaad import (
-    BOTTLENECK_STRIDE, MAP_SIGMA, MIN_IMAGE_SIDE, RELEASE_LOSS_WEIGHT, check_scan_backend, check_scan_grid,
-    cosine_anomaly_map, gaussian_blur, reconstruction_loss)
+    BOTTLENECK_STRIDE, MIN_IMAGE_SIDE, ReconstructionModel, check_scan_backend, check_scan_grid)
 from mambaad_lib.models.mmad_decoder import DEFAULT_GROUP_SCANS, HybridMambaDecoder
 from mambaad_lib.models.mmad_fuser import DilatedMambaFuser
-from mambaad_lib.models.ss2d import SS2D
 from mambaad_lib.scan import direction_counts
 
 FUSER_STRIDE = 16  # the fuser's Mamba block scans the f3 grid: image side / 16
@@ -130,11 +127,15 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-class MMAD(nn.Module):
+class MMAD(ReconstructionModel):
     """The MMAD reconstruction model. Build it with :func:`build_mmad` or :meth:`from_config`.
 
     Images are ImageNet-normalised (B, 3, H, W) with H, W multiples of 32 that the scans accept.
+    Its anomaly map is the sum over the three scales (the release's ``amap_mode='add'``).
     """
+
+    config_class = MMADConfig
+    map_scale = "sum"
 
     def __init__(self, config: MMADConfig) -> None:
         super().__init__()
@@ -153,83 +154,19 @@ class MMAD(nn.Module):
             drop_path_rate=config.drop_path_rate, release_compat=config.release_compat, groups=GSS_GROUPS,
             scans=config.group_scans, directions=config.directions, scan_backend=config.scan_backend)
 
-    @classmethod
-    def from_config(cls, config: MMADConfig | Mapping[str, Any]) -> MMAD:
-        """A fresh model from a config or its ``asdict`` form (e.g. read back from YAML/JSON)."""
-        return cls(config if isinstance(config, MMADConfig) else MMADConfig(**config))
-
-    @property
-    def scan_backend(self) -> str:
-        return self.config.scan_backend
-
-    def set_scan_backend(self, name: str) -> None:
-        """Use selective-scan backend ``name`` ("auto", "reference", "cpu", ...) in every SS2D."""
-        self.config = replace(self.config, scan_backend=check_scan_backend(name))
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.scan_backend = name
-
     def set_inference_seed(self, seed: int | None) -> None:
         """Seed the inference-time Gumbel draw (None: the global RNG, as the release)."""
         self.config = replace(self.config, inference_seed=seed)
 
-    def _check_images(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-        height, width = images.shape[-2:]
-        if height % BOTTLENECK_STRIDE or width % BOTTLENECK_STRIDE or min(height, width) < MIN_IMAGE_SIDE:
-            raise ValueError(f"images height and width must be multiples of {BOTTLENECK_STRIDE} and at least "
-                             f"{MIN_IMAGE_SIDE}, got {height}x{width}")
+    def check_grids(self, height: int, width: int) -> None:
         check_mmad_grids(self.config, height, width, "images")
 
-    def _inference_rng(self, device: torch.device) -> AbstractContextManager:
+    def decoding_context(self, device: torch.device) -> AbstractContextManager:
         """Seeded RNG for an evaluation forward when ``inference_seed`` is set, else a no-op."""
         seed = self.config.inference_seed
         if self.training or seed is None or device.type == "meta":
             return nullcontext()
         return seeded_rng(seed, device)
-
-    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """(B, 3, H, W) -> ([f1, f2, f3], [d1, d2, d3]) with d_s shaped like f_s.
-
-        Shapes (ResNet34): f1/d1 (B,64,H/4,W/4), f2/d2 (B,128,H/8,W/8), f3/d3 (B,256,H/16,W/16).
-        """
-        self._check_images(images)
-        with torch.no_grad():
-            encoder_features = self.encoder(images)
-        with self._inference_rng(images.device):
-            bottleneck = self.bottleneck(encoder_features)  # (B, 2*c3, H/32, W/32)
-            decoder_features = self.decoder(bottleneck)
-        return encoder_features, decoder_features
-
-    def loss(self, images: Tensor, weight: float = RELEASE_LOSS_WEIGHT) -> Tensor:
-        """Training loss: ``weight * sum_s MSE(f_s, d_s)`` (the release uses weight 5)."""
-        return reconstruction_loss(*self(images), weight=weight)
-
-    @torch.no_grad()
-    def anomaly_map(self, images: Tensor, sigma: float = MAP_SIGMA) -> tuple[Tensor, Tensor]:
-        """Anomaly maps and image scores (call ``model.eval()`` first).
-
-        Returns:
-            maps (B, 1, H, W): blurred sum over scales of 1 - cosine(f_s, d_s) (the release's
-            ``amap_mode='add'``; the scale-mean of MambaAD's helper times the number of scales);
-            scores (B,): the maximum of each map.
-        """
-        encoder_features, decoder_features = self(images)
-        maps = len(encoder_features) * cosine_anomaly_map(encoder_features, decoder_features,
-                                                          tuple(images.shape[-2:]))
-        if sigma > 0:
-            maps = gaussian_blur(maps, sigma)
-        return maps, maps.amax(dim=(1, 2, 3))
-
-    @torch.no_grad()
-    def reestimate_encoder_batchnorm(self, batches: Iterable[Tensor]) -> int:
-        """Recompute the frozen encoder's BatchNorm statistics on image batches; returns images used.
-
-        For random (offline) encoders; see :func:`mambaad_lib.models.encoders.reestimate_batchnorm`.
-        """
-        return reestimate_batchnorm(self.encoder, batches)
 
 
 @torch.no_grad()

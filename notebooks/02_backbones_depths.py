@@ -1,0 +1,138 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Backbones and decoder depths (Table 2)
+#
+# **The paper's claim.** ResNet34 with decoder depths [3,4,6,3] is the best trade-off:
+# deeper or wider encoders (ResNet50, WideResNet50) cost ten times the parameters and FLOPs
+# for no gain, and ResNet18 loses about two points of image AUROC.
+#
+# **What this notebook does.** For every row of Table 2 it counts parameters and FLOPs at
+# the paper's 256x256 (exact, for every profile), measures inference throughput on this
+# machine, and trains and evaluates the rows the profile can afford. Untrained rows are
+# reported by cost only. Metrics are in percent, paper values beside ours.
+#
+# **What to look for.** Parameter and FLOP counts should match the paper to a fraction of a
+# percent (they do not depend on data). Metrics from the `demo` profile come from a random
+# encoder, 64x64 images and a few epochs: they rank nothing.
+
+# %% tags=["parameters"]
+profile = "smoke"            # smoke | demo | paper
+dataset_root = "data"
+dataset_name = "synthetic"
+device = "cpu"
+seed = 0
+results_root = "results"
+runs_root = "runs"
+# The Table 2 grid: row label -> backbone and decoder depths.
+grid = [
+    {"label": "R18 [2,2,2,2]", "backbone": "resnet18", "depths": [2, 2, 2, 2]},
+    {"label": "R18 [3,4,6,3]", "backbone": "resnet18", "depths": [3, 4, 6, 3]},
+    {"label": "R34 [2,2,2,2]", "backbone": "resnet34", "depths": [2, 2, 2, 2]},
+    {"label": "R34 [2,9,2,2]", "backbone": "resnet34", "depths": [2, 9, 2, 2]},
+    {"label": "R34 [3,4,6,3]", "backbone": "resnet34", "depths": [3, 4, 6, 3]},
+    {"label": "R50 [3,4,6,3]", "backbone": "resnet50", "depths": [3, 4, 6, 3]},
+    {"label": "WRN50 [3,4,6,3]", "backbone": "wide_resnet50_2", "depths": [3, 4, 6, 3]},
+]
+# Rows trained per profile (the others: parameters, FLOPs and throughput only).
+trained_rows = {
+    "smoke": ["R18 [2,2,2,2]"],
+    "demo": ["R18 [2,2,2,2]", "R34 [3,4,6,3]"],
+    "paper": [row["label"] for row in grid],
+}
+throughput_size = {"smoke": 64, "demo": 128, "paper": 256}   # image side of the throughput runs
+timed_rows = {"smoke": ["R18 [2,2,2,2]"], "demo": [row["label"] for row in grid], "paper": [row["label"] for row in grid]}
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from mambaad_lib import experiments as ex
+from mambaad_lib import viz
+
+NOTEBOOK = "02_backbones_depths"
+settings = ex.training_settings("ablation", profile)
+figures = ex.output_dir(results_root, NOTEBOOK, profile)
+ex.ensure_dataset(dataset_root, dataset_name, settings.base_profile)
+trained = trained_rows[profile]
+display(Markdown(
+    f"**Run here (profile `{profile}`):** trained and evaluated: {', '.join(trained)}; "
+    f"reported by parameters, FLOPs and throughput only: "
+    f"{', '.join(r['label'] for r in grid if r['label'] not in trained) or 'none'}. "
+    f"Training settings: {settings.describe()}. Throughput: batch 1 at "
+    f"{throughput_size[profile]}x{throughput_size[profile]} on `{device}` for {', '.join(timed_rows[profile])}."))
+
+# %% [markdown]
+# ## Train the chosen rows, count every row
+# Each row's model options replace the base model's (`backbone`, `depths`).
+
+# %%
+rows = ex.run_grid(grid, settings, trained, notebook=NOTEBOOK, profile=profile, dataset_root=dataset_root,
+                   dataset_name=dataset_name, device=device, seed=seed, results_root=results_root,
+                   runs_root=runs_root)
+for row in rows:
+    if row["label"] in timed_rows[profile]:
+        timing = ex.time_inference(throughput_size[profile], device=device, seed=seed, **row["model"])
+        row["throughput_images_per_s"] = timing["images_per_s"]
+    else:
+        row["throughput_images_per_s"] = None
+
+# %% [markdown]
+# ## Costs: ours vs the paper (256x256)
+# Parameters include the frozen encoder; FLOPs count one multiply-accumulate as one FLOP,
+# as the paper does (see the model-costs page). Throughput is measured here, on this machine,
+# batch 1, best of two calls: on a CPU shared with other jobs (as when this book was built)
+# it is noisy; the efficiency chapter and `benchmarks/bench_model.py` measure with care.
+
+# %%
+paper = {f"{ex.short_backbone(r['backbone'])} {r['decoder_depth'].replace(' ', '')}": r
+         for r in ex.paper_rows("backbone_depth")}
+costs = pd.DataFrame([{
+    "row": r["label"], "trained here": r["trained"],
+    "params (M) ours": round(r["params_m_256"], 2), "params (M) paper": paper[r["label"]]["params_m"],
+    "GFLOPs ours": round(r["flops_g_256"], 2), "GFLOPs paper": paper[r["label"]]["flops_g"],
+    f"images/s here ({throughput_size[profile]}px, batch 1)":
+        None if r["throughput_images_per_s"] is None else round(r["throughput_images_per_s"], 2),
+} for r in rows]).set_index("row")
+costs
+
+# %% [markdown]
+# ## Metrics of the trained rows beside the paper's (percent)
+# Ours: `standard` and `ader` protocols, at the training settings printed above. Paper:
+# Table 2 (MVTec-AD, ImageNet encoder, 256x256; release evaluation).
+
+# %%
+metrics = ex.ours_vs_paper(rows, {label: paper[label] for label in paper}, keys=("i_auroc", "p_auroc", "p_aupro", "mAD"))
+metrics
+
+# %%
+viz.save_figure(viz.plot_ours_vs_paper(
+    [r["label"] for r in rows], [ex.pct(r.get("ader.i_auroc")) for r in rows],
+    [paper[r["label"]]["i_auroc"] for r in rows], "image AUROC (%)",
+    f"image AUROC: ours ({profile}, ader protocol; gaps = not trained) vs paper",
+    ours_name=f"ours ({profile})"), figures / "i_auroc_bars.png")
+
+# %%
+summary = ex.write_summary(results_root, NOTEBOOK, profile, {
+    "settings": settings.describe(), "dataset": dataset_name, "trained_rows": trained, "rows": rows,
+    "throughput_size": throughput_size[profile]})
+print(f"summary written to {summary}")
+
+# %% [markdown]
+# ## Try it yourself
+# - Add a row to `grid`, e.g. `{"label": "R18 [1,1,1,1]", "backbone": "resnet18",
+#   "depths": [1, 1, 1, 1]}`: how many parameters does the decoder alone cost?
+# - Train the ResNet50 row in the demo profile (add it to `trained_rows["demo"]`) and
+#   compare its throughput with ResNet34's: where do the extra FLOPs come from (look at
+#   `mambaad_lib.profile.count_flops(...)["by_part"]`)?
+# - With real data and a GPU (`profile = "paper"`), which row gives the best mAD per GFLOP?
