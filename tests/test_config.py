@@ -95,3 +95,13 @@ def test_override_parsing():
 def test_config_keys_cover_every_section():
     keys = {key for key, _, _ in config_keys(RunConfig())}
     assert {"train.epochs", "model.encoder_weights", "data.root", "paths.results_dir", "seed"} <= keys
+
+
+def test_scan_mapping_for_tables_mixed_rows():
+    """Table 3's mixed rows (e.g. zigzag x4 + hilbert x4) are expressible in a run config."""
+    from mambaad_lib.engine.config import load_config
+
+    config = load_config("smoke", {"model.scan": {"zigzag": 4, "hilbert": 4}})
+    assert config.model.scan == {"zigzag": 4, "hilbert": 4}
+    with pytest.raises(ConfigError, match="model.scan"):
+        load_config("smoke", {"model.scan": {"zigzag": "four"}})

@@ -229,6 +229,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         item_hint = args[0] if args else Any
         items = [_coerce(item, item_hint, key) for item in value]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        key_hint, value_hint = args or (Any, Any)
+        return {_coerce(k, key_hint, key): _coerce(v, value_hint, key) for k, v in value.items()}
     if hint is Any:
         return value
     if hint is bool:

@@ -39,7 +39,7 @@ class MambaADMethodConfig:
 
     backbone: str = "resnet34"
     depths: tuple[int, ...] = (3, 4, 6, 3)
-    scan: str = "hilbert"
+    scan: str | dict[str, int] = "hilbert"  # a method, or method -> direction count (Table 3's mixed rows)
     directions: int = 8
     hss_per_lss: int | None = None
     lss_residual: bool = True
