@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mambaad_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mambaad_lib.engine.config import ConfigError, RunConfig, config_to_dict
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import encoder_weights_argument, prepare_random_encoder
+from mambaad_lib.methods.mambaad import check_encoder_options, encoder_weights_argument, prepare_random_encoder
 from mambaad_lib.models.ahl import CDLConfig, collaborative_training
 from mambaad_lib.models.base_training import BaseTrainingConfig, train_heads
 from mambaad_lib.models.devnet import build_devnet
@@ -88,8 +88,7 @@ class OpenSetMethodConfig:
     base_training: BaseTrainingConfig = field(default_factory=BaseTrainingConfig)
 
     def __post_init__(self) -> None:
-        if not self.encoder_weights:
-            raise ConfigError("config key 'model.encoder_weights': expected imagenet, none or a file path")
+        check_encoder_options(self)
         if self.composite not in COMPOSITE_HEADS:
             raise ConfigError(f"config key 'model.composite': must be one of {list(COMPOSITE_HEADS)}, "
                               f"got {self.composite!r}")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mambaad_lib.data.transforms import denormalize
 from mambaad_lib.engine.config import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import encoder_weights_argument, prepare_random_encoder
+from mambaad_lib.methods.mambaad import check_encoder_options, encoder_weights_argument, prepare_random_encoder
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels
 from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor
 from mambaad_lib.synthesis.gas import GASConfig, synthesize_gas
@@ -58,11 +58,7 @@ class PatchFeatureOptions:
     map_sigma: float = 4.0
 
     def __post_init__(self) -> None:
-        if not self.encoder_weights:
-            raise ConfigError("config key 'model.encoder_weights': expected imagenet, none or a file path")
-        if self.bn_reestimate_images is not None and self.bn_reestimate_images < 1:
-            raise ConfigError(f"config key 'model.bn_reestimate_images': must be >= 1 or null, "
-                              f"got {self.bn_reestimate_images}")
+        check_encoder_options(self)
         if self.map_sigma < 0:
             raise ConfigError(f"config key 'model.map_sigma': must be >= 0, got {self.map_sigma}")
         try:

@@ -51,11 +51,7 @@ class MambaADMethodConfig:
     bn_reestimate_images: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.encoder_weights:
-            raise ConfigError("config key 'model.encoder_weights': expected imagenet, none or a file path")
-        if self.bn_reestimate_images is not None and self.bn_reestimate_images < 1:
-            raise ConfigError(f"config key 'model.bn_reestimate_images': must be >= 1 or null, "
-                             f"got {self.bn_reestimate_images}")
+        check_encoder_options(self)
 
     @property
     def random_encoder(self) -> bool:
@@ -65,6 +61,15 @@ class MambaADMethodConfig:
 def encoder_weights_argument(value: str) -> str | None:
     """``none`` -> None (random encoder); ``imagenet`` and file paths pass through."""
     return None if value.lower() == "none" else value
+
+def check_encoder_options(options: Any) -> None:
+    """Validate the ``model.encoder_weights`` / ``model.bn_reestimate_images`` keys every
+    frozen-encoder method shares; raises :class:`ConfigError` naming the key."""
+    if not options.encoder_weights:
+        raise ConfigError("config key 'model.encoder_weights': expected imagenet, none or a file path")
+    if getattr(options, "bn_reestimate_images", None) is not None and options.bn_reestimate_images < 1:
+        raise ConfigError(f"config key 'model.bn_reestimate_images': must be >= 1 or null, "
+                          f"got {options.bn_reestimate_images}")
 
 
 def prepare_random_encoder(options: Any, reestimate: Callable[[Iterable[Tensor]], int],

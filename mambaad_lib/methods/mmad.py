@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mambaad_lib.engine.config import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import MambaADMethod
+from mambaad_lib.methods.mambaad import MambaADMethod, check_encoder_options
 from mambaad_lib.models.mmad import DEFAULT_GROUP_SCANS, MMADConfig
 
 # Any valid image size validates the architecture options; the run's size is checked at build time.
@@ -59,11 +59,7 @@ class MMADMethodConfig:
     bn_reestimate_images: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.encoder_weights:
-            raise ConfigError("config key 'model.encoder_weights': expected imagenet, none or a file path")
-        if self.bn_reestimate_images is not None and self.bn_reestimate_images < 1:
-            raise ConfigError(f"config key 'model.bn_reestimate_images': must be >= 1 or null, "
-                              f"got {self.bn_reestimate_images}")
+        check_encoder_options(self)
         try:
             self.model_config(encoder_weights=None, image_size=_VALIDATION_IMAGE_SIZE)
         except ValueError as error:
