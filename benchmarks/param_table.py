@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from mambaad_lib.engine.io import atomic_write_json, atomic_write_text
 from mambaad_lib.engine.results import environment
+from mambaad_lib.paper import PAPER_DIR
 from mambaad_lib.models import build_mambaad
 from mambaad_lib.profile import count_flops, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_CSV_CANDIDATES = (REPO / "paper" / "backbone_depth.csv", Path("/work/shared/paper/backbone_depth.csv"))
+PAPER_CSV_CANDIDATES = (PAPER_DIR / "backbone_depth.csv",)
 BACKBONES = {"ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "resnet50",
              "WideResNet50": "wide_resnet50_2"}
 IMAGE_SIZE = 256

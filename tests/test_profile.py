@@ -1,8 +1,6 @@
 """Parameter and FLOP counts against the paper's Table 2 and hand-counted small cases."""
 import ast
-import csv
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,22 +8,17 @@ from torch import nn
 
 from mambaad_lib.models import build_mambaad
 from mambaad_lib.models.decoder import split_depth
+from mambaad_lib.paper import paper_table
 from mambaad_lib.profile import count_flops, count_parameters
 
-# The paper's Table 2: in the repository's paper/ folder, else the shared reference copy.
-TABLE2_CANDIDATES = (Path(__file__).resolve().parents[1] / "paper" / "backbone_depth.csv",
-                     Path("/work/shared/paper/backbone_depth.csv"))
 BACKBONES = {"ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "resnet50",
              "WideResNet50": "wide_resnet50_2"}
 
 
 def table2_rows():
-    path = next((p for p in TABLE2_CANDIDATES if p.exists()), None)
-    if path is None:
-        pytest.skip(f"paper table not found at any of {[str(p) for p in TABLE2_CANDIDATES]}")
-    with path.open() as handle:
-        return [(BACKBONES[row["backbone"]], tuple(ast.literal_eval(row["decoder_depth"])),
-                 float(row["params_m"]), float(row["flops_g"])) for row in csv.DictReader(handle)]
+    """The paper's Table 2 (``paper/backbone_depth.csv``): backbone, depths, params (M), GFLOPs."""
+    return [(BACKBONES[row["backbone"]], tuple(ast.literal_eval(row["decoder_depth"])),
+             float(row["params_m"]), float(row["flops_g"])) for row in paper_table("backbone_depth")]
 
 
 def meta_model(**kwargs):
