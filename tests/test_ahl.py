@@ -1,5 +1,7 @@
 """DevNet / DRA / AHL: deviation loss, top-k, HADG rules, CDL weights and a smoke open-set run."""
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +160,20 @@ def test_smoke_ahl_run_writes_finite_metrics(tmp_path, monkeypatch):
     method, _ = load_for_inference(record["training"]["checkpoint"], config)
     _, scores = method.predict(torch.zeros(2, 3, 64, 64))
     assert torch.isfinite(scores).all()
+
+
+@pytest.mark.slow
+def test_engine_train_delegates_open_set_methods(tmp_path, monkeypatch):
+    """`mambaad train` with an open-set profile runs train_openset through the method's
+    run_training hook and writes a results file with finite image metrics; --resume is refused."""
+    from mambaad_lib.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    profile = str(Path(__file__).resolve().parents[1] / "configs" / "ahl_smoke.yaml")
+    common = ["--profile", profile, "--data-root", "data", "--results-dir", "res", "--runs-dir", "runs", "--quiet"]
+    assert main(["synth", *common]) == 0
+    assert main(["train", *common, "--classes", "brick"]) == 0
+    (results_file,) = (tmp_path / "res").rglob("ahl-brick-*.json")
+    record = json.loads(results_file.read_text())
+    assert all(math.isfinite(record["metrics"]["standard"]["mean"][key]) for key in ("i_auroc", "i_ap"))
+    assert main(["train", *common, "--classes", "brick", "--resume", "latest"]) != 0
