@@ -810,7 +810,6 @@ def defect_type_table(comparison: Mapping[str, Any]) -> Any:
 
     Rows: defect types (LAS-like flagged); columns: (method, image/pixel AUROC).
     """
-    import pandas as pd
 
     table: dict[str, dict[tuple[str, str], Any]] = {}
     for label, entry in comparison["methods"].items():
@@ -818,15 +817,11 @@ def defect_type_table(comparison: Mapping[str, Any]) -> Any:
             target = table.setdefault(row["defect_type"], {("", "LAS-like"): row["las_like"]})
             target[(label, "image AUROC")] = pct(row["i_auroc"])
             target[(label, "pixel AUROC")] = pct(row["p_auroc"])
-    frame = pd.DataFrame.from_dict(table, orient="index")
-    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
-    frame.index.name = "defect type"
-    return frame
+    return _multi_column_frame(table, "defect type")
 
 
 def defect_group_table(comparison: Mapping[str, Any]) -> Any:
     """Mean AUROCs (percent) of the LAS-like and the thin/structural defect groups per method."""
-    import pandas as pd
 
     table: dict[str, dict[tuple[str, str], Any]] = {}
     for label, entry in comparison["methods"].items():
@@ -834,9 +829,16 @@ def defect_group_table(comparison: Mapping[str, Any]) -> Any:
             target = table.setdefault(group["group"], {})
             target[(label, "image AUROC")] = pct(group["i_auroc"])
             target[(label, "pixel AUROC")] = pct(group["p_auroc"])
+    return _multi_column_frame(table, "defect group")
+
+
+def _multi_column_frame(table: Mapping[str, Mapping[tuple[str, str], Any]], index_name: str) -> Any:
+    """A data frame with (method, metric) column levels from rows keyed by ``index_name``."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_dict(table, orient="index")
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
-    frame.index.name = "defect group"
+    frame.index.name = index_name
     return frame
 
 
