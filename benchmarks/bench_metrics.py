@@ -34,7 +34,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.engine.results import environment
 from mambaad_lib.metrics import METRIC_KEYS, per_class_metrics, pixel_metrics
 

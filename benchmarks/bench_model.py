@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scan import REPO, provenance, time_call  # noqa: E402
 
 import mambaad_lib.models.ss2d as ss2d_module  # noqa: E402
-from mambaad_lib.engine.io import atomic_write_json  # noqa: E402
+from mambaad_lib.utils.files import atomic_write_json  # noqa: E402
 from mambaad_lib.models import build_mambaad  # noqa: E402
 from mambaad_lib.ops import available_backends, backend_status  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.ops import available_backends, backend_status, selective_scan
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Parameters and FLOPs of the seven Table 2 models (backbone x decoder depth), ours vs the paper.
 
 Models are built on the meta device (no memory, no initialisation), counted with
-``mambaad_lib.profile.count_parameters`` (float parameters, frozen encoder included) and
+``mambaad_lib.models.costs.count_parameters`` (float parameters, frozen encoder included) and
 ``count_flops`` (convolutions, linears, SS2D projections and norms at 256x256, one
 multiply-accumulate = one FLOP; the selective-scan recurrence is listed apart).
 Prints a markdown table and writes it to ``book/model_costs.md`` and, with provenance, to
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mambaad_lib.engine.io import atomic_write_json, atomic_write_text
+from mambaad_lib.utils.files import atomic_write_json, atomic_write_text
 from mambaad_lib.engine.results import environment
 from mambaad_lib.paper import PAPER_DIR
 from mambaad_lib.models import build_mambaad
-from mambaad_lib.profile import count_flops, count_parameters
+from mambaad_lib.models.costs import count_flops, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CSV_CANDIDATES = (PAPER_DIR / "backbone_depth.csv",)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     header = ("# Model costs: Table 2, ours vs the paper\n\n"
               "Produced by `python benchmarks/param_table.py` (meta-device models, "
-              "`mambaad_lib.profile.count_parameters` / `count_flops` at 256x256).\n\n"
+              "`mambaad_lib.models.costs.count_parameters` / `count_flops` at 256x256).\n\n"
               "Parameters are floating-point parameters including the frozen encoder (stem + layer1..3); "
               "scan index tensors are buffers and not counted. GFLOPs count convolutions, linears, the SS2D "
               "projections and norms with one multiply-accumulate = one FLOP, as the paper does; the "

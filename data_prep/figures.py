@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from data_prep.synthetic import CLASSES, DEFECT_TYPES, image_rng, synthesize_image
+from mambaad_lib.data.synthetic import CLASSES, DEFECT_TYPES, image_rng, synthesize_image
 from mambaad_lib.data.meta import NORMAL_SPECIE
-from mambaad_lib.engine.io import atomic_write
+from mambaad_lib.utils.files import atomic_write
 
 __all__ = ["synthetic_grid", "main"]
 

@@ -315,7 +315,7 @@ def _cmd_predict(args, extra) -> int:
 
 
 def _cmd_synth(args, extra) -> int:
-    from data_prep.synthetic import make_synthetic_dataset
+    from mambaad_lib.data.synthetic import make_synthetic_dataset
 
     if args.profile is None:
         args.profile = "demo"
@@ -342,7 +342,7 @@ def _cmd_prep(args, extra) -> int:
 
 
 def _cmd_validate(args, extra) -> int:
-    from data_prep.validate import validate_dataset
+    from mambaad_lib.data.validate import validate_dataset
 
     if extra:
         raise CLIError(f"unrecognized arguments: {' '.join(extra)}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mambaad_lib.engine.config import RunConfig, config_to_dict, load_config
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.engine.results import environment, results_path
 from mambaad_lib.metrics import METRIC_KEYS
 from mambaad_lib.paper import paper_table
@@ -172,7 +172,7 @@ def ensure_dataset(dataset_root: str | Path, dataset_name: str, profile: str) ->
     Raises:
         FileNotFoundError: a real dataset (name not starting with ``synthetic``) is missing.
     """
-    from data_prep.synthetic import make_synthetic_dataset
+    from mambaad_lib.data.synthetic import make_synthetic_dataset
     from mambaad_lib.data import meta_path
     from mambaad_lib.engine.config import SyntheticConfig
 
@@ -287,7 +287,7 @@ def cost_row(label: str, image_size: int = 256, **model: Any) -> dict[str, Any]:
     import torch
 
     from mambaad_lib.models import build_mambaad
-    from mambaad_lib.profile import count_flops, count_parameters
+    from mambaad_lib.models.costs import count_flops, count_parameters
 
     with torch.device("meta"):
         network = build_mambaad(image_size=image_size, **{key: _tuple(value) for key, value in model.items()})
@@ -520,7 +520,7 @@ def time_inference(image_size: int, batch_size: int = 1, repeats: int = 2, scan_
 
     from mambaad_lib.engine.seeding import seed_everything
     from mambaad_lib.models import build_mambaad
-    from mambaad_lib.profile import count_flops
+    from mambaad_lib.models.costs import count_flops
 
     seed_everything(seed)
     network = build_mambaad(image_size=image_size, scan_backend=scan_backend,
@@ -542,9 +542,9 @@ def time_inference(image_size: int, batch_size: int = 1, repeats: int = 2, scan_
 
 def load_benchmark(name: str, folder: str | Path | None = None) -> dict[str, Any] | None:
     """``results/benchmarks/<name>.json`` (written by ``benchmarks/*.py``), or None when absent."""
-    from mambaad_lib.engine.config import REPO_ROOT
+    from mambaad_lib.utils.resources import PACKAGE_DIR
 
-    path = Path(folder or REPO_ROOT / "results" / "benchmarks") / f"{name}.json"
+    path = Path(folder or PACKAGE_DIR.parent / "results" / "benchmarks") / f"{name}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

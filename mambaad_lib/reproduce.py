@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from mambaad_lib.utils.resources import PACKAGE_DIR
+
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout when run from one (see require_repository)
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.py$")
 PROFILES = ("smoke", "demo", "paper")
 # Hand-written pages in reading order; a page that does not exist is left out of the toc.
@@ -159,7 +161,7 @@ def write_run_log(path: Path, profile: str, parameters: dict[str, Any], runs: Se
     """
     import json
 
-    from mambaad_lib.engine.io import atomic_write_json
+    from mambaad_lib.utils.files import atomic_write_json
     from mambaad_lib.engine.results import environment
 
     entries: dict[str, dict[str, Any]] = {}
@@ -204,7 +206,7 @@ def toc_text(root: str | Path = REPO_ROOT, experiments_dir: str = "book/experime
 
 def write_toc(root: str | Path = REPO_ROOT) -> Path:
     """Regenerate ``<root>/_toc.yml`` (atomically) from what exists; returns its path."""
-    from mambaad_lib.engine.io import atomic_write_text
+    from mambaad_lib.utils.files import atomic_write_text
 
     return atomic_write_text(Path(root) / "_toc.yml", toc_text(root))
 

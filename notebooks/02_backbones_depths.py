@@ -134,5 +134,5 @@ print(f"summary written to {summary}")
 #   "depths": [1, 1, 1, 1]}`: how many parameters does the decoder alone cost?
 # - Train the ResNet50 row in the demo profile (add it to `trained_rows["demo"]`) and
 #   compare its throughput with ResNet34's: where do the extra FLOPs come from (look at
-#   `mambaad_lib.profile.count_flops(...)["by_part"]`)?
+#   `mambaad_lib.models.costs.count_flops(...)["by_part"]`)?
 # - With real data and a GPU (`profile = "paper"`), which row gives the best mAD per GFLOP?

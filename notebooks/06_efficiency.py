@@ -155,7 +155,7 @@ print(f"summary written to {summary}")
 # ## Try it yourself
 # - `timed_model["demo"] = {"backbone": "resnet34", "depths": [3, 4, 6, 3]}`: the paper's
 #   model; what share of its FLOPs is the frozen encoder (`ex.cost_row(...)` and
-#   `mambaad_lib.profile.count_flops(...)["by_part"]`)?
+#   `mambaad_lib.models.costs.count_flops(...)["by_part"]`)?
 # - Set `MAMBAAD_SCAN_BACKEND=reference` before starting Jupyter and rerun: how much of the
 #   model's time is the scan?
 # - On a GPU (`device = "cuda"`, `pip install -e ".[cuda]"`), the `mamba_ssm` and

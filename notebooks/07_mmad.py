@@ -66,7 +66,7 @@ from mambaad_lib.methods.mmad import compare_inference_speed
 from mambaad_lib.metrics import METRIC_KEYS
 from mambaad_lib.models import build_mambaad, build_mmad
 from mambaad_lib.models.mmad import repeated_image_scores
-from mambaad_lib.profile import count_flops, count_parameters
+from mambaad_lib.models.costs import count_flops, count_parameters
 
 if threads is not None:
     # On a shared 2-core machine one thread per process avoids OpenMP threads spinning at

@@ -60,10 +60,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.synthetic import make_synthetic_dataset
+from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.data import meta_path
 from mambaad_lib.engine.config import load_config
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.methods.ahl import openset_grid, summarize_openset
 from mambaad_lib.paper import paper_table
 

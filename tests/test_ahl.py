@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mambaad_lib.methods.base import METHODS
+from mambaad_lib.utils.resources import CONFIGS_DIR
 from mambaad_lib.models.ahl import CDLConfig, collaborative_training, paper_evaluation_set
 from mambaad_lib.models.devnet import DevNetHead, DevNetConfig, deviation_loss, topk_mean
 from mambaad_lib.models.dra import DRAConfig, DRAHeads
@@ -139,7 +140,7 @@ def test_cdl_trains_and_weights_episodes():
 
 @pytest.mark.slow
 def test_smoke_ahl_run_writes_finite_metrics(tmp_path, monkeypatch):
-    from data_prep.synthetic import make_synthetic_dataset
+    from mambaad_lib.data.synthetic import make_synthetic_dataset
     from mambaad_lib.engine.config import load_config
     from mambaad_lib.engine.results import load_results
     from mambaad_lib.methods.ahl import train_openset
@@ -169,7 +170,7 @@ def test_engine_train_delegates_open_set_methods(tmp_path, monkeypatch):
     from mambaad_lib.cli import main
 
     monkeypatch.chdir(tmp_path)
-    profile = str(Path(__file__).resolve().parents[1] / "configs" / "ahl_smoke.yaml")
+    profile = str(CONFIGS_DIR / "ahl_smoke.yaml")
     common = ["--profile", profile, "--data-root", "data", "--results-dir", "res", "--runs-dir", "runs", "--quiet"]
     assert main(["synth", *common]) == 0
     assert main(["train", *common, "--classes", "brick"]) == 0

@@ -12,7 +12,7 @@ from PIL import Image
 
 from data_prep import folder, mvtec, mvtec3d, realiad, visa
 from data_prep.common import ConversionError
-from data_prep.validate import validate_dataset
+from mambaad_lib.data.validate import validate_dataset
 from mambaad_lib.data import AnomalyDataset, read_meta
 
 SIZE = (24, 20)  # (width, height) of the fake images

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from data_prep import validate
-from data_prep.synthetic import make_synthetic_dataset
+from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.data import (IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize, read_meta, transform_mask,
                               write_meta)
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data_prep.synthetic import make_synthetic_dataset
+from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import load_config
-from mambaad_lib.engine.io import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
+from mambaad_lib.utils.files import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
 from mambaad_lib.engine.results import load_results, results_table
 from mambaad_lib.engine.seeding import epoch_permutation
 from mambaad_lib.engine.trainer import TrainingInterrupted, training_batches

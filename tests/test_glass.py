@@ -9,7 +9,7 @@ import torch
 
 from mambaad_lib.engine.config import ConfigError, TrainConfig, dataclass_from_dict, load_config
 from mambaad_lib.methods.base import METHODS
-from mambaad_lib.methods.defect_types import (
+from mambaad_lib.metrics.defect_types import (
     LAS_UNLIKE_DEFECTS, dataset_species, group_by_las_likeness, per_defect_type_metrics)
 from mambaad_lib.methods.glass import GLASSMethod, GLASSMethodConfig
 from mambaad_lib.models.glass import Discriminator, focal_loss, patch_labels
@@ -94,7 +94,7 @@ def test_training_updates_only_the_heads_and_resumes_exactly():
 # ---------------------------------------------------------------------------- smoke run
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    from data_prep.synthetic import make_synthetic_dataset
+    from mambaad_lib.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data")
     make_synthetic_dataset(root, name="tiny", seed=0, image_size=64, n_train=4, n_test=8, classes=["brick", "coin"])

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from data_prep.synthetic import make_synthetic_dataset
+from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.models import build_mmad
 from mambaad_lib.models.mmad import repeated_image_scores
 from mambaad_lib.models.mmad_decoder import (
     GroupedStateSpace, HybridStateSpaceModule, TokenGate, hmd_module_drop_paths)
 from mambaad_lib.models.mmad_fuser import ChannelAttentionStep, DilatedMambaFuser
 from mambaad_lib.models.ss2d import HSSBlock
-from mambaad_lib.profile import count_flops, count_parameters
+from mambaad_lib.models.costs import count_flops, count_parameters
 from mambaad_lib.scan import scan_directions
 
 

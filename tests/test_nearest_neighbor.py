@@ -73,7 +73,7 @@ def test_more_than_one_epoch_is_refused():
 
 @pytest.mark.slow
 def test_smoke_run_writes_results_with_finite_metrics(tmp_path, monkeypatch):
-    from data_prep.synthetic import make_synthetic_dataset
+    from mambaad_lib.data.synthetic import make_synthetic_dataset
     from mambaad_lib.engine import runner
 
     monkeypatch.setitem(METHODS, "nearest_neighbor", "mambaad_lib.methods.nearest_neighbor:NearestNeighborMethod")

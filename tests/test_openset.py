@@ -1,8 +1,8 @@
-"""The open-set supervised protocol splits (mambaad_lib.openset): exact, seeded, leak-free."""
+"""The open-set supervised protocol splits (mambaad_lib.data.openset): exact, seeded, leak-free."""
 import numpy as np
 import pytest
 
-from mambaad_lib.openset import OpenSetConfig, hard_setting_types, split_openset
+from mambaad_lib.data.openset import OpenSetConfig, hard_setting_types, split_openset
 
 TYPES = ("scratch", "hole", "stain")
 

@@ -190,7 +190,7 @@ def test_las_reconstruction_loss_targets_clean_features(textures):
 
 def test_las_figure_has_one_row_per_class(textures, tmp_path):
     pytest.importorskip("matplotlib")
-    from data_prep.synthetic import make_synthetic_dataset
+    from mambaad_lib.data.synthetic import make_synthetic_dataset
     from mambaad_lib.data import AnomalyDataset
     from mambaad_lib.viz import las_examples, plot_las_examples
 

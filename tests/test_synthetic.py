@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import synthetic
-from data_prep.synthetic import (CLASSES, DEFECT_TYPES, OBJECT_CLASSES, TEXTURE_CLASSES, foreground_mask,
+from data_prep import synthetic as synthetic_command
+from mambaad_lib.data import synthetic
+from mambaad_lib.data.synthetic import (CLASSES, DEFECT_TYPES, OBJECT_CLASSES, TEXTURE_CLASSES, foreground_mask,
                                  image_rng, make_synthetic_dataset, species_of_test_split, synthesize_image)
-from data_prep.synthetic_defects import DEFECT_PARAMS
-from data_prep.synthetic_sources import NORMAL_JITTER, render_normal
-from data_prep.validate import validate_dataset
+from mambaad_lib.data.synthetic.defects import DEFECT_PARAMS
+from mambaad_lib.data.synthetic.sources import NORMAL_JITTER, render_normal
+from mambaad_lib.data.validate import validate_dataset
 
 SMOKE = dict(image_size=64, n_train=6, n_test=6, classes=["brick", "retina"])
 
@@ -150,7 +151,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
 
 
 def test_command_line(tmp_path, capsys):
-    code = synthetic.main(["--root", str(tmp_path), "--name", "tiny", "--image-size", "32", "--n-train", "2",
+    code = synthetic_command.main(["--root", str(tmp_path), "--name", "tiny", "--image-size", "32", "--n-train", "2",
                            "--n-test", "2", "--classes", "grass", "logo"])
     assert code == 0 and (tmp_path / "meta_tiny.json").is_file()
     assert validate_dataset(tmp_path, "tiny") == []

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 
 __all__ = ["SPLITS", "ITEM_KEYS", "NORMAL_SPECIE", "meta_path", "dataset_dir", "make_item",
            "check_meta", "read_meta", "write_meta"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mambaad_lib.engine.io import atomic_torch_save
+from mambaad_lib.utils.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 

@@ -21,15 +21,12 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from mambaad_lib.metrics import PROTOCOLS as _PROTOCOL_FUNCTIONS
+from mambaad_lib.utils.errors import ConfigError
+from mambaad_lib.utils.resources import CONFIGS_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILES_DIR = REPO_ROOT / "configs"
+PROFILES_DIR = CONFIGS_DIR
 DEVICES = ("auto", "cpu", "cuda")
 PROTOCOLS = tuple(_PROTOCOL_FUNCTIONS)  # ("standard", "ader")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid (the message names the key)."""
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mambaad_lib.engine.figures import example_panel, normalize_map
-from mambaad_lib.engine.io import atomic_write_bytes
+from mambaad_lib.utils.files import atomic_write_bytes
 from mambaad_lib.methods.base import AnomalyMethod
 
 

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 import mambaad_lib
-from mambaad_lib.engine.config import REPO_ROOT
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.metrics import METRIC_KEYS
+from mambaad_lib.utils.resources import repository_root
 
 SCHEMA = "mambaad-companion/results"
 SCHEMA_VERSION = 1
@@ -59,8 +59,11 @@ def results_path(results_dir: str | Path, experiment: str, profile: str, run_id:
 
 
 def _git(*args: str) -> str | None:
+    root = repository_root()
+    if root is None:
+        return None
     try:
-        completed = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        completed = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return completed.stdout.strip() if completed.returncode == 0 else None

@@ -28,7 +28,7 @@ from mambaad_lib.engine.config import ConfigError, RunConfig, config_to_dict
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
 from mambaad_lib.engine.figures import normalize_map, overlay
-from mambaad_lib.engine.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from mambaad_lib.utils.files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from mambaad_lib.engine.results import new_record, results_path, write_results
 from mambaad_lib.engine.seeding import seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer

@@ -1,7 +1,7 @@
 """DevNet, DRA and AHL as engine methods (``method: devnet | dra | ahl``), open-set supervised.
 
 These detectors learn from the normal training images **and** M labelled anomalies
-(:mod:`mambaad_lib.openset`), so they are trained by :func:`train_openset` (one model per
+(:mod:`mambaad_lib.data.openset`), so they are trained by :func:`train_openset` (one model per
 class) rather than by the engine's unsupervised :class:`~mambaad_lib.engine.trainer.Trainer`;
 ``predict``, checkpoints and the results schema are the engine's.
 
@@ -51,7 +51,7 @@ from mambaad_lib.models.encoders import build_encoder, reestimate_batchnorm
 from mambaad_lib.models.hadg import HADGConfig, build_episodes, cluster_normals
 from mambaad_lib.models.openset_features import BatchSampler, FeatureBank, MultiScaleFeatures, SampleSet
 from mambaad_lib.models.pseudo_anomalies import GENERATORS, pseudo_anomalies
-from mambaad_lib.openset import OpenSetConfig, OpenSetSplit, split_openset
+from mambaad_lib.data.openset import OpenSetConfig, OpenSetSplit, split_openset
 from mambaad_lib.synthesis.textures import resolve_texture_source
 
 logger = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ def train_openset(config: RunConfig, run_id: str | None = None, progress: bool =
     """
     from mambaad_lib.engine.checkpoint import FINAL, save_checkpoint
     from mambaad_lib.engine.evaluate import compute_protocol_metrics, predict_dataset
-    from mambaad_lib.engine.io import ensure_writable_dir
+    from mambaad_lib.utils.files import ensure_writable_dir
     from mambaad_lib.engine.results import new_record, results_path, write_results
     from mambaad_lib.engine.runner import RunOutcome, resolve_device
     from mambaad_lib.engine.seeding import seed_everything, set_deterministic

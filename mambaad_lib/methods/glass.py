@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambaad_lib.data.transforms import denormalize
-from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
 from mambaad_lib.methods.mambaad import check_encoder_options, encoder_weights_argument, prepare_random_encoder
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class MambaADMethod(AnomalyMethod):
                 f"local_kernels={list(c.local_kernels)}, image_size={self.image_size})")
 
     def describe(self) -> dict[str, Any]:
-        from mambaad_lib.profile import count_flops, count_parameters
+        from mambaad_lib.models.costs import count_flops, count_parameters
 
         return {"parameters": count_parameters(self.model),
                 "flops": count_flops(self.model, self.image_size),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.mambaad import MambaADMethod, MambaADMethodConfig
 from mambaad_lib.synthesis.las import build_las, las_reconstruction_loss
 

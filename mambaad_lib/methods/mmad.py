@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
 from mambaad_lib.methods.mambaad import MambaADMethod, check_encoder_options
 from mambaad_lib.models.mmad import DEFAULT_GROUP_SCANS, MMADConfig

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mambaad_lib.engine.config import ConfigError
+from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
 from mambaad_lib.methods.glass import PatchFeatureOptions, build_patch_features, prepare_patch_features
 from mambaad_lib.models.nearest_neighbor import NearestNeighborNet

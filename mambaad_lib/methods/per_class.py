@@ -18,10 +18,10 @@ import numpy as np
 
 from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.engine.evaluate import Predictions, predict_dataset
-from mambaad_lib.engine.io import atomic_write_json
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.engine.results import results_path
 from mambaad_lib.engine.runner import RunOutcome, build_datasets, load_for_inference, train
-from mambaad_lib.methods.defect_types import dataset_species, group_by_las_likeness, per_defect_type_metrics
+from mambaad_lib.metrics.defect_types import dataset_species, group_by_las_likeness, per_defect_type_metrics
 
 
 def _for_classes(config: RunConfig, classes: Sequence[str] | None) -> RunConfig:

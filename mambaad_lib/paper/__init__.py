@@ -1,14 +1,14 @@
-"""The paper's published tables (``paper/*.csv`` in the repository), for side-by-side views."""
+"""The paper's published tables (``mambaad_lib/paper/*.csv``, package data), for side-by-side views."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "paper"
+from mambaad_lib.utils.resources import PAPER_TABLES_DIR as PAPER_DIR
 
 
 def paper_table(name: str) -> list[dict[str, str]]:
-    """Rows of ``paper/<name>.csv`` as dicts of strings (values are percentages as printed).
+    """Rows of ``<name>.csv`` as dicts of strings (values are percentages as printed).
 
     Raises:
         FileNotFoundError: when the table does not exist (lists the ones that do).

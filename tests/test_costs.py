@@ -9,7 +9,7 @@ from torch import nn
 from mambaad_lib.models import build_mambaad
 from mambaad_lib.models.decoder import split_depth
 from mambaad_lib.paper import paper_table
-from mambaad_lib.profile import count_flops, count_parameters
+from mambaad_lib.models.costs import count_flops, count_parameters
 
 BACKBONES = {"ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "resnet50",
              "WideResNet50": "wide_resnet50_2"}

@@ -22,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import line, polygon
 
-from data_prep.synthetic_sources import load_rgb
+from mambaad_lib.data.synthetic.sources import load_rgb
 from mambaad_lib.synthesis.perlin import perlin_mask
 
 __all__ = ["DEFECT_TYPES", "DEFECT_PARAMS", "DefectParams", "apply_defect"]
