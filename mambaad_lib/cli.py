@@ -60,14 +60,16 @@ def _config_epilog() -> str:
              "those of a config without profile):"]
     for key, type_name, value in config_keys(load_config(None)):
         lines.append(f"  --{key:<32} {type_name:<22} {value!r}")
-    lines.append(f"profiles: {', '.join(available_profiles())} (configs/*.yaml) or any YAML path")
+    lines.append("profiles: smoke, demo or paper (the chosen method's own settings of that size), a packaged "
+                 f"profile ({', '.join(available_profiles())}) or any YAML path")
     return "\n".join(lines)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, profile_required: bool) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument("--profile", "--config", dest="profile", metavar="NAME|YAML", required=profile_required,
-                       help="profile in configs/ (smoke, demo, paper) or a YAML file")
+                       help="smoke, demo or paper (the size; with --model, that method's own settings), "
+                            "a packaged profile name, or a YAML file")
     for name, (key, text) in ALIASES.items():
         if name == "model":
             from mambaad_lib.methods import METHODS
@@ -79,6 +81,13 @@ def _add_config_options(parser: argparse.ArgumentParser, profile_required: bool)
                                help=text if same else f"{text} (= --{key})")
     group.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="DANGEROUS: unpickle checkpoint files fully, which runs any code they contain; only for "
+                             "files you made yourself. By default a file is read as tensors and plain data only, and "
+                             "one that names anything else is refused")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -103,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.",
         epilog=_config_epilog())
     _add_config_options(train, profile_required=False)
-    train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>)")
+    train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>-<random>)")
     train.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
-                       help="continue an interrupted run: a run id, run folder or last.pt (default: the newest)")
+                       help="continue an interrupted run: a run id, run folder or last.pt (default: the newest "
+                            "unfinished run of this experiment with the same config)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a finished run of the same --run-id (its checkpoints and results file)")
     _add_common(train)
 
     evaluate = commands.add_parser(
@@ -114,13 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "and write a results file. Without --profile the checkpoint's own config is used; "
                     "options still override it (e.g. --data-root).",
         epilog=_config_epilog())
-    evaluate.add_argument("--checkpoint", metavar="FILE", help="final.pt / last.pt (or a bare state dict)")
+    evaluate.add_argument("--checkpoint", metavar="FILE|RUN",
+                          help="final.pt / last.pt (or a bare state dict), or the run folder of a per-class method")
     evaluate.add_argument("--release-checkpoint", metavar="PTH",
                           help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
                                "see book/release_checkpoints.md")
     evaluate.add_argument("--non-strict", action="store_true",
                           help="with --release-checkpoint: load what matches and list the rest")
     _add_config_options(evaluate, profile_required=False)
+    _add_trust(evaluate)
     evaluate.add_argument("--run-id", help="name of the results file (default: eval-<run>-<time>)")
     _add_common(evaluate)
 
@@ -129,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write <name>_map.npy, <name>_overlay.png and scores.csv for image files or folders. "
                     "Images are resized like the training images; RGB or greyscale only.")
     predict.add_argument("inputs", nargs="+", metavar="IMG|DIR", help="image files and/or folders of images")
-    predict.add_argument("--checkpoint", metavar="FILE", help="a checkpoint written by train")
+    predict.add_argument("--checkpoint", metavar="FILE", help="a checkpoint written by train (one model)")
     predict.add_argument("--release-checkpoint", metavar="PTH",
                           help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
                                "see book/release_checkpoints.md")
@@ -140,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-resize", dest="resize", action="store_false",
                          help="require images of exactly the model's input size instead of resizing")
     _add_config_options(predict, profile_required=False)
+    _add_trust(predict)
     _add_common(predict)
 
     synth = commands.add_parser(
@@ -193,13 +208,22 @@ def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]
     from mambaad_lib.engine.config import parse_override
 
     overrides: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def put(key: str, value: Any, given_as: str) -> None:
+        if key in overrides and overrides[key] != value:
+            raise CLIError(f"{origin[key]} and {given_as} set {key} to different values "
+                           f"({overrides[key]!r} and {value!r}); give it once")
+        overrides[key], origin[key] = value, given_as
+
     for name, (key, _) in ALIASES.items():
         value = getattr(args, f"alias_{name}", None)
         if value is not None:
-            overrides[key] = value if name == "model" else parse_override(f"{key}={value}")[1]
+            flag = "--" + name.replace("_", "-")
+            put(key, value if name == "model" else parse_override(f"{key}={value}")[1], f"{flag} {value}")
     for text in args.sets:
         key, value = parse_override(text)
-        overrides[key] = value
+        put(key, value, f"--set {text}")
     tokens = list(extra)
     while tokens:
         token = tokens.pop(0)
@@ -211,27 +235,17 @@ def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]
             if not tokens or tokens[0].startswith("--"):
                 raise CLIError(f"{token} needs a value")
             key, value = parse_override(f"{token[2:]}={tokens.pop(0)}")
-        overrides[key] = value
+        put(key, value, f"--{key}")
     return overrides
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str], base: dict[str, Any] | None = None):
-    from mambaad_lib.engine.config import load_config, read_yaml, resolve_profile
+    """The run config of a command: :func:`mambaad_lib.engine.config.load_config`'s one rule."""
+    from mambaad_lib.engine.config import load_config
 
-    overrides = _overrides(args, extra)
-    method = overrides.get("method")
     if args.profile is None and base is None:
         raise CLIError("choose a profile: --profile smoke|demo|paper or --profile path/to/config.yaml")
-    if method is not None:
-        values = read_yaml(resolve_profile(args.profile)) if args.profile else dict(base)
-        if values.get("method", "mambaad") != method:
-            # The profile's model section belongs to the other method: start from defaults.
-            logging.getLogger("mambaad_lib").info("--model %s: using %s's default model options", method, method)
-            values.pop("model", None)
-            if args.profile:
-                values.setdefault("profile", Path(args.profile).stem)
-            return load_config(None, overrides, base=values)
-    return load_config(args.profile, overrides, base=base)
+    return load_config(args.profile, _overrides(args, extra), base=base)
 
 
 # ---- commands --------------------------------------------------------------------------
@@ -242,40 +256,53 @@ def _cmd_train(args, extra) -> int:
 
     base = None
     if args.resume is not None and args.profile is None:
-        base = _config_from_checkpoint_for_resume(args)
+        base = _stored_config_for_resume(args.resume)
     config = _config(args, extra, base=base)
-    outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet)
+    outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet,
+                           overwrite=args.overwrite)
     _print_summary(outcome.record, outcome.results_file)
     return 0
 
 
-def _config_from_checkpoint_for_resume(args) -> dict[str, Any]:
+def _stored_config_for_resume(resume: str) -> dict[str, Any]:
     """``--resume`` without ``--profile``: the interrupted run's stored config."""
-    from mambaad_lib.engine.checkpoint import load_checkpoint
+    from mambaad_lib.engine.runner import stored_config
 
-    candidate = Path(args.resume)
-    checkpoint = candidate if candidate.is_file() else candidate / "last.pt"
-    if not checkpoint.is_file():
-        raise CLIError("--resume with a run id or 'latest' needs --profile (to know the experiment); "
-                       "or pass the run folder or its last.pt")
-    return load_checkpoint(checkpoint).get("config") or {}
+    candidate = Path(resume)
+    folder = candidate.parent if candidate.is_file() else candidate
+    for path in (folder, folder.parent):
+        if (path / "config.yaml").is_file():
+            return stored_config(path)
+    raise CLIError("--resume with a run id or 'latest' needs --profile (to know the experiment); "
+                   "or pass the run folder or a checkpoint inside it")
 
 
 def _release_checkpoint(args, extra):
     """Convert the authors' weights into one of our checkpoints; (config, checkpoint path)."""
-    from mambaad_lib.models.release import release_checkpoint_for_engine
+    from mambaad_lib.engine.release import release_checkpoint_for_engine
 
     if args.checkpoint is not None:
         raise CLIError("--checkpoint and --release-checkpoint exclude each other")
     config = _config(args, extra)
-    checkpoint, report = release_checkpoint_for_engine(args.release_checkpoint, config, strict=not args.non_strict)
+    checkpoint, report = release_checkpoint_for_engine(args.release_checkpoint, config, strict=not args.non_strict,
+                                                       trust=args.trust_checkpoint)
     print(report.summary())
     return config, checkpoint
 
 
+def _checkpoint_config(args, extra, checkpoint: Path):
+    """The config for evaluating or predicting with ``checkpoint``: its stored one, with the
+    command's options on top (a profile is needed only for bare weights)."""
+    from mambaad_lib.engine.runner import stored_config
+
+    stored = stored_config(checkpoint, trust=args.trust_checkpoint)
+    if args.profile is None and not stored:
+        raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model and data it is for")
+    return _config(args, extra, base=stored if args.profile is None else None)
+
+
 def _cmd_evaluate(args, extra) -> int:
     from mambaad_lib.engine import runner
-    from mambaad_lib.engine.checkpoint import load_checkpoint
 
     if args.release_checkpoint is not None:
         config, checkpoint = _release_checkpoint(args, extra)
@@ -285,31 +312,25 @@ def _cmd_evaluate(args, extra) -> int:
         logging.getLogger("mambaad_lib").info("evaluating the newest finished run: %s", checkpoint)
     else:
         checkpoint = Path(args.checkpoint)
-        stored = load_checkpoint(checkpoint).get("config")
-        if args.profile is None and not stored:
-            raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model and data it is for")
-        config = _config(args, extra, base=stored)
-    outcome = runner.evaluate(config, checkpoint, run_id=args.run_id, progress=not args.quiet)
+        config = _checkpoint_config(args, extra, checkpoint)
+    outcome = runner.evaluate(config, checkpoint, run_id=args.run_id, progress=not args.quiet,
+                              trust=args.trust_checkpoint)
     _print_summary(outcome.record, outcome.results_file)
     return 0
 
 
 def _cmd_predict(args, extra) -> int:
-    from mambaad_lib.engine import runner
-    from mambaad_lib.engine.checkpoint import load_checkpoint
+    from mambaad_lib.engine.predict import predict
 
     if args.release_checkpoint is not None:
         config, checkpoint = _release_checkpoint(args, extra)
     elif args.checkpoint is None:
         raise CLIError("pass --checkpoint (a run of ours) or --release-checkpoint (the authors' weights)")
     else:
-        checkpoint = args.checkpoint
-        stored = load_checkpoint(checkpoint).get("config")
-        if args.profile is None and not stored:
-            raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model it is")
-        config = _config(args, extra, base=stored)
-    csv_path = runner.predict(config, checkpoint, args.inputs, args.out, resize=args.resize,
-                              progress=not args.quiet)
+        checkpoint = Path(args.checkpoint)
+        config = _checkpoint_config(args, extra, checkpoint)
+    csv_path = predict(config, checkpoint, args.inputs, args.out, resize=args.resize, progress=not args.quiet,
+                       trust=args.trust_checkpoint)
     print(f"wrote {csv_path} and one map + overlay per image in {csv_path.parent}")
     return 0
 
@@ -360,7 +381,7 @@ def _cmd_info(args, extra) -> int:
 
     import mambaad_lib
     from mambaad_lib.engine.config import available_profiles
-    from mambaad_lib.methods import METHODS
+    from mambaad_lib.methods import METHODS, get_method_class
     from mambaad_lib.ops import AUTO_ORDER, backend_status, resolve_backend
 
     if extra:
@@ -384,8 +405,12 @@ def _cmd_info(args, extra) -> int:
             chosen = f"none ({error})"
         if chosen:
             print(f"  auto on {device}: {chosen} (preference {', '.join(order)})")
-    print(f"methods: {', '.join(sorted(METHODS))}")
-    print(f"profiles: {', '.join(available_profiles())}")
+    print("methods (learning type, one model per class?, sizes with a profile):")
+    for name in sorted(METHODS):
+        traits = get_method_class(name).traits()
+        print(f"  {name:<17} {traits['learning_type']}, {'per class' if traits['per_class'] else 'unified'}"
+              f"{', one pass' if traits['one_pass'] else ''}; profiles: {', '.join(traits['profiles']) or 'none'}")
+    print(f"packaged profiles: {', '.join(available_profiles())}")
     print("ImageNet encoder weights: not checked (no network calls); use --encoder-weights PATH offline")
     return 0
 

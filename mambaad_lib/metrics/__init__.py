@@ -14,7 +14,7 @@ and the threshold sweep), ``curves`` (AUROC, AP, F1-max accumulators), ``pixel_d
 (validated pixels and ground-truth regions), ``aupro``, ``image``, ``pixel`` (standard),
 ``ader`` (release protocol), ``protocols`` (dispatch), ``aggregate`` (per class).
 """
-from .aggregate import ClassMetrics, per_class_metrics
+from .aggregate import ClassMetrics, class_mean, per_class_metrics
 from .aupro import aupro
 from .image import image_metrics
 from .inputs import UndefinedMetricWarning
@@ -25,6 +25,7 @@ __all__ = [
     "METRIC_KEYS",
     "PROTOCOLS",
     "ClassMetrics",
+    "class_mean",
     "UndefinedMetricWarning",
     "aupro",
     "compute_metrics",

@@ -93,6 +93,21 @@ def per_class_metrics(
     for name, indices in _class_indices(class_names, n_images).items():
         metrics = compute_metrics(*(_select(array, indices) for array in arrays), protocol=protocol)
         per_class.append({"cls_name": name, **metrics})
-    mean = {key: math.fsum(row[key] for row in per_class) / len(per_class) for key in METRIC_KEYS[:-1]}
+    return ClassMetrics(per_class=per_class, mean=class_mean(per_class), protocol=protocol)
+
+
+def class_mean(per_class: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The table's "mean" row of per-class rows: the plain mean over classes of each metric
+    (NaN if any class has NaN or None), and mAD = the mean of the seven means.
+
+    Also merges classes evaluated separately (one model per class).
+    """
+    if not per_class:
+        raise ValueError("class_mean needs at least one class row")
+
+    def value(row: dict[str, Any], key: str) -> float:
+        return math.nan if row.get(key) is None else float(row[key])
+
+    mean = {key: math.fsum(value(row, key) for row in per_class) / len(per_class) for key in METRIC_KEYS[:-1]}
     mean["mAD"] = math.fsum(mean.values()) / len(mean)
-    return ClassMetrics(per_class=per_class, mean=mean, protocol=protocol)
+    return mean

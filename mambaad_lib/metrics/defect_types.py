@@ -17,19 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import Dataset, Subset
 
 from mambaad_lib.data.meta import NORMAL_SPECIE
 
 LAS_UNLIKE_DEFECTS = ("scratch", "crack", "cut")
-
-
-def dataset_species(dataset: Dataset) -> list[str]:
-    """``specie_name`` of every item of an :class:`AnomalyDataset` (or a ``Subset`` of one), in order."""
-    if isinstance(dataset, Subset):
-        inner = dataset_species(dataset.dataset)
-        return [inner[index] for index in dataset.indices]
-    return [item["specie_name"] for item in dataset.items]
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
