@@ -51,6 +51,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("binary", "nonzero")
 MISSING_MASK_MODES = ("error", "skip", "keep")
 VALIDATION_MODES = ("ignore", "merge")
+GROUND_TRUTH = "ground_truth"  # the standard layout's mask folder in each class
 MAX_LISTED_PROBLEMS = 50
 MISSING_MASK_HINT = ("\n(--missing-mask skip drops anomalous images without a mask; --missing-mask keep keeps them "
                      "for image metrics only)")
@@ -137,14 +138,15 @@ def _targets(entry: Entry, folder: Path) -> tuple[Path, Path | None]:
     image = folder / entry.cls_name / entry.split / entry.specie_name / file_name
     if not entry.mask_files:
         return image, None
-    return image, folder / entry.cls_name / "ground_truth" / entry.specie_name / f"{Path(file_name).stem}_mask.png"
+    return image, folder / entry.cls_name / GROUND_TRUTH / entry.specie_name / f"{Path(file_name).stem}_mask.png"
 
 
 def _split_problem(entry: Entry) -> str | None:
     if entry.labeled and entry.split not in SPLITS:
         return f"{entry.image}: split {entry.split!r} is not one of {SPLITS}"
-    if not entry.labeled and (entry.split in SPLITS or not entry.split or Path(entry.split).name != entry.split):
-        return f"{entry.image}: an unlabeled set needs a plain folder name other than {SPLITS}, got {entry.split!r}"
+    reserved = (*SPLITS, GROUND_TRUTH)
+    if not entry.labeled and (entry.split in reserved or not entry.split or Path(entry.split).name != entry.split):
+        return f"{entry.image}: an unlabeled set needs a plain folder name other than {reserved}, got {entry.split!r}"
     return None
 
 
@@ -420,8 +422,8 @@ def converter_parser(prog: str, description: str, default_name: str,
 def add_validation_option(parser: argparse.ArgumentParser, folder: str = "validation/good") -> None:
     """--validation ignore|merge, for layouts that ship a normal-only validation folder."""
     parser.add_argument("--validation", choices=VALIDATION_MODES, default="ignore",
-                        help=f"{folder}: 'ignore' (default; the benchmarks train on train/good only and keep "
-                             f"validation images for model selection) or 'merge' into train as val_<name>")
+                        help=f"{folder}: 'ignore' (default; published apart from train, used for validation, "
+                             f"not training) or 'merge' into train as val_<name>")
 
 
 def run_converter(convert: Callable[..., dict], parser: argparse.ArgumentParser, argv: Sequence[str] | None,

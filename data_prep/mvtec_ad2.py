@@ -17,8 +17,9 @@ split: with ``--private include`` (default) they are copied to
 ``ROOT/<name>/<class>/test_private[_mixed]/`` and listed under the meta's ``"unlabeled"``
 key, which the loader and the evaluation ignore; predict on them with
 ``mambaad predict ROOT/<name>/<class>/test_private``. ``--private ignore`` leaves them out.
-``validation/good`` is ignored by default (the dataset paper and anomalib keep it for
-validation, not training); ``--validation merge`` adds it to training as ``val_<name>``.
+``validation/good`` is ignored by default (published apart from ``train``; anomalib's data
+module uses it as a validation split, not for training); ``--validation merge`` adds it to
+training as ``val_<name>``. Dataset: Heckler-Kram et al., arXiv:2503.21622.
 
     python -m data_prep.mvtec_ad2 --src /data/mvtec_ad_2 --root data
 """

@@ -11,10 +11,10 @@ Source, one folder per class (``breakfast_box``, ``juice_bottle``, ``pushpins``,
 An anomalous image's ground truth is a folder of partial masks, one per defect region
 (each holds 0 and the defect's own value); they are merged by union (``> 0``) into one
 0/255 mask. The defect types stay ``logical_anomalies`` and ``structural_anomalies``, so
-results can be broken down by kind. ``validation/good`` is ignored by default, as in the
-dataset paper's protocol (Bergmann et al., IJCV 2022: train on ``train``, use
-``validation`` for model selection) and anomalib's data module (a separate validation
-split); ``--validation merge`` adds it to training as ``val_<name>``.
+results can be broken down by kind. ``validation/good`` is ignored by default: the
+dataset (Bergmann et al., IJCV 2022) publishes it apart from ``train``, and anomalib's data
+module uses it as a validation split, not for training; ``--validation merge`` adds it to
+training as ``val_<name>``.
 
 The official LOCO localisation metric, sPRO with per-defect saturation thresholds
 (``defects_config.json``), is not computed: pixel metrics here are the standard ones on

@@ -591,3 +591,25 @@ def test_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.mvtec3d", "--help"], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0 and "--validation" in result.stdout
+
+
+def test_mambaad_prep_passes_every_converter_option(tmp_path, capsys):
+    from mambaad_lib.cli import DATASETS, main
+
+    assert set(DATASETS) == {"mvtec", "visa", "mvtec3d", "realiad", "btad", "mvtec_loco", "mvtec_ad2", "mpdd",
+                             "folder"}
+    src = _fake_btad(tmp_path / "raw")
+    _without_btad_mask(src)
+    root = tmp_path / "data"
+    assert main(["prep", "btad", str(src), "--root", str(root)]) == 1
+    assert "has no mask" in capsys.readouterr().err
+    assert main(["prep", "folder", str(src), "--root", str(root), "--name", "b", "--normal-name", "ok",
+                 "--missing-mask", "keep"]) == 0
+    assert read_meta(root, "b")["missing_mask"] == "keep"
+    capsys.readouterr()
+    assert main(["validate-data", "--root", str(root), "--name", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 anomalous image(s) without a mask" in out and out.rstrip().endswith("OK")
+    with pytest.raises(SystemExit) as raised:
+        main(["prep", "btad", str(src), "--root", str(root), "--no-such-option"])
+    assert raised.value.code == 2
