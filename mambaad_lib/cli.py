@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-DATASETS = ("mvtec", "visa", "mvtec3d", "realiad", "folder")
+DATASETS = ("mvtec", "visa", "mvtec3d", "realiad", "btad", "mvtec_loco", "mvtec_ad2", "mpdd", "folder")
 
 # Short options -> config keys.
 ALIASES: dict[str, tuple[str, str]] = {
@@ -166,15 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(synth)
 
     prep = commands.add_parser(
-        "prep", help="convert a downloaded dataset to the standard layout", allow_abbrev=False,
-        description="Convert MVTec-AD, VisA, MVTec-3D (RGB), Real-IAD or any MVTec-style folder into "
-                    "ROOT/meta_<name>.json + images, as the engine reads them.")
+        "prep", help="convert a downloaded dataset to the standard layout", allow_abbrev=False, formatter_class=raw,
+        description="Convert MVTec-AD, VisA, MVTec-3D (RGB), Real-IAD, BTAD, MVTec LOCO AD, MVTec AD 2, MPDD or "
+                    "any MVTec-style folder into ROOT/meta_<name>.json + images, as the engine reads them.",
+        epilog="Other options go to the converter (python -m data_prep.<converter> --help):\n"
+               "  --mask-mode binary|nonzero (all)   --validation ignore|merge (mvtec3d, mvtec_loco, mvtec_ad2)\n"
+               "  --private include|ignore (mvtec_ad2)   --normal-name, --ground-truth-name, --mask-suffix (folder)\n"
+               "  --json-dir, --image-root (realiad)   --split-csv (visa)")
     prep.add_argument("dataset", choices=DATASETS, help="which converter")
     prep.add_argument("source", help="the dataset as downloaded and extracted")
     prep.add_argument("--root", default="data", help="output root (default: data)")
     prep.add_argument("--name", help="dataset name (default: the converter's)")
-    prep.add_argument("--link", action="store_true", help="symlink images instead of copying")
+    prep.add_argument("--link", action="store_true", help="hard-link images instead of copying (same file system)")
     prep.add_argument("--dry-run", action="store_true", help="report what would be written, write nothing")
+    prep.add_argument("--missing-mask", choices=("error", "skip", "keep"), default="error",
+                      help="anomalous images without a mask: error (default), skip (drop them) or keep (image "
+                           "metrics only; their classes get no pixel metrics)")
     _add_common(prep)
 
     validate = commands.add_parser(
@@ -352,24 +357,25 @@ def _cmd_synth(args, extra) -> int:
 def _cmd_prep(args, extra) -> int:
     import importlib
 
-    if extra:
-        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
     converter = importlib.import_module(f"data_prep.{args.dataset}")
-    options = {"link": args.link, "dry_run": args.dry_run}
-    summary = converter.convert(args.source, args.root, args.name, **options) if args.name else \
-        converter.convert(args.source, args.root, **options)
-    print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=None).rstrip())
-    return 0
+    # The converter's own command line parses its options, so every converter option works here too.
+    argv = ["--src", args.source, "--root", args.root, "--missing-mask", args.missing_mask,
+            *(["--name", args.name] if args.name else []), *(["--link"] if args.link else []),
+            *(["--dry-run"] if args.dry_run else []), *extra]
+    return converter.main(argv)
 
 
 def _cmd_validate(args, extra) -> int:
-    from mambaad_lib.data.validate import validate_dataset
+    from mambaad_lib.data.validate import check_dataset
 
     if extra:
         raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
-    problems = validate_dataset(args.root, args.name)
+    report = check_dataset(args.root, args.name)
+    problems = report.problems
     for problem in problems:
         print(problem)
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"{args.root}/meta_{args.name}.json: " + (f"{len(problems)} problem(s)" if problems else "OK"))
     return 1 if problems else 0
 

@@ -171,3 +171,49 @@ def test_validator_on_a_good_dataset_and_missing_pieces(pristine, tmp_path, caps
     assert "does not exist" in validate.validate_dataset(tmp_path / "nowhere", "synthetic")[0]
     (tmp_path / "meta_x.json").write_text(json.dumps({"train": {}}))
     assert validate.validate_dataset(tmp_path, "x") == [f"{tmp_path / 'meta_x.json'}: missing the 'test' split"]
+
+
+def _drop_first_mask(meta):
+    next(item for item in meta["test"]["gravel"] if item["anomaly"])["mask_path"] = ""
+
+
+def test_kept_anomaly_without_mask_has_a_flag_and_a_blank_mask(root):
+    item = _first_anomalous(root)
+    assert AnomalyDataset(root, "synthetic", "test").images_without_mask == {}  # a meta without the key: default
+
+    def keep_without_mask(meta):
+        _drop_first_mask(meta)
+        meta["missing_mask"] = "keep"
+    _edit_meta(root, keep_without_mask)
+    data = AnomalyDataset(root, "synthetic", "test", image_size=64, crop_size=64)
+    assert data.images_without_mask == {"gravel": 1}
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))  # collates as usual
+    index = list(batch["img_path"]).index(item["img_path"])
+    assert batch["has_mask"].dtype == torch.bool and batch["has_mask"].tolist().count(False) == 1
+    assert not batch["has_mask"][index] and batch["label"][index] == 1 and batch["mask"][index].sum() == 0
+    others = [i for i in range(len(data)) if i != index]
+    assert all((batch["mask"][i].sum() > 0) == bool(batch["label"][i]) for i in others)
+
+
+def test_meta_keys_are_checked(root):
+    _edit_meta(root, lambda meta: meta.update(missing_mask="sometimes"))
+    with pytest.raises(ValueError, match="'missing_mask' must be one of"):
+        AnomalyDataset(root, "synthetic", "test")
+    _edit_meta(root, lambda meta: meta.update(missing_mask="error", unlabeled={"test": {"coin": ["/abs.png"]}}))
+    with pytest.raises(ValueError, match="cannot be named like the split 'test'") as raised:
+        AnomalyDataset(root, "synthetic", "test")
+    assert "'/abs.png' must be relative to the root" in str(raised.value)
+
+
+def test_validator_notes_kept_masks(root, capsys):
+    def keep_without_mask(meta):
+        _drop_first_mask(meta)
+        meta["missing_mask"] = "keep"
+    _edit_meta(root, keep_without_mask)
+    report = validate.check_dataset(root, "synthetic")
+    assert report.problems == [] and report.images_without_mask == {"test/gravel": 1}
+    assert validate.main(["--root", str(root), "--name", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 anomalous image(s) without a mask" in out and "test/gravel 1" in out and "OK" in out
+    _edit_meta(root, lambda meta: meta.pop("missing_mask"))
+    assert "has no mask_path" in validate.validate_dataset(root, "synthetic")[0]

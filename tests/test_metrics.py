@@ -363,3 +363,75 @@ def test_per_class_metrics_equal_subset_evaluation_and_mean():
 def test_per_class_metrics_rejects_wrong_class_names_length(good):
     with pytest.raises(ValueError, match="class_names has 5 entries"):
         per_class_metrics(*good, class_names=["a"] * 5)
+
+
+# ----------------------------------------------------------------------------- anomalies without masks
+def _three_classes(seed: int = 21):
+    """9 images, classes interleaved; images 0, 4, 8 normal, the others anomalous with masks."""
+    rng = np.random.default_rng(seed)
+    maps, masks = random_maps(rng, n=9, size=16)
+    masks[[0, 4, 8]] = False
+    masks[[1, 2, 3, 5, 6, 7], :2, :2] = True
+    names = np.array(["cable", "bottle", "screw"] * 3)
+    return maps.max(axis=(1, 2)), masks.any(axis=(1, 2)), maps, masks, names
+
+
+@pytest.mark.parametrize("protocol", ["standard", "ader"])
+def test_classes_without_masks_get_image_metrics_only_and_a_note(protocol):
+    scores, labels, maps, masks, names = _three_classes()
+    has_mask = np.ones(9, dtype=bool)
+    has_mask[[1, 7]] = False  # two bottle images lack their mask: their masks are blank, as the loader gives
+    masks[[1, 7]] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning spam for the missing masks
+        table = per_class_metrics(scores, labels, maps, masks, names, protocol=protocol, has_mask=has_mask)
+    rows = {row["cls_name"]: row for row in table.per_class}
+    bottle = names == "bottle"
+    assert {k: rows["bottle"][k] for k in METRIC_KEYS[:3]} == image_metrics(scores[bottle], labels[bottle])
+    assert all(rows["bottle"][k] is None for k in METRIC_KEYS[3:])
+    for name in ("cable", "screw"):
+        keep = names == name
+        assert {k: rows[name][k] for k in METRIC_KEYS} == compute_metrics(
+            scores[keep], labels[keep], maps[keep], masks[keep], protocol=protocol)
+    assert table.images_without_mask == {"bottle": 2}
+    assert table.notes["bottle"] == "pixel metrics not computed (2 images without masks)"
+    for key in METRIC_KEYS[:3]:
+        assert table.mean[key] == pytest.approx(np.mean([row[key] for row in table.per_class]), abs=1e-15)
+    for key in METRIC_KEYS[3:-1]:
+        assert table.mean[key] == pytest.approx((rows["cable"][key] + rows["screw"][key]) / 2, abs=1e-15)
+    assert table.mean["mAD"] is None
+    assert table.notes["mean"] == "pixel metrics are means over the 2 of 3 classes with masks (cable, screw); " \
+                                  "mAD not computed"
+    assert not any(isinstance(v, float) and math.isnan(v) for row in table.to_rows() for v in row.values())
+    table_rows = table.to_rows()
+    assert [row["note"] for row in table_rows] == ["", table.notes["bottle"], "", table.notes["mean"]]
+
+
+def test_no_class_with_masks_gives_no_pixel_means():
+    scores, labels, maps, masks, names = _three_classes()
+    has_mask = ~labels.astype(bool)  # no anomalous image has a mask
+    table = per_class_metrics(scores, labels, maps, masks, names, has_mask=has_mask)
+    assert table.images_without_mask == {"cable": 2, "bottle": 2, "screw": 2}
+    assert table.notes["cable"] == "pixel metrics not computed (2 images without masks)"
+    assert all(table.mean[k] is None for k in METRIC_KEYS[3:])
+    assert all(isinstance(table.mean[k], float) for k in METRIC_KEYS[:3])
+    assert table.notes["mean"].startswith("pixel metrics and mAD not computed")
+
+
+def test_has_mask_all_true_changes_nothing():
+    data = _three_classes()
+    plain = per_class_metrics(*data)
+    flagged = per_class_metrics(*data, has_mask=torch.ones(9, dtype=torch.bool))
+    assert flagged.per_class == plain.per_class and flagged.mean == plain.mean
+    assert flagged.notes == {} and flagged.images_without_mask == {}
+    assert all("note" not in row for row in flagged.to_rows())
+
+
+def test_has_mask_is_validated():
+    data = _three_classes()
+    has_mask = np.ones(9, dtype=bool)
+    has_mask[0] = False  # image 0 is normal
+    with pytest.raises(ValueError, match="has_mask is False for 1 normal image"):
+        per_class_metrics(*data, has_mask=has_mask)
+    with pytest.raises(ValueError, match="has_mask has 8 entries"):
+        per_class_metrics(*data, has_mask=np.ones(8, dtype=bool))

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mambaad_lib.data.io import load_image, load_mask
-from mambaad_lib.data.meta import SPLITS, read_meta
+from mambaad_lib.data.meta import SPLITS, item_has_mask, read_meta
 from mambaad_lib.data.transforms import transform_image, transform_mask
 
 __all__ = ["AnomalyDataset"]
@@ -28,15 +28,24 @@ class AnomalyDataset(Dataset):
 
     Items are dicts:
         ``image`` float (3, crop, crop), ImageNet-normalised; ``mask`` float (1, crop, crop)
-        in {0, 1} (zeros for normal images); ``label`` int 0/1; ``cls_name``; ``specie_name``;
-        ``img_path`` (relative to ``root``, as in the meta).
+        in {0, 1} (zeros for normal images); ``has_mask`` bool, False only for an anomalous
+        image without a mask (datasets converted with ``--missing-mask keep``), whose
+        ``mask`` is all zero so that batches still collate: evaluation must not read it as
+        ground truth (pass the flags to :func:`mambaad_lib.metrics.per_class_metrics`);
+        ``label`` int 0/1; ``cls_name``; ``specie_name``; ``img_path`` (relative to ``root``,
+        as in the meta).
+
+    Attributes:
+        images_without_mask: ``{cls_name: n}`` anomalous images without a mask per class of
+            the selection (only classes that have some; empty for fully masked datasets).
 
     Raises:
         FileNotFoundError: missing root or meta file (at construction), missing image or
             mask file (when the item is read).
         ValueError: bad split, unknown class, malformed meta, an anomalous item without a
-            mask path (at construction); unreadable image or mask, or a mask whose size
-            differs from its image (when the item is read).
+            mask path unless the meta says ``"missing_mask": "keep"`` (at construction);
+            unreadable image or mask, or a mask whose size differs from its image (when the
+            item is read).
     """
 
     def __init__(self, root: str | os.PathLike, name: str, split: str,
@@ -63,6 +72,10 @@ class AnomalyDataset(Dataset):
                                  f"under {str(self.root)!r}; available: {sorted(by_class)}")
             self.classes = list(dict.fromkeys(classes))
         self.items: list[dict[str, Any]] = [item for c in self.classes for item in by_class[c]]
+        self.images_without_mask: dict[str, int] = {}
+        for item in self.items:
+            if not item_has_mask(item):
+                self.images_without_mask[item["cls_name"]] = self.images_without_mask.get(item["cls_name"], 0) + 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,7 +83,8 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         image = load_image(self.root / item["img_path"])
-        if item["anomaly"]:
+        has_mask = item_has_mask(item)
+        if item["anomaly"] and has_mask:
             mask_file = self.root / item["mask_path"]
             mask = load_mask(mask_file)
             if mask.size != image.size:
@@ -82,6 +96,7 @@ class AnomalyDataset(Dataset):
         return {
             "image": transform_image(image, self.image_size, self.crop_size),  # (3, crop, crop)
             "mask": mask_tensor,                                                 # (1, crop, crop)
+            "has_mask": has_mask,
             "label": int(item["anomaly"]),
             "cls_name": item["cls_name"],
             "specie_name": item["specie_name"],

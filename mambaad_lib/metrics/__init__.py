@@ -6,7 +6,9 @@ Public API:
   ``protocol="standard"`` (exact definitions) or ``"ader"`` (the released MambaAD / ADer
   evaluation); the differences are listed in :mod:`.protocols`;
 - :func:`aupro`, the exact MVTec-AD AU-PRO;
-- :func:`per_class_metrics` / :class:`ClassMetrics`, per-class evaluation and class mean;
+- :func:`per_class_metrics` / :class:`ClassMetrics`, per-class evaluation and class mean
+  (``has_mask=`` marks anomalous images without a mask: image metrics only for their
+  classes, with ``ClassMetrics.notes`` and ``ClassMetrics.images_without_mask``);
 - :data:`METRIC_KEYS`, the eight result keys in table order.
 
 Modules, one job each: ``inputs`` (conversion, validation), ``ranking`` (the single sort
