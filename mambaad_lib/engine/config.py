@@ -20,13 +20,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from mambaad_lib.metrics import DEFAULT_PROTOCOLS
 from mambaad_lib.metrics import PROTOCOLS as _PROTOCOL_FUNCTIONS
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.resources import CONFIGS_DIR
 
 PROFILES_DIR = CONFIGS_DIR
 DEVICES = ("auto", "cpu", "cuda")
-PROTOCOLS = tuple(_PROTOCOL_FUNCTIONS)  # ("standard", "ader")
+PROTOCOLS = tuple(_PROTOCOL_FUNCTIONS)  # ("standard", "ader", "adeval"); adeval needs the adeval extra
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -138,7 +139,7 @@ class EvalConfig:
     """Test-split evaluation: batch size, metric protocols, example figures."""
 
     batch_size: int = 16
-    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    protocols: list[str] = field(default_factory=lambda: list(DEFAULT_PROTOCOLS))
     num_examples: int = 4
 
     def __post_init__(self) -> None:
