@@ -458,3 +458,24 @@ def test_adeval_protocol_undefined_cases_are_nan():
     with pytest.warns(UndefinedMetricWarning, match="no defect pixel"):
         empty = compute_metrics(maps.max(axis=(1, 2)), labels, maps, np.zeros_like(masks), protocol="adeval")
     assert math.isnan(empty["p_ap"])
+
+
+def test_protocol_comparison_script_runs_and_separates_its_effects(tmp_path):
+    """benchmarks/compare_protocols.py (the book's table) at a tiny size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_protocols.py"
+    spec = importlib.util.spec_from_file_location("compare_protocols", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # tiny classes may lack a defect pixel
+        record = script.main(["--n-images", "16", "--n-classes", "2", "--size", "32", "--source", "96",
+                              "--out", str(tmp_path / "out.json")])
+    means = record["mean_over_classes"]
+    assert (tmp_path / "out.json").is_file()
+    for key in ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap"):  # same ground truth, same exact metrics
+        assert means["ader, our masks"][key] == means["standard"][key]
+    truth = record["ground_truth"]
+    assert 0 <= truth["anomalous_images_normal_under_release_masks"] <= truth["anomalous_images"]
