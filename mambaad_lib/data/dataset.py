@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from mambaad_lib.data.io import load_image, load_mask
 from mambaad_lib.data.meta import SPLITS, item_has_mask, read_meta
-from mambaad_lib.data.transforms import transform_image, transform_mask
+from mambaad_lib.data.transforms import transform_image, transform_mask, transform_mask_soft
 
 __all__ = ["AnomalyDataset"]
 
@@ -28,12 +28,15 @@ class AnomalyDataset(Dataset):
 
     Items are dicts:
         ``image`` float (3, crop, crop), ImageNet-normalised; ``mask`` float (1, crop, crop)
-        in {0, 1} (zeros for normal images); ``has_mask`` bool, False only for an anomalous
-        image without a mask (datasets converted with ``--missing-mask keep``), whose
-        ``mask`` is all zero so that batches still collate: evaluation must not read it as
-        ground truth (pass the flags to :func:`mambaad_lib.metrics.per_class_metrics`);
-        ``label`` int 0/1; ``cls_name``; ``specie_name``; ``img_path`` (relative to ``root``,
-        as in the meta).
+        in {0, 1}, resized nearest-neighbour (the ``standard`` protocol's ground truth);
+        ``mask_soft`` uint8 (1, crop, crop) in 0..255, resized bilinearly as the release does
+        (the ``ader``/``adeval`` ground truth after binarisation, see
+        :func:`~mambaad_lib.data.transforms.transform_mask_soft`); both masks are zeros for
+        normal images; ``has_mask`` bool, False only for an anomalous image without a mask
+        (datasets converted with ``--missing-mask keep``), whose masks are all zero so that
+        batches still collate: evaluation must not read them as ground truth (pass the flags
+        to :func:`mambaad_lib.metrics.per_class_metrics`); ``label`` int 0/1; ``cls_name``;
+        ``specie_name``; ``img_path`` (relative to ``root``, as in the meta).
 
     Attributes:
         images_without_mask: ``{cls_name: n}`` anomalous images without a mask per class of
@@ -91,12 +94,15 @@ class AnomalyDataset(Dataset):
                 raise ValueError(f"mask file {str(mask_file)!r} is {mask.size[0]}x{mask.size[1]} but its "
                                  f"image {item['img_path']!r} is {image.size[0]}x{image.size[1]}")
             mask_tensor = transform_mask(mask, self.image_size, self.crop_size)
+            soft_mask = transform_mask_soft(mask, self.image_size, self.crop_size)
         else:
             mask_tensor = torch.zeros(1, self.crop_size, self.crop_size)
+            soft_mask = torch.zeros(1, self.crop_size, self.crop_size, dtype=torch.uint8)
         return {
             "image": transform_image(image, self.image_size, self.crop_size),  # (3, crop, crop)
             "mask": mask_tensor,                                                 # (1, crop, crop)
             "has_mask": has_mask,
+            "mask_soft": soft_mask,                                              # (1, crop, crop) uint8
             "label": int(item["anomaly"]),
             "cls_name": item["cls_name"],
             "specie_name": item["specie_name"],

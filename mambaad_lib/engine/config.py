@@ -29,6 +29,7 @@ import yaml
 
 from mambaad_lib.methods.base import PROFILE_SIZES, get_method_class
 from mambaad_lib.methods.training import TrainConfig
+from mambaad_lib.metrics import DEFAULT_PROTOCOLS
 from mambaad_lib.metrics import PROTOCOLS as _PROTOCOL_FUNCTIONS
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.resources import CONFIGS_DIR
@@ -40,7 +41,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "PathsConfig", "RunConfig"
 
 DEFAULT_METHOD = "mambaad"
 DEVICES = ("auto", "cpu", "cuda")
-PROTOCOLS = tuple(_PROTOCOL_FUNCTIONS)
+PROTOCOLS = tuple(_PROTOCOL_FUNCTIONS)  # ("standard", "ader", "adeval"); adeval needs the adeval extra
 
 
 @dataclass
@@ -100,7 +101,7 @@ class EvalConfig:
     """Test-split evaluation: batch size, metric protocols, example figures."""
 
     batch_size: int = 16
-    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    protocols: list[str] = field(default_factory=lambda: list(DEFAULT_PROTOCOLS))
     num_examples: int = 4
 
     def __post_init__(self) -> None:
