@@ -376,7 +376,7 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
-        wall_time_s=time.perf_counter() - started)
+        notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
 
 
 def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file: Path,
@@ -411,10 +411,13 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
         out = {}
         for protocol in records[0][key]:
             rows = [row for record in records for row in record[key][protocol]["per_class"]]
-            out[protocol] = {"per_class": rows, "mean": class_mean(rows)}
+            notes = {row: text for record in records for row, text in record[key][protocol].get("notes", {}).items()
+                     if row != "mean"}
+            out[protocol] = {"per_class": rows, "mean": class_mean(rows, notes), "notes": notes}
         return out
 
     first = records[0]
+    metrics = merged("metrics")
     timings = [record["evaluation"] for record in records]
     n_images = sum(timing["n_images"] for timing in timings)
     wall, model_time = (sum(timing[key] for timing in timings) for key in ("wall_time_s", "model_time_s"))
@@ -444,13 +447,21 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
                     "images_per_s": n_images / max(wall, 1e-9), "model_images_per_s": n_images / max(model_time, 1e-9),
                     "peak_memory_bytes": max(timing["peak_memory_bytes"] for timing in timings),
                     "peak_memory_kind": first["evaluation"]["peak_memory_kind"], "checkpoint": str(run_dir)},
-        metrics=merged("metrics"), metrics_untrained=merged("metrics_untrained"), openset=openset,
+        metrics=metrics, metrics_untrained=merged("metrics_untrained"), openset=openset, notes=metric_notes(metrics),
         classes={record["data"]["classes"][0]: {
             "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
             "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model")}
             for record in records},
         examples=[path for record in records for path in record.get("examples", [])],
         wall_time_s=time.perf_counter() - started)
+
+
+def metric_notes(metrics: dict[str, Any] | None) -> list[str]:
+    """The sentences a reader of ``metrics`` needs (e.g. which pixel metrics were not computed)."""
+    notes = {}
+    for values in (metrics or {}).values():
+        notes.update(values.get("notes") or {})
+    return [f"{row}: {text}" for row, text in notes.items()]
 
 
 # ---- evaluate --------------------------------------------------------------------------

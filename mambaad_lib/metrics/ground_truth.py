@@ -45,7 +45,7 @@ def binarize_soft_masks(soft_masks: Any) -> np.ndarray:
     return array > SOFT_MASK_THRESHOLD
 
 
-def protocol_ground_truth(protocol: str, labels: Any, masks: Any, soft_masks: Any = None
+def protocol_ground_truth(protocol: str, labels: Any, masks: Any, soft_masks: Any = None, has_mask: Any = None
                           ) -> tuple[np.ndarray, np.ndarray]:
     """The image labels and binary masks that ``protocol`` evaluates.
 
@@ -55,6 +55,8 @@ def protocol_ground_truth(protocol: str, labels: Any, masks: Any, soft_masks: An
         masks: (N, H, W) binary masks resized nearest-neighbour (dataset ``mask``).
         soft_masks: (N, H, W) bilinearly resized masks (dataset ``mask_soft``); needed by
             ``ader`` and ``adeval``.
+        has_mask: (N,) bool, False for anomalous images without a mask: their label stays the
+            dataset's (the release's rule would read their blank mask as "normal").
     Returns:
         (labels (N,) int64, masks (N, H, W) bool).
     Raises:
@@ -74,5 +76,7 @@ def protocol_ground_truth(protocol: str, labels: Any, masks: Any, soft_masks: An
         raise ValueError(f"soft_masks has shape {tuple(binary.shape)} but there are {labels.shape[0]} labels; "
                          f"expected (N, H, W) with N = {labels.shape[0]}")
     if rule.labels_from_masks:
-        labels = binary.any(axis=(1, 2))
+        from_masks = binary.any(axis=(1, 2))
+        labels = from_masks if has_mask is None else np.where(as_binary(has_mask, "has_mask", ndim=1), from_masks,
+                                                               labels)
     return labels.astype(np.int64), binary
