@@ -70,13 +70,14 @@ def discover_notebooks(notebooks_dir: str | Path = REPO_ROOT / "notebooks",
 
 
 def notebook_parameters(profile: str, dataset_root: str | None = None, dataset_name: str | None = None,
-                        device: str | None = None, seed: int | None = None,
+                        device: str | None = None, seeds: Sequence[int] | None = None,
                         results_root: str | None = None, runs_root: str | None = None) -> dict[str, Any]:
     """The papermill parameters: ``profile`` and whichever of the others were given."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
-    given = {"dataset_root": dataset_root, "dataset_name": dataset_name, "device": device, "seed": seed,
-             "results_root": results_root, "runs_root": runs_root}
+    given = {"dataset_root": dataset_root, "dataset_name": dataset_name, "device": device,
+             "seeds": list(seeds) if seeds is not None else None, "results_root": results_root,
+             "runs_root": runs_root}
     return {"profile": profile, **{key: value for key, value in given.items() if value is not None}}
 
 
@@ -108,7 +109,7 @@ def execute_notebook(source: Path, output: Path, parameters: dict[str, Any], cwd
 
 
 def run_notebooks(profile: str, only: Sequence[str] | None = None, *, dataset_root: str | None = None,
-                  dataset_name: str | None = None, device: str | None = None, seed: int | None = None,
+                  dataset_name: str | None = None, device: str | None = None, seeds: Sequence[int] | None = None,
                   results_root: str | None = None, runs_root: str | None = None,
                   notebooks_dir: str | Path = REPO_ROOT / "notebooks",
                   out_dir: str | Path = REPO_ROOT / "book" / "experiments", cwd: str | Path = REPO_ROOT,
@@ -122,7 +123,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, *, dataset_ro
     """
     from tqdm.auto import tqdm
 
-    parameters = notebook_parameters(profile, dataset_root, dataset_name, device, seed, results_root, runs_root)
+    parameters = notebook_parameters(profile, dataset_root, dataset_name, device, seeds, results_root, runs_root)
     sources = discover_notebooks(notebooks_dir, only)
     runs: list[NotebookRun] = []
     log_dir = Path(results_root) if results_root else Path(cwd) / "results"
@@ -256,7 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset-root", help="dataset root (default: the notebooks' own, data/)")
     parser.add_argument("--dataset-name", help="dataset name, e.g. mvtec (default: synthetic)")
     parser.add_argument("--device", help="cpu or cuda (default: the notebooks' own, cpu)")
-    parser.add_argument("--seed", type=int, help="seed of every run (default: the notebooks' own, 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="seeds of every compared row (default: the notebooks' own)")
     parser.add_argument("--timeout", type=int, help="seconds a single cell may run (default: no limit)")
     parser.add_argument("--no-build", action="store_true", help="execute the notebooks but do not build the book")
     parser.add_argument("--build-only", action="store_true", help="only build the book from executed notebooks")
@@ -268,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.build_only:
         started = time.perf_counter()
         runs = run_notebooks(args.profile, args.only, dataset_root=args.dataset_root,
-                             dataset_name=args.dataset_name, device=args.device, seed=args.seed,
+                             dataset_name=args.dataset_name, device=args.device, seeds=args.seeds,
                              timeout=args.timeout, progress=not getattr(args, "quiet", False))
         print(f"{len(runs)} notebook(s) executed in {time.perf_counter() - started:.0f} s")
     if not args.no_build:

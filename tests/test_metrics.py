@@ -551,3 +551,23 @@ def test_protocol_comparison_script_runs_and_separates_its_effects(tmp_path):
         assert means["ader, our masks"][key] == means["standard"][key]
     truth = record["ground_truth"]
     assert 0 <= truth["anomalous_images_normal_under_release_masks"] <= truth["anomalous_images"]
+
+
+def test_image_curves_match_scikit_learn():
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from mambaad_lib.metrics import image_curves, image_metrics
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + labels, 1)  # ties on purpose
+    curves = image_curves(scores, labels)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    assert np.allclose(curves["fpr"], fpr) and np.allclose(curves["tpr"], tpr)
+    # scikit-learn lists precision-recall points by increasing threshold and appends (1, 0)
+    assert np.allclose(curves["precision"], precision[:-1][::-1]) and np.allclose(curves["recall"], recall[:-1][::-1])
+    metrics = image_metrics(scores, labels)
+    assert curves["auroc"] == metrics["i_auroc"] and curves["ap"] == metrics["i_ap"]
+    with pytest.raises(ValueError, match="single class"):
+        image_curves(scores, np.zeros(300, int))

@@ -16,7 +16,7 @@ pytest.importorskip("jupytext")
 pytest.importorskip("matplotlib")
 pytest.importorskip("pandas")
 
-from mambaad_lib.experiments import SUMMARY_SCHEMA, ensure_dataset  # noqa: E402
+from mambaad_lib.experiments import SUMMARY_SCHEMA, Context  # noqa: E402
 from mambaad_lib.metrics import METRIC_KEYS  # noqa: E402
 from mambaad_lib.reproduce import discover_notebooks, run_notebooks  # noqa: E402
 
@@ -39,7 +39,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     """A temporary results/runs/output folder and the tiny smoke dataset, shared by the module."""
     root = tmp_path_factory.mktemp("notebooks")
     data = root / "data"
-    ensure_dataset(data, "synthetic_smoke", "smoke")
+    Context("test", dataset_root=str(data), dataset_name="synthetic_smoke").ensure_dataset()
     return {"root": root, "data": data, "results": root / "results", "out": root / "executed"}
 
 

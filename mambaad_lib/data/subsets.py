@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 __all__ = ["dataset_items", "first_per_class", "subset"]
 
 
 def dataset_items(dataset: Dataset) -> list[dict[str, Any]]:
     """Meta items (``img_path``, ``cls_name``, ``specie_name``, ...) of an
-    :class:`~mambaad_lib.data.AnomalyDataset` or of (nested) subsets of one, in dataset order."""
+    :class:`~mambaad_lib.data.AnomalyDataset` or of (nested) subsets or concatenations of
+    them, in dataset order."""
     if isinstance(dataset, Subset):
         inner = dataset_items(dataset.dataset)
         return [inner[index] for index in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [item for part in dataset.datasets for item in dataset_items(part)]
     return list(dataset.items)
 
 

@@ -202,6 +202,22 @@ class GLASSMethod(AnomalyMethod):
         self.gas_generator.set_state(state["gas_generator"])
 
     # ---- inference ----------------------------------------------------------------------
+    def feature_sets(self, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
+        """GLASS's feature space on normal images (B, 3, H, W): their adapted patch features
+        ``normal`` (N, D), the ``GAS`` features the trained discriminator's ascent makes from
+        them, and the adapted ``LAS (inside defects)`` patches of LAS versions of the images
+        that fall inside the synthesized defects (seeded by ``seed``)."""
+        net = self.net.eval()
+        cpu_images = images.detach().cpu()
+        las_images, las_masks = self.las(cpu_images, np.random.default_rng(seed),
+                                         self._foregrounds(denormalize(cpu_images)))
+        with torch.no_grad():
+            normal, grid = net.adapted(images.to(self.device))        # (N, D)
+            las_all, _ = net.adapted(las_images.to(self.device))      # (N, D)
+        inside = patch_labels(las_masks, grid).to(self.device)[:, 0] > 0.5
+        gas = synthesize_gas(normal, net.discriminator, self.config.gas, torch.Generator().manual_seed(seed))
+        return {"normal": normal, "GAS": gas.detach(), "LAS (inside defects)": las_all[inside]}
+
     @torch.no_grad()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         self.net.eval()

@@ -23,7 +23,7 @@ dispatch), ``ground_truth`` (masks and labels per protocol), ``aggregate`` (per 
 """
 from .aggregate import ClassMetrics, class_mean, per_class_metrics
 from .aupro import aupro
-from .image import image_metrics
+from .image import image_curves, image_metrics
 from .inputs import UndefinedMetricWarning
 from .ground_truth import binarize_soft_masks, protocol_ground_truth
 from .pixel import pixel_metrics
@@ -40,6 +40,7 @@ __all__ = [
     "aupro",
     "binarize_soft_masks",
     "compute_metrics",
+    "image_curves",
     "image_metrics",
     "per_class_metrics",
     "pixel_metrics",
