@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mambaad_lib.utils.resources import PACKAGE_DIR
+from mambaad_lib.engine.results import environment
+from mambaad_lib.utils.files import atomic_write_json, atomic_write_text
+from mambaad_lib.utils.resources import PACKAGE_DIR, require_repository
 
 REPO_ROOT = PACKAGE_DIR.parent  # the checkout when run from one (see require_repository)
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.py$")
@@ -162,9 +164,6 @@ def write_run_log(path: Path, profile: str, parameters: dict[str, Any], runs: Se
     """
     import json
 
-    from mambaad_lib.utils.files import atomic_write_json
-    from mambaad_lib.engine.results import environment
-
     entries: dict[str, dict[str, Any]] = {}
     if path.is_file():
         entries = {entry["notebook"]: entry for entry in json.loads(path.read_text(encoding="utf-8"))["notebooks"]}
@@ -207,8 +206,6 @@ def toc_text(root: str | Path = REPO_ROOT, experiments_dir: str = "book/experime
 
 def write_toc(root: str | Path = REPO_ROOT) -> Path:
     """Regenerate ``<root>/_toc.yml`` (atomically) from what exists; returns its path."""
-    from mambaad_lib.utils.files import atomic_write_text
-
     return atomic_write_text(Path(root) / "_toc.yml", toc_text(root))
 
 
@@ -267,6 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """What ``mambaad reproduce`` does with parsed arguments."""
+    require_repository("mambaad reproduce (it executes the notebooks and writes the book)")
     if not args.build_only:
         started = time.perf_counter()
         runs = run_notebooks(args.profile, args.only, dataset_root=args.dataset_root,

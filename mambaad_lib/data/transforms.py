@@ -20,10 +20,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "transform_image", "transform_mask", "transform_mask_soft", "denormalize"]
+from mambaad_lib.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "transform_image", "transform_mask", "transform_mask_soft", "denormalize"]
 
 
 def _geometry(image: Image.Image, image_size: int, crop_size: int,

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mambaad_lib.data import denormalize
 from mambaad_lib.engine.figures import example_panel, normalize_map
 from mambaad_lib.methods.base import AnomalyMethod
 from mambaad_lib.metrics import per_class_metrics, protocol_ground_truth
@@ -129,8 +130,6 @@ def pick_examples(predictions: Predictions, count: int) -> list[int]:
 
 def save_examples(predictions: Predictions, dataset: Dataset, indices: Sequence[int], folder: Path) -> list[Path]:
     """Write ``image | ground truth | overlay`` PNGs; the colour range is shared by all maps."""
-    from mambaad_lib.data import denormalize
-
     if not indices:
         return []
     low, high = float(predictions.maps.min()), float(np.quantile(predictions.maps, 0.999))

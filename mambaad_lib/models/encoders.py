@@ -49,6 +49,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
+from mambaad_lib.utils.state import read_torch_file
+
 RELEASE_TIMM_VERSION = "0.8.15.dev0"
 WEIGHT_CHOICES = ("imagenet", "torchvision")
 _TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download"
@@ -200,11 +202,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _read_weights_file(path: Path, what: str) -> Any:
+    """A weights file's content, read without running code from it (:func:`read_torch_file`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling, truncated zip, foreign format: one message
-        raise ValueError(f"{what} {path} is not a readable PyTorch weights file "
-                         f"({type(error).__name__}: {error})") from error
+        return read_torch_file(path)
+    except ValueError as error:  # unpickling refused, truncated zip, foreign format: one message naming the file
+        raise ValueError(f"{what} {path} is not a readable PyTorch weights file ({error})") from None
 
 
 @dataclass(frozen=True)
