@@ -98,11 +98,17 @@ class SyntheticConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-split evaluation: batch size, metric protocols, example figures."""
+    """Test-split evaluation: batch size, metric protocols, example figures, schedule.
+
+    ``every_epochs``: also evaluate after every this many epochs (the release evaluates every
+    ``epochs / 20``); each evaluation is recorded in the results file, the final model's is the
+    headline. null: only the final model.
+    """
 
     batch_size: int = 16
     protocols: list[str] = field(default_factory=lambda: list(DEFAULT_PROTOCOLS))
     num_examples: int = 4
+    every_epochs: int | None = None
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -110,6 +116,8 @@ class EvalConfig:
         require(not unknown and len(self.protocols) > 0, "eval.protocols",
                 f"must be a non-empty subset of {list(PROTOCOLS)}, got {self.protocols}")
         require(self.num_examples >= 0, "eval.num_examples", f"must be >= 0, got {self.num_examples}")
+        require(self.every_epochs is None or self.every_epochs >= 1, "eval.every_epochs",
+                f"must be >= 1 or null, got {self.every_epochs}")
 
 
 @dataclass

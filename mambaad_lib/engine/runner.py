@@ -38,7 +38,7 @@ from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
 from mambaad_lib.engine.results import code_provenance, new_record, read_record, results_path, write_results
 from mambaad_lib.engine.runs import CONFIG, RunLock, check_name, is_finished, mark_finished, new_run_id
-from mambaad_lib.engine.seeding import seed_everything, set_deterministic
+from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer
 from mambaad_lib.methods import AnomalyMethod, LearningType, TrainingData, get_method, get_method_class
 from mambaad_lib.metrics import class_mean
@@ -342,7 +342,7 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
             _log_metrics("untrained", extras["metrics_untrained"])
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(method, config, run_dir, progress=progress, callbacks=callbacks, extras=extras,
-                      resume_from=resume_from)
+                      resume_from=resume_from, epoch_end=_scheduled_evaluation(method, datasets["test"], config))
     data = TrainingData(normal=datasets["train"], labelled_anomalies=labelled, seed=config.seed,
                         batch_size=config.train.batch_size, num_workers=config.data.num_workers,
                         shared_cache=shared_cache)
@@ -352,7 +352,66 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
     training["checkpoint"] = str(trainer.save(FINAL, finished=True))
     predictions, metrics = _evaluate(method, datasets["test"], config, progress, "evaluate")
     _log_metrics("trained", metrics)
+    if config.eval.every_epochs:
+        trainer.extras.setdefault("evaluations", []).append(
+            {"epoch": trainer.state.epoch, "step": trainer.state.global_step, "final": True, "metrics": metrics})
     return _Fitted(method, datasets, predictions, metrics, trainer.extras, training, openset)
+
+
+def _scheduled_evaluation(method: AnomalyMethod, test: Dataset, config: RunConfig
+                          ) -> Callable[[Trainer], None] | None:
+    """The step loop's epoch-end hook that evaluates every ``eval.every_epochs`` epochs (before
+    the last), keeping the evaluations in the checkpointed extras. The evaluation draws from
+    no generator of the training (:func:`~mambaad_lib.engine.seeding.preserved_rng`), so the
+    trained model is the same with or without it."""
+    every = config.eval.every_epochs
+    if not every:
+        return None
+
+    def evaluate_if_due(trainer: Trainer) -> None:
+        epoch = trainer.state.epoch
+        if epoch % every or epoch >= config.train.epochs:
+            return
+        with preserved_rng():
+            _, metrics = _evaluate(method, test, config, progress=False, desc=f"evaluate (epoch {epoch})")
+        method.train(True)
+        _log_metrics(f"epoch {epoch}", metrics)
+        trainer.extras.setdefault("evaluations", []).append(
+            {"epoch": epoch, "step": trainer.state.global_step, "final": False, "metrics": metrics})
+
+    return evaluate_if_due
+
+
+BEST_OVER_EVALUATIONS = "best over evaluations (selected on the test set, as the release prints)"
+
+
+def best_over_evaluations(evaluations: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per protocol, the maximum of every metric over the evaluations, with the epoch it came
+    from: per class and for the mean row, each metric on its own, as the release's log prints
+    it beside the last value. Reported under :data:`BEST_OVER_EVALUATIONS`, never used to pick
+    weights (None for fewer than two evaluations)."""
+    if len(evaluations) < 2:
+        return None
+
+    def best(values: list[tuple[float | None, int]]) -> dict[str, Any] | None:
+        present = [(value, epoch) for value, epoch in values if value is not None and value == value]
+        if not present:
+            return None
+        value, epoch = max(present, key=lambda pair: pair[0])
+        return {"value": value, "epoch": epoch}
+
+    out: dict[str, Any] = {"label": BEST_OVER_EVALUATIONS}
+    for protocol in evaluations[-1]["metrics"]:
+        runs = [(entry["metrics"][protocol], entry["epoch"]) for entry in evaluations]
+        mean = {key: best([(metrics["mean"].get(key), epoch) for metrics, epoch in runs])
+                for key in runs[-1][0]["mean"]}
+        per_class = {row["cls_name"]: {key: best([(next(r[key] for r in metrics["per_class"]
+                                                        if r["cls_name"] == row["cls_name"]), epoch)
+                                                  for metrics, epoch in runs])
+                                       for key in row if key != "cls_name"}
+                     for row in runs[-1][0]["per_class"]}
+        out[protocol] = {"mean": mean, "per_class": per_class}
+    return out
 
 
 def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_file: Path,
@@ -363,6 +422,7 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
     examples = save_examples(fitted.predictions, fitted.datasets["test"], pick_examples(fitted.predictions, count),
                              results_file.parent / f"{run_id}_examples")
     method = fitted.method
+    evaluations = fitted.extras.get("evaluations", [])
     return new_record(
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=method.traits(), seed=config.seed, device=method.device.type,
@@ -375,6 +435,7 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         model=method.describe(), training=fitted.training if kind == "train" else None,
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
+        evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
 
@@ -450,7 +511,8 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
         metrics=metrics, metrics_untrained=merged("metrics_untrained"), openset=openset, notes=metric_notes(metrics),
         classes={record["data"]["classes"][0]: {
             "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
-            "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model")}
+            "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model"),
+            "best_over_evaluations": record.get("best_over_evaluations")}
             for record in records},
         examples=[path for record in records for path in record.get("examples", [])],
         wall_time_s=time.perf_counter() - started)
