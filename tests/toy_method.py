@@ -24,6 +24,7 @@ class StepToyConfig:
     """The toy's ``model:`` section."""
 
     step_seconds: float = 0.0  # a pause in every step, so that a test can stop training midway
+    progress_file: str = ""    # a line is appended after every step, so that a test sees training going
 
 
 class StepToyNet(nn.Module):
@@ -56,6 +57,9 @@ class StepToyMethod(AnomalyMethod):
         loss.backward()
         self.optimizer.step()
         time.sleep(self.config.step_seconds)
+        if self.config.progress_file:
+            with open(self.config.progress_file, "a", encoding="utf-8") as handle:
+                handle.write("step\n")
         return float(loss.detach())
 
     def optimization_state(self) -> dict:
