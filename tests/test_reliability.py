@@ -233,13 +233,21 @@ def test_run_id_and_resume_must_name_the_same_run(toy, capsys):
     assert runner.train(config, run_id="paused", resume="paused", progress=False).run_dir == run_dir
 
 
-def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(toy):
+@pytest.mark.parametrize("damage", ["cut short", "bytes flipped"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(toy, damage):
     profile, tmp_path = toy
     config = load_config(str(profile), {"train.epochs": 3})
     run_dir = _interrupted(config, "damaged", step=2 * STEPS_PER_EPOCH + 1)
     assert load_checkpoint(run_dir / PREVIOUS)["progress"]["global_step"] == 2 * STEPS_PER_EPOCH
     last = run_dir / LAST
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy cut short
+    data = bytearray(last.read_bytes())
+    if damage == "cut short":
+        data = data[: len(data) // 2]
+    else:  # the bytes of the model's one tensor
+        offset = data.find(load_checkpoint(last)["model"]["center"].numpy().tobytes())
+        assert offset > 0
+        data[offset:offset + 12] = bytes(byte ^ 0xFF for byte in data[offset:offset + 12])
+    last.write_bytes(bytes(data))
 
     assert runner.resume_checkpoint(run_dir) == run_dir / PREVIOUS
     resumed = runner.train(config, resume="damaged", progress=False)
