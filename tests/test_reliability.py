@@ -263,7 +263,12 @@ def test_resume_reads_its_checkpoint_once(toy, monkeypatch):
     _interrupted(config, "counted", step=3)
     reads = []
     real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda source, *a, **k: reads.append(Path(source).name) or real_load(source, *a, **k))
+
+    def counting_load(source, *args, **kwargs):
+        reads.append(Path(source).name)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
     runner.train(config, resume="counted", progress=False)
     assert reads == [LAST]
 

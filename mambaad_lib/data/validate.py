@@ -106,8 +106,8 @@ def check_dataset(root: str | os.PathLike, name: str) -> DatasetReport:
     report.problems += check_meta(meta, str(path))
     if report.problems:
         return report  # item-level checks need a well-formed meta
-    class_names = dict.fromkeys([*meta["train"], *meta["test"],
-                                 *(cls_name for per_class in meta.get(UNLABELED_KEY, {}).values() for cls_name in per_class)])
+    unlabeled_classes = [cls_name for per_class in meta.get(UNLABELED_KEY, {}).values() for cls_name in per_class]
+    class_names = dict.fromkeys([*meta["train"], *meta["test"], *unlabeled_classes])
     report.problems += [problem for cls_name in class_names if (problem := name_problem(cls_name, "class name"))]
     items = [item for split in SPLITS for per_class in meta[split].values() for item in per_class]
     unlabeled = [image for per_class in meta.get(UNLABELED_KEY, {}).values()

@@ -31,7 +31,8 @@ LOCK = ".lock"
 FINISHED = "run.json"
 CONFIG = "config.yaml"
 
-__all__ = ["LOCK", "FINISHED", "CONFIG", "check_name", "new_run_id", "RunLock", "lock_holder", "check_not_in_use", "mark_finished", "is_finished"]
+__all__ = ["LOCK", "FINISHED", "CONFIG", "check_name", "new_run_id", "RunLock", "lock_holder", "check_not_in_use",
+           "mark_finished", "is_finished"]
 
 
 def new_run_id(method: str, seed: int) -> str:
@@ -50,6 +51,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _may_be_alive(holder: dict[str, Any]) -> bool:
+    """Whether the process a lock file names may still run (only a pid on this host can be checked)."""
+    return holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int) \
+        or _pid_alive(holder["pid"])
+
+
 class RunLock:
     """Exclusive ownership of a run folder for the duration of a ``with`` block.
 
@@ -66,10 +73,6 @@ class RunLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK
         self._descriptor: int | None = None
-
-    @property
-    def owned(self) -> bool:
-        return self._descriptor is not None
 
     def _holder(self) -> dict[str, Any]:
         try:
@@ -116,8 +119,7 @@ class RunLock:
                 return os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int) \
-                        or _pid_alive(holder["pid"]):
+                if _may_be_alive(holder):
                     raise self._in_use(holder) from None
                 self._take_over_note(holder)
                 self.path.unlink(missing_ok=True)
@@ -163,9 +165,7 @@ def lock_holder(run_dir: str | Path) -> dict[str, Any] | None:
             else:
                 return None
         holder = lock._holder()
-        alive = holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int) \
-            or _pid_alive(holder["pid"])
-        return holder if alive else None
+        return holder if _may_be_alive(holder) else None
     finally:
         os.close(descriptor)
 
