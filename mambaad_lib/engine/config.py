@@ -50,7 +50,8 @@ class DataConfig:
 
     ``root``/``name`` locate ``<root>/meta_<name>.json`` (written by ``mambaad prep`` or
     ``mambaad synth``). Images are resized to ``image_size`` and centre-cropped to
-    ``crop_size`` (defaults to ``image_size``), the release protocol.
+    ``crop_size`` (defaults to ``image_size``), the release protocol. Classes without normal
+    training images stop a run before training unless ``allow_empty_classes``.
     """
 
     root: str = "data"
@@ -61,6 +62,7 @@ class DataConfig:
     train_per_class: int | None = None
     test_per_class: int | None = None
     num_workers: int = 0
+    allow_empty_classes: bool = False
 
     def __post_init__(self) -> None:
         require(self.image_size >= 8, "data.image_size", f"must be >= 8, got {self.image_size}")
