@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
 from PIL import Image
 
@@ -17,10 +18,11 @@ from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_che
 from mambaad_lib.engine.config import load_config
 from mambaad_lib.engine.predict import predict
 from mambaad_lib.utils.files import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
-from mambaad_lib.engine.results import load_results, results_table
+from mambaad_lib.engine.results import load_results, results_table, upgrade_record
 from mambaad_lib.engine.seeding import epoch_permutation
 from mambaad_lib.engine.trainer import TrainingInterrupted, training_batches
 from mambaad_lib.methods import get_method
+from mambaad_lib.models.encoders import file_sha256
 from mambaad_lib.metrics import METRIC_KEYS
 
 
@@ -95,6 +97,7 @@ def test_smoke_run_writes_complete_results(smoke_run):
     assert record["scan_backend"] in ("cpu", "reference", "chunked") and record["device"] == "cpu"
     assert record["environment"]["torch"] == torch.__version__
     assert "RANDOM ENCODER" in record["encoder"]["warning"] and record["encoder"]["batchnorm_reestimated_on"] == 8
+    assert record["encoder"]["weights"]["choice"] == "none" and record["encoder"]["weights"]["sha256"] is None
     for key in ("metrics", "metrics_untrained"):
         for protocol in ("standard", "ader"):
             block = record[key][protocol]
@@ -126,6 +129,34 @@ def test_evaluate_checkpoint_reproduces_training_metrics(smoke_run, smoke_root):
     again = runner.evaluate(config, outcome.run_dir / FINAL, run_id="re-eval", progress=False)
     assert again.record["kind"] == "evaluate"
     assert again.record["metrics"] == outcome.record["metrics"]
+
+
+def test_results_record_the_encoder_weights_file_and_its_sha256(smoke_root, tmp_path):
+    """A local weights file is recorded by name and SHA-256 in the results file and survives
+    into the record of an evaluation of the checkpoint (whose encoder came from the file)."""
+    config = load_config("smoke")
+    weights = tmp_path / "encoder.pth"
+    torch.manual_seed(3)
+    torch.save(getattr(torchvision.models, config.model.backbone)(weights=None).state_dict(), weights)
+    trained = runner.train(smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": str(weights),
+                                                                 "train.epochs": 1}), run_id="file", progress=False)
+    recorded = trained.record["encoder"]["weights"]
+    assert recorded["choice"] == "file" and recorded["sha256"] == file_sha256(weights)
+    assert recorded["source"].endswith(str(weights.resolve()))
+    again = runner.evaluate(smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": str(weights)}),
+                            trained.run_dir / FINAL, run_id="file-eval", progress=False)
+    assert again.record["encoder"]["weights"] == recorded
+
+
+def test_records_from_before_the_weights_field_say_what_imagenet_meant(tmp_path):
+    """Results written before encoder weights were recorded: 'imagenet' meant torchvision's
+    IMAGENET1K_V1 file then, 'none' a random encoder."""
+    def stored(setting):
+        return {"encoder": {"encoder_weights": setting}, "config": {"model": {"encoder_weights": setting}}}
+    assert upgrade_record(stored("imagenet"))["encoder"]["weights"]["choice"] == "torchvision"
+    assert upgrade_record(stored("none"))["encoder"]["weights"]["choice"] == "none"
+    kept = {"choice": "imagenet", "sha256": "ab"}
+    assert upgrade_record({**stored("imagenet"), "encoder": {"weights": kept}})["encoder"]["weights"] == kept
 
 
 # ---- exact resumption -----------------------------------------------------------------

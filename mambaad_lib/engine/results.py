@@ -18,8 +18,12 @@ atomically. Schema ``mambaad-companion/results`` version 2::
                                   (RUN_OUTPUT_PATHS)
     config                       the full run config (every section, as validated)
     run_dir                      the run's folder (checkpoints), null for "evaluate"
-    encoder                      {encoder_weights, batchnorm_reestimated_on, warning?}: a random
-                                 encoder is flagged here and in the warning text
+    encoder                      {weights, encoder_weights, batchnorm_reestimated_on, warning?}:
+                                 ``weights`` = {choice, source, file_name, sha256, url,
+                                 sha256_matches_name} of the encoder's weights as loaded (the
+                                 release's timm file for ``imagenet``, ``torchvision``, a local
+                                 file, or ``none``: random, flagged in the warning text); null for
+                                 methods without a frozen encoder
     data                         {root, name, classes, n_train, n_test}
     model                        {parameters: {total, trainable, frozen}, flops?: {total, scan},
                                   architecture, ...}
@@ -44,6 +48,9 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     examples                     PNG paths relative to the results file's folder
     notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
     wall_time_s                  whole command, seconds
+
+Records without ``encoder.weights`` (written before it was recorded) get it from their config
+by :func:`encoder_entry`: ``imagenet`` then meant torchvision's ``IMAGENET1K_V1`` weights.
 
 Version 1 files (before ``traits``, ``run_dir``, ``openset``, ``classes``, ``evaluations``,
 ``best_over_evaluations``, ``notes`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
@@ -129,10 +136,34 @@ def write_results(path: str | Path, record: dict[str, Any]) -> Path:
     return atomic_write_json(path, {key: value for key, value in record.items() if not key.startswith("_")})
 
 
+def encoder_entry(encoder: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The ``encoder`` entry with ``weights`` filled in for files written before it was recorded.
+
+    Args:
+        encoder: the entry as stored (``weights`` may be missing).
+        config: the run's config as a plain dict (its ``model.encoder_weights`` setting).
+    """
+    if "weights" in encoder:
+        return encoder
+    setting = str((config.get("model") or {}).get("encoder_weights", "none"))
+    if setting.lower() == "none":
+        weights = {"choice": "none", "source": "none (random initialisation)"}
+    elif setting == "imagenet":
+        weights = {"choice": "torchvision", "source": "torchvision IMAGENET1K_V1 (what 'imagenet' loaded before "
+                                                      "results files recorded the encoder's weights)"}
+    else:
+        weights = {"choice": "file", "source": f"local file {setting}"}
+    return {**encoder, "weights": {"file_name": None, "sha256": None, "url": None, "sha256_matches_name": None,
+                                   **weights}}
+
+
 def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record of any older schema version in the current layout (missing fields get the
     value the older file stands for)."""
-    return {**_V2_DEFAULTS, **record}
+    upgraded = {**_V2_DEFAULTS, **record}
+    if isinstance(upgraded.get("encoder"), dict) and isinstance(upgraded.get("config"), dict):
+        upgraded["encoder"] = encoder_entry(upgraded["encoder"], upgraded["config"])
+    return upgraded
 
 
 def read_record(path: str | Path) -> dict[str, Any] | None:

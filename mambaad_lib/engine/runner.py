@@ -37,7 +37,8 @@ from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir,
 from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
-from mambaad_lib.engine.results import code_provenance, new_record, read_record, results_path, write_results
+from mambaad_lib.engine.results import (code_provenance, encoder_entry, new_record, read_record, results_path,
+                                         write_results)
 from mambaad_lib.engine.runs import (CONFIG, LOCK, RunLock, check_name, check_not_in_use, is_finished, mark_finished,
                                      new_run_id)
 from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deterministic
@@ -380,8 +381,10 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
                 method.scan_backend, len(datasets["train"]), len(datasets["test"]), run_dir)
     extras: dict[str, Any] = {}
     if resume_from is None:
-        extras["prepare"] = method.prepare(
-            _image_batches(datasets["train"], config.eval.batch_size, config.data.num_workers))
+        # Read before prepare(): the weights as loaded, whatever preparation does to them later.
+        weights = method.encoder_weights()
+        extras["prepare"] = {"weights": weights, **method.prepare(
+            _image_batches(datasets["train"], config.eval.batch_size, config.data.num_workers))}
         if config.train.evaluate_untrained:
             _, extras["metrics_untrained"] = _evaluate(method, datasets["test"], config, progress,
                                                        "evaluate (untrained)")
@@ -473,7 +476,7 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=method.traits(), seed=config.seed, device=method.device.type,
         scan_backend=method.scan_backend, config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
-        encoder=fitted.extras.get("prepare", {}),
+        encoder=encoder_entry(fitted.extras.get("prepare", {}), config_to_dict(config)),
         data={"root": config.data.root, "name": config.data.name,
               "classes": sorted(set(fitted.predictions.class_names)),
               "n_train": len(fitted.datasets["train"]) if "train" in fitted.datasets else None,
