@@ -35,6 +35,9 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     metrics                      {protocol: {per_class: [{cls_name, i_auroc, i_ap, i_f1max,
                                   p_auroc, p_ap, p_f1max, p_aupro, mAD}], mean: {...}}}, values
                                   in [0, 1]; a metric that cannot be computed is null
+    ground_truth                 {protocol: {masks: "nearest" | "bilinear", labels_from_masks}}:
+                                 the masks each protocol evaluated (nearest, > 0; or the release's
+                                 bilinear, > 0.5) and whether image labels were the masks' maxima
     metrics_untrained            same shape, the model before training (when
                                  train.evaluate_untrained), else null
     evaluations                  with eval.every_epochs: [{epoch, step, final, metrics}] of every
@@ -51,6 +54,7 @@ atomically. Schema ``mambaad-companion/results`` version 2::
 
 Records without ``encoder.weights`` (written before it was recorded) get it from their config
 by :func:`encoder_entry`: ``imagenet`` then meant torchvision's ``IMAGENET1K_V1`` weights.
+Records without ``ground_truth`` evaluated nearest masks and dataset labels in every protocol.
 
 Version 1 files (before ``traits``, ``run_dir``, ``openset``, ``classes``, ``evaluations``,
 ``best_over_evaluations``, ``notes`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
@@ -81,6 +85,9 @@ RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml
 # Fields added in schema version 2, with the value a version-1 record stands for.
 _V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
                                 "evaluations": [], "best_over_evaluations": None}
+# Before records named each protocol's ground truth, every protocol evaluated nearest-resized
+# masks binarised at > 0 and the dataset's image labels.
+GROUND_TRUTH_BEFORE_RECORDED = {"masks": "nearest", "labels_from_masks": False}
 
 
 def results_path(results_dir: str | Path, experiment: str, profile: str, run_id: str) -> Path:
@@ -161,6 +168,9 @@ def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record of any older schema version in the current layout (missing fields get the
     value the older file stands for)."""
     upgraded = {**_V2_DEFAULTS, **record}
+    if "ground_truth" not in upgraded:
+        upgraded["ground_truth"] = {protocol: dict(GROUND_TRUTH_BEFORE_RECORDED)
+                                    for protocol in (upgraded.get("metrics") or {})}
     if isinstance(upgraded.get("encoder"), dict) and isinstance(upgraded.get("config"), dict):
         upgraded["encoder"] = encoder_entry(upgraded["encoder"], upgraded["config"])
     return upgraded

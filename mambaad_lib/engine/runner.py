@@ -44,7 +44,7 @@ from mambaad_lib.engine.runs import (CONFIG, LOCK, RunLock, check_name, check_no
 from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer
 from mambaad_lib.methods import AnomalyMethod, LearningType, TrainingData, get_method, get_method_class
-from mambaad_lib.metrics import class_mean
+from mambaad_lib.metrics import PROTOCOLS, class_mean
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.files import atomic_write_text, ensure_writable_dir
 
@@ -484,6 +484,8 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         model=method.describe(), training=fitted.training if kind == "train" else None,
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
+        ground_truth={name: {"masks": PROTOCOLS[name].masks, "labels_from_masks": PROTOCOLS[name].labels_from_masks}
+                      for name in fitted.metrics},
         evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
@@ -558,6 +560,7 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
                     "peak_memory_bytes": max(timing["peak_memory_bytes"] for timing in timings),
                     "peak_memory_kind": first["evaluation"]["peak_memory_kind"], "checkpoint": str(run_dir)},
         metrics=metrics, metrics_untrained=merged("metrics_untrained"), openset=openset, notes=metric_notes(metrics),
+        ground_truth=first.get("ground_truth"),
         classes={record["data"]["classes"][0]: {
             "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
             "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model"),
