@@ -244,6 +244,12 @@ def test_imagenet_without_network_points_to_a_local_file(smoke_root, tmp_path, m
     config = smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": "imagenet"})
     with pytest.raises(RuntimeError, match="--encoder-weights /path/to/weights.pth"):
         get_method("mambaad", config.model, 64, "cpu")
+    # Through the engine: refused before the run folder or the results file exists.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    with pytest.raises(RuntimeError, match="encoder_weights='/path/to/resnet18-5c106cde.pth'"):
+        runner.train(config, run_id="offline", progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("offline"))
+    assert not any((tmp_path / "results").rglob("offline*"))
 
 
 # ---- predict --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deter
 from mambaad_lib.engine.trainer import Trainer
 from mambaad_lib.methods import AnomalyMethod, LearningType, TrainingData, get_method, get_method_class
 from mambaad_lib.metrics import PROTOCOLS, class_mean
+from mambaad_lib.models.encoders import WEIGHT_CHOICES, fetch_published_weights, published_weights
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.files import atomic_write_text, ensure_writable_dir
 
@@ -323,6 +324,8 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
     if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
         raise _run_exists(run_id, run_dir, results_file)
     check_data(config, build_datasets(config))  # missing or bad data fails here, before any folder is made
+    if resume is None:
+        _check_encoder_weights(config)
     ensure_writable_dir(results_file.parent, "results (--results-dir)")
     ensure_writable_dir(run_dir.parent, "runs (--runs-dir)")
     provenance = code_provenance()
@@ -340,6 +343,15 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
         mark_finished(run_dir, results_file)
     logger.info("results written to %s", results_file)
     return RunOutcome(results_file, run_dir, record)
+
+
+def _check_encoder_weights(config: RunConfig) -> None:
+    """Fetch (or find in the torch hub cache) a published encoder weights file now, so that an
+    offline machine fails before the run folder exists, with the message naming the file."""
+    choice = getattr(config.model, "encoder_weights", None)
+    backbone = getattr(config.model, "backbone", None)
+    if choice in WEIGHT_CHOICES and backbone is not None:
+        fetch_published_weights(published_weights(backbone, choice))
 
 
 def _examples_dir(results_file: Path, run_id: str) -> Path:
