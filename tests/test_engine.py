@@ -16,6 +16,7 @@ from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import load_config
+from mambaad_lib.engine.convergence import convergence
 from mambaad_lib.engine.predict import predict
 from mambaad_lib.utils.files import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
 from mambaad_lib.engine.results import load_results, results_table, upgrade_record
@@ -76,6 +77,16 @@ def test_unwritable_folder_is_reported(tmp_path):
         ensure_writable_dir(blocker / "sub", "results")
 
 
+def test_plateau_rule_reads_the_last_fifth_of_the_loss_curve():
+    falling = [1.0, 0.8, 0.6, 0.5, 0.45, 0.40, 0.36, 0.33, 0.30, 0.27]
+    verdict = convergence(falling)
+    assert verdict["tail_epochs"] == 2 and verdict["late_improvement"] == pytest.approx((0.33 - 0.27) / 0.33)
+    assert verdict["plateaued"] is False
+    flat = falling[:8] + [0.329, 0.325]
+    assert convergence(flat)["plateaued"] is True
+    assert convergence([1.0, 0.5, 0.4])["plateaued"] is None and convergence([]) is None
+
+
 def test_data_order_depends_only_on_seed_and_epoch():
     assert epoch_permutation(10, 3, 1) == epoch_permutation(10, 3, 1)
     assert epoch_permutation(10, 3, 1) != epoch_permutation(10, 3, 2)
@@ -106,6 +117,7 @@ def test_smoke_run_writes_complete_results(smoke_run):
             values += [row[name] for row in block["per_class"] for name in METRIC_KEYS]
             assert all(value is not None and math.isfinite(value) and 0 <= value <= 1 for value in values)
     assert record["training"]["steps"] == 4 and len(record["training"]["epoch_losses"]) == 2
+    assert record["training"]["convergence"]["plateaued"] is None  # two epochs: too few for a verdict
     assert record["model"]["parameters"]["trainable"] > 0 and record["model"]["flops"]["total"] > 0
     assert record["evaluation"]["n_images"] == 8 and record["evaluation"]["images_per_s"] > 0
     assert record["examples"] and all((path.parent / name).is_file() for name in record["examples"])

@@ -28,7 +28,9 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     model                        {parameters: {total, trainable, frozen}, flops?: {total, scan},
                                   architecture, ...}
     training                     null for "evaluate"; else {epochs, steps, wall_time_s,
-                                  epoch_losses, final_loss, resumed_from, checkpoint, ...}
+                                  epoch_losses, final_loss, resumed_from, checkpoint,
+                                  convergence: {tail_epochs, late_improvement, plateaued, rule}
+                                  (:mod:`.convergence`), ...}
     evaluation                   {n_images, wall_time_s, model_time_s, images_per_s,
                                   model_images_per_s, peak_memory_bytes, peak_memory_kind,
                                   checkpoint}

@@ -35,6 +35,7 @@ from mambaad_lib.data.preflight import preflight
 from mambaad_lib.data.subsets import dataset_items, first_per_class, subset
 from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir, load_checkpoint
 from mambaad_lib.engine.config import RunConfig, config_to_dict
+from mambaad_lib.engine.convergence import convergence
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
 from mambaad_lib.engine.results import (code_provenance, encoder_entry, new_record, read_record, results_path,
@@ -493,7 +494,7 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
               "classes": sorted(set(fitted.predictions.class_names)),
               "n_train": len(fitted.datasets["train"]) if "train" in fitted.datasets else None,
               "n_test": len(fitted.datasets["test"])},
-        model=method.describe(), training=fitted.training if kind == "train" else None,
+        model=method.describe(), training=_training_facts(fitted.training) if kind == "train" else None,
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
         ground_truth={name: {"masks": PROTOCOLS[name].masks, "labels_from_masks": PROTOCOLS[name].labels_from_masks}
@@ -501,6 +502,11 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
+
+
+def _training_facts(training: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's facts with the plateau verdict of its loss curve."""
+    return {**training, "convergence": convergence(training.get("epoch_losses"))}
 
 
 def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file: Path,
