@@ -1,4 +1,5 @@
-"""Selective-scan operators: one public entry point, several backends."""
+"""Selective-scan operators: one public entry point, several backends, and SS2D's multi-direction scan."""
+from mambaad_lib.ops.directions import permute_sequences, selective_scan_directions
 from mambaad_lib.ops.selective_scan import (
     AUTO_ORDER,
     BACKEND_ENV,
@@ -16,5 +17,7 @@ __all__ = [
     "available_backends",
     "backend_status",
     "resolve_backend",
+    "permute_sequences",
     "selective_scan",
+    "selective_scan_directions",
 ]

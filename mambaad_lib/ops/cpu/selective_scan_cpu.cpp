@@ -1,19 +1,33 @@
 // Fused selective scan (Mamba S6) for CPU tensors: forward and backward, float32 and float64.
 //
-// One task walks one (batch, channel) sequence with its state of n values kept in registers:
-// softplus(delta + bias), exp(delta * A), the recurrence, the C contraction, the D skip and
-// the z gate happen in a single pass over memory. B and C are read in a (L, n) layout so
-// that the inner loop over the state dimension is contiguous and vectorises.
+// Layout: token-major. A call scans K "directions"; direction k reads its sequence position t
+// from token l = order[k][t] (identity without an order), so the permutation of SS2D's scan
+// directions happens in this kernel's loads and stores instead of in gathered copies:
 //
-// The backward recomputes each sequence's states into a per-task (L + 1) x n buffer and
-// runs the adjoint recurrence backwards in time. Everything summed over channels or batch
-// (dA, dD, ddelta_bias, grouped dB / dC) is accumulated per task in a fixed order and then
-// reduced in a fixed order, with a task split that does not depend on the thread count:
-// gradients are bit-identical run to run and for any torch.set_num_threads value.
+//   u      (b, L, d) shared by every direction, or (b, L, K, d) one per direction
+//   delta  (b, L, K, d)        B, C (b, L, K, n)        (any strides, unit stride last)
+//   A      (K*d, n)            D, delta_bias (K*d)      row k*d + c = direction k, channel c
+//   out    (b, L, d) = sum over directions (summed), or (b, L, K, d) one per direction
+//
+// Vectorisation runs over channels: a block of kLanes consecutive channels of one direction is
+// scanned together, one SIMD lane per channel, with the n states of each lane in local arrays.
+// The per-step work (softplus, exp(dt A), the recurrence, the C contraction) then needs no
+// horizontal reduction in the forward; loads of u / delta / the output at token l are kLanes
+// contiguous values.
+//
+// The backward recomputes the states chunk by chunk (kChunk steps) from checkpoints taken in a
+// first sweep, keeping each chunk's states and decays in cache for the adjoint recurrence.
+//
+// Reproducibility: one task = (batch, channel block) and walks the K directions in order; every
+// output and every partial sum belongs to one task, and everything summed over tasks (dA, dD,
+// ddelta_bias over the batch, dB / dC over channel blocks) is reduced in a fixed order. The task
+// split depends on the shapes only, so results are bit-identical run to run and for any
+// torch.set_num_threads value; tasks are handed out dynamically, which only changes who runs them.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,15 +35,16 @@
 
 namespace {
 
-// Channels of one group handled sequentially by one backward task: fixed, so the summation
-// order of grouped dB / dC never depends on how many threads run.
-constexpr int64_t kBackwardChannelBlock = 32;
+// Channels per task and SIMD lanes per step: fixed, so no summation order depends on threads.
+constexpr int kLanes = 16;
+// Backward recompute chunk (time steps whose states and decays are kept in cache).
+constexpr int64_t kChunk = 32;
 
 #define MAMBAAD_INLINE inline __attribute__((always_inline))
 
-// exp for float that the compiler vectorises over the state dimension: Cody-Waite range
-// reduction and a degree-6 polynomial (about 1 ulp on the reduced range). Arguments below
-// -87.3 give exactly 0, as exp underflows; arguments above 88.7 are clamped (finite).
+// exp for float that the compiler vectorises: Cody-Waite range reduction and a degree-6
+// polynomial (about 1 ulp on the reduced range). Arguments below -87.3 give exactly 0, as exp
+// underflows; arguments above 88.7 are clamped (finite).
 MAMBAAD_INLINE float scan_exp(float x) {
   const float clamped = std::min(std::max(x, -87.3f), 88.7f);
   const float k = std::floor(clamped * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
@@ -68,237 +83,403 @@ MAMBAAD_INLINE float scan_log1p_unit(float w) {
 
 MAMBAAD_INLINE double scan_log1p_unit(double w) { return std::log1p(w); }
 
-// out[t] = sigmoid(x[t] + offset), vectorised and without overflow.
+// torch's softplus (threshold 20) as max(v, 0) + log1p(exp(-|v|)), and its derivative.
 template <typename T>
-void sigmoids(const T* x, T offset, int64_t length, T* out) {
-#pragma omp simd
-  for (int64_t t = 0; t < length; ++t) {
-    const T v = x[t] + offset;
-    const T w = scan_exp(-std::abs(v));
-    out[t] = (v >= T(0) ? T(1) : w) / (T(1) + w);
-  }
+MAMBAAD_INLINE T softplus(T v) {
+  return v > T(20) ? v : std::max(v, T(0)) + scan_log1p_unit(scan_exp(-std::abs(v)));
 }
 
-// Per-time-step quantities of one sequence, computed in vectorised loops before the
-// recurrence so that no scalar exp or log sits on the recurrence's path:
-//   dt[t]  = softplus(delta + bias) (or delta + bias)
-//   ddt[t] = d dt / d(delta + bias), backward only (null in the forward)
 template <typename T>
-void step_sizes(const T* delta, T bias, bool softplus, int64_t length, T* dt, T* ddt) {
-  if (!softplus) {
-#pragma omp simd
-    for (int64_t t = 0; t < length; ++t) dt[t] = delta[t] + bias;
-    if (ddt) std::fill(ddt, ddt + length, T(1));
-    return;
-  }
-#pragma omp simd
-  for (int64_t t = 0; t < length; ++t) {
-    // torch's softplus (threshold 20), as max(v, 0) + log1p(exp(-|v|)) to avoid overflow.
-    const T v = delta[t] + bias;
-    dt[t] = v > T(20) ? v : std::max(v, T(0)) + scan_log1p_unit(scan_exp(-std::abs(v)));
-  }
-  if (ddt) {
-    sigmoids(delta, bias, length, ddt);
-    for (int64_t t = 0; t < length; ++t)
-      if (delta[t] + bias > T(20)) ddt[t] = T(1);  // the threshold's branch is the identity
-  }
+MAMBAAD_INLINE T sigmoid(T v) {
+  const T w = scan_exp(-std::abs(v));
+  return (v >= T(0) ? T(1) : w) / (T(1) + w);
 }
+
+// A (b, L, K, inner) operand with unit stride along inner; stride k is 0 for a shared operand.
+template <typename T>
+struct Operand {
+  T* data;
+  int64_t sb, sl, sk;
+  MAMBAAD_INLINE T* at(int64_t b, int64_t l, int64_t k) const { return data + b * sb + l * sl + k * sk; }
+};
+
+template <typename T>
+Operand<T> operand(const torch::Tensor& x) {
+  // 3-D (b, L, inner) tensors are shared by every direction: stride 0 along k.
+  if (x.dim() == 3) return {x.data_ptr<T>(), x.stride(0), x.stride(1), 0};
+  return {x.data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2)};
+}
+
 // Raw pointers and sizes of one call; optional tensors are null pointers.
 template <typename T>
 struct ScanArgs {
-  const T* u;      // (b, d, L)
-  const T* delta;  // (b, d, L)
-  const T* A;      // (d, n)
-  const T* B;      // (b, g, L, n)
-  const T* C;      // (b, g, L, n)
-  const T* D;      // (d) or null
-  const T* z;      // (b, d, L) or null
-  const T* bias;   // (d) or null
-  bool softplus;
-  int64_t batch, channels, length, state, groups;
+  Operand<T> u, delta, B, C;
+  const T* A;               // (K*d, n)
+  const T* D;               // (K*d) or null
+  const T* bias;            // (K*d) or null
+  const int64_t* order;     // (K, L) or null (identity)
+  bool softplus, summed;    // summed: out is (b, L, d), the sum over directions
+  bool shared_u;            // u is (b, L, d): du sums over directions
+  int64_t batch, length, dirs, channels, state;
 
-  int64_t row(int64_t b, int64_t c) const { return (b * channels + c) * length; }
-  int64_t bc_offset(int64_t b, int64_t c) const {
-    return (b * groups + c / (channels / groups)) * length * state;
+  MAMBAAD_INLINE int64_t token(int64_t k, int64_t t) const { return order ? order[k * length + t] : t; }
+  int64_t blocks() const { return (channels + kLanes - 1) / kLanes; }
+  // Offset of (b, l, k, c) in a dense (b, L, d) or (b, L, K, d) tensor.
+  MAMBAAD_INLINE int64_t dense(bool per_direction, int64_t b, int64_t l, int64_t k, int64_t c) const {
+    return per_direction ? ((b * length + l) * dirs + k) * channels + c : (b * length + l) * channels + c;
   }
-  T bias_of(int64_t c) const { return bias ? bias[c] : T(0); }
-  T D_of(int64_t c) const { return D ? D[c] : T(0); }
 };
 
-// Runs x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t over one (b, c) sequence from x_{-1} = 0
-// and writes y[t] = <x_t, C_t> + D u_t. When states is not null, x_t goes to its row t + 1
-// and row 0 is zeroed. NS > 0 fixes the state size at compile time.
-template <typename T, int NS>
-void recurrence(const ScanArgs<T>& a, int64_t b, int64_t c, const T* dt, T* y, T* states) {
-  const int64_t n = NS > 0 ? NS : a.state;
-  const T* u = a.u + a.row(b, c);
-  const T* A = a.A + c * n;
-  const T* B = a.B + a.bc_offset(b, c);
-  const T* C = a.C + a.bc_offset(b, c);
-  const T Dc = a.D_of(c);
-  T x_fixed[NS > 0 ? NS : 1];
-  std::vector<T> x_heap(NS > 0 ? 0 : n);
-  T* x = NS > 0 ? x_fixed : x_heap.data();
-  std::fill(x, x + n, T(0));
-  if (states) std::fill(states, states + n, T(0));
+// Per-worker buffers, reused across tasks: every entry a task reads, it has written first.
+template <typename T>
+struct Scratch {
+  std::vector<T> dt, u, dtu, Bs, Cs;                // (L, kLanes) / (L, n), in sequence order
+  std::vector<T> ddt, gy, gdt, gu;                  // backward only, (L, kLanes)
+  std::vector<T> checkpoints, states, decays;       // backward chunking
+  Scratch(int64_t length, int64_t state, bool backward)
+      : dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), Bs(length * state), Cs(length * state) {
+    if (!backward) return;
+    for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
+    checkpoints.resize(((length + kChunk - 1) / kChunk + 1) * state * kLanes);
+    states.resize((kChunk + 1) * state * kLanes);
+    decays.resize(kChunk * state * kLanes);
+  }
+};
 
-  for (int64_t t = 0; t < a.length; ++t) {
-    const T step = dt[t];
-    const T drive = step * u[t];
-    const T* Bt = B + t * n;
-    const T* Ct = C + t * n;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = 0; k < n; ++k) {
-      const T xk = scan_exp(step * A[k]) * x[k] + drive * Bt[k];
-      x[k] = xk;
-      acc += xk * Ct[k];
+// One direction's constants for a block of lanes; lanes past the last channel hold zeros, which
+// keep their states, adjoints and every contribution of theirs exactly zero.
+template <typename T, int NS>
+struct BlockConstants {
+  T A[NS > 0 ? NS : 1][kLanes];
+  std::vector<T> A_heap;
+  T D[kLanes], bias[kLanes];
+  T* A_row(int64_t s) { return NS > 0 ? A[s] : A_heap.data() + s * kLanes; }
+
+  BlockConstants(const ScanArgs<T>& a, int64_t k, int64_t c0, int valid) : A_heap(NS > 0 ? 0 : a.state * kLanes) {
+    const int64_t n = NS > 0 ? NS : a.state;
+    for (int64_t s = 0; s < n; ++s)
+      for (int j = 0; j < kLanes; ++j) A_row(s)[j] = j < valid ? a.A[(k * a.channels + c0 + j) * n + s] : T(0);
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t row = k * a.channels + c0 + j;
+      D[j] = (j < valid && a.D) ? a.D[row] : T(0);
+      bias[j] = (j < valid && a.bias) ? a.bias[row] : T(0);
     }
-    if (states) std::memcpy(states + (t + 1) * n, x, n * sizeof(T));
-    y[t] = acc + Dc * u[t];
+  }
+};
+
+// Copies `valid` values of src (plus offset) to dst and zeroes the rest of its kLanes.
+template <typename T>
+MAMBAAD_INLINE void copy_lanes(const T* src, const T* offset, int valid, T* dst) {
+  if (valid == kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) dst[j] = src[j] + (offset ? offset[j] : T(0));
+  } else {
+    for (int j = 0; j < kLanes; ++j) dst[j] = j < valid ? src[j] + (offset ? offset[j] : T(0)) : T(0);
   }
 }
 
-// Forward of one (b, c) sequence into out; scratch holds 2 L values.
-template <typename T, int NS>
-void forward_sequence(const ScanArgs<T>& a, int64_t b, int64_t c, T* out, T* scratch) {
-  const int64_t row = a.row(b, c), L = a.length;
-  T* dt = scratch;
-  step_sizes(a.delta + row, a.bias_of(c), a.softplus, L, dt, static_cast<T*>(nullptr));
-  recurrence<T, NS>(a, b, c, dt, out + row, nullptr);
-  if (a.z) {
-    T* gate = scratch + L;
-    const T* z = a.z + row;
-    sigmoids(z, T(0), L, gate);
+// In place over m values: x -> dt = softplus(x) (or x), and ddt = d dt / dx when ddt is not null.
+// Flat loops over contiguous memory, so that the compiler vectorises exp and log1p.
+template <typename T>
+void step_sizes(T* x, bool softplus_dt, int64_t m, T* ddt) {
+  if (!softplus_dt) {
+    if (ddt) std::fill(ddt, ddt + m, T(1));
+    return;
+  }
+  if (ddt) {
 #pragma omp simd
-    for (int64_t t = 0; t < L; ++t) out[row + t] *= z[t] * gate[t];
+    for (int64_t i = 0; i < m; ++i) ddt[i] = x[i] > T(20) ? T(1) : sigmoid(x[i]);  // the threshold's branch is the identity
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
+}
+
+// Gathers one block's inputs in sequence order into the scratch buffers (the direction's
+// permutation happens here, as independent row loads), then computes per step, over contiguous
+// memory: dt = softplus(delta + bias) (or delta + bias), dt * u, and in the backward
+// ddt = d dt / d(delta + bias) and the output gradient gy (dout not null).
+template <typename T, int NS>
+void gather_steps(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0,
+                  int valid, Scratch<T>& s, const T* dout) {
+  const int64_t n = NS > 0 ? NS : a.state;
+  const int64_t L = a.length;
+  // Rows are loaded a few steps ahead: the order is known, the hardware prefetcher cannot guess it.
+  constexpr int64_t kAhead = 8;
+  for (int64_t t = 0; t < L; ++t) {
+    if (t + kAhead < L) {
+      const int64_t ahead = a.token(k, t + kAhead);
+      __builtin_prefetch(a.delta.at(b, ahead, k) + c0);
+      __builtin_prefetch(a.u.at(b, ahead, k) + c0);
+      __builtin_prefetch(a.B.at(b, ahead, k));
+      __builtin_prefetch(a.C.at(b, ahead, k));
+    }
+    const int64_t l = a.token(k, t);
+    copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + t * kLanes);
+    copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + t * kLanes);
+    std::memcpy(s.Bs.data() + t * n, a.B.at(b, l, k), n * sizeof(T));
+    std::memcpy(s.Cs.data() + t * n, a.C.at(b, l, k), n * sizeof(T));
+    if (dout) copy_lanes(dout + a.dense(!a.summed, b, l, k, c0), static_cast<const T*>(nullptr), valid,
+                         s.gy.data() + t * kLanes);
+  }
+  T* dt = s.dt.data();
+  step_sizes(dt, a.softplus, L * kLanes, dout ? s.ddt.data() : nullptr);
+  if (valid < kLanes) {
+    // Lanes past the last channel get dt = 0: decay 1 and no input, their states stay 0.
+    for (int64_t t = 0; t < L; ++t) std::fill(dt + t * kLanes + valid, dt + (t + 1) * kLanes, T(0));
+  }
+  const T* u = s.u.data();
+  T* dtu = s.dtu.data();
+#pragma omp simd
+  for (int64_t i = 0; i < L * kLanes; ++i) dtu[i] = dt[i] * u[i];
+}
+
+// x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t for one block, steps [t0, t1), states in x (n, kLanes).
+// With decays / states not null, stores exp(dt A) per step and x_t at row t - t0 + 1.
+template <typename T, int NS>
+MAMBAAD_INLINE void advance(const ScanArgs<T>& a, BlockConstants<T, NS>& K, const Scratch<T>& s, int64_t b,
+                            int64_t k, int64_t t0, int64_t t1, T* x, T* decays, T* states) {
+  const int64_t n = NS > 0 ? NS : a.state;
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* Bt = s.Bs.data() + t * n;
+    const T* dt = s.dt.data() + t * kLanes;
+    const T* dtu = s.dtu.data() + t * kLanes;
+    for (int64_t st = 0; st < n; ++st) {
+      const T Bs = Bt[st];
+      const T* A = K.A_row(st);
+      T* xs = x + st * kLanes;
+      T* dec = decays ? decays + ((t - t0) * n + st) * kLanes : nullptr;
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const T decay = scan_exp(dt[j] * A[j]);
+        xs[j] = decay * xs[j] + dtu[j] * Bs;
+        if (dec) dec[j] = decay;
+      }
+    }
+    if (states) std::memcpy(states + (t - t0 + 1) * n * kLanes, x, n * kLanes * sizeof(T));
   }
 }
+
+// Forward of one (b, block) task over every direction.
+template <typename T, int NS>
+void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratch<T>& s) {
+  const int64_t n = NS > 0 ? NS : a.state;
+  const int64_t c0 = block * kLanes;
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
+  T x_fixed[NS > 0 ? NS * kLanes : 1];
+  std::vector<T> x_heap(NS > 0 ? 0 : n * kLanes);
+  T* x = NS > 0 ? x_fixed : x_heap.data();
+  for (int64_t k = 0; k < a.dirs; ++k) {
+    BlockConstants<T, NS> K(a, k, c0, valid);
+    gather_steps<T, NS>(a, K, b, k, c0, valid, s, nullptr);
+    std::fill(x, x + n * kLanes, T(0));
+    const bool accumulate = a.summed && k > 0;
+    for (int64_t t = 0; t < a.length; ++t) {
+      const int64_t l = a.token(k, t);
+      const T* Bt = s.Bs.data() + t * n;
+      const T* Ct = s.Cs.data() + t * n;
+      const T* dt = s.dt.data() + t * kLanes;
+      const T* dtu = s.dtu.data() + t * kLanes;
+      const T* u = s.u.data() + t * kLanes;
+      T y[kLanes];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) y[j] = K.D[j] * u[j];
+      for (int64_t st = 0; st < n; ++st) {
+        const T Bs = Bt[st], Cs = Ct[st];
+        const T* A = K.A_row(st);
+        T* xs = x + st * kLanes;
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const T xv = scan_exp(dt[j] * A[j]) * xs[j] + dtu[j] * Bs;
+          xs[j] = xv;
+          y[j] += xv * Cs;
+        }
+      }
+      T* o = out + a.dense(!a.summed, b, l, k, c0);
+      for (int j = 0; j < valid; ++j) o[j] = accumulate ? o[j] + y[j] : y[j];
+    }
+  }
+}
+
+// out[st] = sum over lanes of rows[st][0..kLanes), for st < n.
+template <typename T, int NS>
+MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out) {
+  for (int64_t st = 0; st < n; ++st) {
+    T acc = T(0);
+    for (int j = 0; j < kLanes; ++j) acc += rows[st * kLanes + j];
+    out[st] = acc;
+  }
+}
+
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && defined(__AVX512F__)
+// 16 rows of 16 floats -> their 16 sums, by a transposing tree of shuffles and adds (46 vector
+// operations instead of 16 horizontal reductions). The summation order is fixed.
+typedef float v16 __attribute__((vector_size(64)));
+#define MAMBAAD_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+
+template <>
+MAMBAAD_INLINE void sum_lanes<float, 16>(const float* rows, int64_t, float* out) {
+  v16 r[16];
+  std::memcpy(r, rows, sizeof(r));
+  v16 h[8], q[4], w[2];
+  for (int i = 0; i < 8; ++i)  // lanes 0-7: row 2i, 8-15: row 2i+1
+    h[i] = MAMBAAD_SHUFFLE(r[2 * i], r[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+         + MAMBAAD_SHUFFLE(r[2 * i], r[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i)  // quarters: rows 4i, 4i+2, 4i+1, 4i+3
+    q[i] = MAMBAAD_SHUFFLE(h[2 * i], h[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+         + MAMBAAD_SHUFFLE(h[2 * i], h[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i)  // pairs: rows 8i + (0, 4, 2, 6, 1, 5, 3, 7)
+    w[i] = MAMBAAD_SHUFFLE(q[2 * i], q[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+         + MAMBAAD_SHUFFLE(q[2 * i], q[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  // lane i holds row bitreverse4(i); bit reversal is its own inverse.
+  const v16 sums = MAMBAAD_SHUFFLE(w[0], w[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+                 + MAMBAAD_SHUFFLE(w[0], w[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  const v16 natural = MAMBAAD_SHUFFLE(sums, sums, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
+  std::memcpy(out, &natural, sizeof(natural));
+}
+#undef MAMBAAD_SHUFFLE
+#endif
 
 // Gradient buffers of one backward call.
 template <typename T>
 struct GradArgs {
-  const T* dout;      // (b, d, L)
-  T* du;              // (b, d, L)
-  T* ddelta;          // (b, d, L)
-  T* dz;              // (b, d, L) or null
-  T* dA_part;         // (b, d, n): per-sequence sums over time
-  T* dD_part;         // (b, d)
-  T* dbias_part;      // (b, d)
-  T* dB_part;         // (b, g, blocks, L, n): per channel-block sums
-  T* dC_part;         // (b, g, blocks, L, n)
+  const T* dout;     // like out, dense
+  Operand<T> du;     // like u (its strides when u is dense)
+  Operand<T> ddelta; // like delta (its strides when delta is dense)
+  T* dA_part;        // (b, K*d, n): per-task sums over time
+  T* dD_part;        // (b, K*d)
+  T* dbias_part;     // (b, K*d)
+  T* dB_part;        // (b, blocks, K, L, n): per-task sums over the block's channels
+  T* dC_part;        // (b, blocks, K, L, n)
 };
 
-// Per-thread scratch of the backward, reused across sequences.
-template <typename T>
-struct BackwardScratch {
-  std::vector<T> states, y, dt, ddt, gate, gy;
-  BackwardScratch(int64_t length, int64_t state)
-      : states((length + 1) * state), y(length), dt(length), ddt(length), gate(length), gy(length) {}
-};
-
-// Backward of one (b, c) sequence; adds its dB / dC contributions to dB_acc / dC_acc (L, n).
+// Backward of one (b, block) task over every direction.
 template <typename T, int NS>
-void backward_sequence(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t c,
-                       T* dB_acc, T* dC_acc, BackwardScratch<T>& s) {
+void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t block, Scratch<T>& s) {
   const int64_t n = NS > 0 ? NS : a.state;
-  const int64_t row = a.row(b, c), L = a.length;
-  const T* u = a.u + row;
-  const T* A = a.A + c * n;
-  const T* B = a.B + a.bc_offset(b, c);
-  const T* C = a.C + a.bc_offset(b, c);
-  const T* dout = g.dout + row;
-  const T Dc = a.D_of(c);
-  T* dt = s.dt.data();
-  T* gy = s.gy.data();
-  const T* states = s.states.data();
+  const int64_t L = a.length;
+  const int64_t c0 = block * kLanes;
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
+  const int64_t plane = L * n;
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  std::vector<T> heap(NS > 0 ? 0 : 5 * n * kLanes);
+  T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
+  T dA_fixed[NS > 0 ? NS * kLanes : 1], pB_fixed[NS > 0 ? NS * kLanes : 1], pC_fixed[NS > 0 ? NS * kLanes : 1];
+  T* x = NS > 0 ? x_fixed : heap.data();
+  T* carry = NS > 0 ? carry_fixed : heap.data() + n * kLanes;
+  T* dA = NS > 0 ? dA_fixed : heap.data() + 2 * n * kLanes;
+  T* pB = NS > 0 ? pB_fixed : heap.data() + 3 * n * kLanes;
+  T* pC = NS > 0 ? pC_fixed : heap.data() + 4 * n * kLanes;
+  T row_sums[NS > 0 ? NS : 1];
+  std::vector<T> row_heap(NS > 0 ? 0 : n);
+  T* sums = NS > 0 ? row_sums : row_heap.data();
 
-  step_sizes(a.delta + row, a.bias_of(c), a.softplus, L, dt, s.ddt.data());
-  recurrence<T, NS>(a, b, c, dt, s.y.data(), s.states.data());
-  if (a.z) {  // out = y * silu(z)
-    const T* z = a.z + row;
-    const T* y = s.y.data();
-    T* gate = s.gate.data();
-    sigmoids(z, T(0), L, gate);
+  for (int64_t k = 0; k < a.dirs; ++k) {
+    BlockConstants<T, NS> K(a, k, c0, valid);
+    gather_steps<T, NS>(a, K, b, k, c0, valid, s, g.dout);
+    T* dB_plane = g.dB_part + ((b * a.blocks() + block) * a.dirs + k) * plane;
+    T* dC_plane = g.dC_part + ((b * a.blocks() + block) * a.dirs + k) * plane;
+
+    // Sweep 1: the state entering every chunk.
+    std::fill(x, x + n * kLanes, T(0));
+    for (int64_t c = 0; c < chunks; ++c) {
+      std::memcpy(s.checkpoints.data() + c * n * kLanes, x, n * kLanes * sizeof(T));
+      if (c + 1 < chunks) advance<T, NS>(a, K, s, b, k, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
+    }
+    // Sweep 2, chunks last to first: recompute the chunk's states and decays, then run the adjoint
+    // h_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1} backwards through it; carry holds the second term.
+    std::fill(carry, carry + n * kLanes, T(0));
+    std::fill(dA, dA + n * kLanes, T(0));
+    for (int64_t c = chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+      T* states = s.states.data();
+      std::memcpy(states, s.checkpoints.data() + c * n * kLanes, n * kLanes * sizeof(T));
+      std::memcpy(x, states, n * kLanes * sizeof(T));
+      advance<T, NS>(a, K, s, b, k, t0, t1, x, s.decays.data(), states);
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t l = a.token(k, t);
+        const T* Bt = s.Bs.data() + t * n;
+        const T* Ct = s.Cs.data() + t * n;
+        const T* dt = s.dt.data() + t * kLanes;
+        const T* dtu = s.dtu.data() + t * kLanes;
+        const T* gy = s.gy.data() + t * kLanes;
+        const T* prev = states + (t - t0) * n * kLanes;
+        const T* cur = prev + n * kLanes;
+        const T* dec = s.decays.data() + (t - t0) * n * kLanes;
+        T hB[kLanes], qA[kLanes];
 #pragma omp simd
-    for (int64_t t = 0; t < L; ++t) {
-      g.dz[row + t] = dout[t] * y[t] * gate[t] * (T(1) + z[t] * (T(1) - gate[t]));
-      gy[t] = dout[t] * z[t] * gate[t];
+        for (int j = 0; j < kLanes; ++j) { hB[j] = T(0); qA[j] = T(0); }
+        for (int64_t st = 0; st < n; ++st) {
+          const T Bs = Bt[st], Cs = Ct[st];
+          const T* A = K.A_row(st);
+          const int64_t o = st * kLanes;
+#pragma omp simd
+          for (int j = 0; j < kLanes; ++j) {
+            const T h = carry[o + j] + gy[j] * Cs;
+            pC[o + j] = gy[j] * cur[o + j];
+            pB[o + j] = h * dtu[j];
+            hB[j] += h * Bs;
+            const T q = h * prev[o + j] * dec[o + j];  // dLoss/d(dt_t A)
+            dA[o + j] += q * dt[j];
+            qA[j] += q * A[j];
+            carry[o + j] = dec[o + j] * h;
+          }
+        }
+        // Each token appears once per direction, so its plane row is written, not accumulated.
+        sum_lanes<T, NS>(pC, n, dC_plane + l * n);
+        sum_lanes<T, NS>(pB, n, dB_plane + l * n);
+        T* gdt = s.gdt.data() + t * kLanes;
+        T* gu = s.gu.data() + t * kLanes;
+        const T* u = s.u.data() + t * kLanes;
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          gdt[j] = qA[j] + hB[j] * u[j];  // dLoss/d dt_t
+          gu[j] = hB[j] * dt[j];
+        }
+      }
     }
-  } else {
-    std::memcpy(gy, dout, L * sizeof(T));
-  }
 
-  // Adjoint recurrence backwards in time: h_t = dLoss/dx_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1};
-  // carry[k] holds the second term.
-  T carry_fixed[NS > 0 ? NS : 1], dA_fixed[NS > 0 ? NS : 1];
-  std::vector<T> heap(NS > 0 ? 0 : 2 * n);
-  T* __restrict__ carry = NS > 0 ? carry_fixed : heap.data();
-  T* __restrict__ dA_acc = NS > 0 ? dA_fixed : heap.data() + n;
-  std::fill(carry, carry + n, T(0));
-  std::fill(dA_acc, dA_acc + n, T(0));
-  T* ddelta = g.ddelta + row;
-  T* du = g.du + row;
-  for (int64_t t = L - 1; t >= 0; --t) {
-    const T step = dt[t];
-    const T gyt = gy[t];
-    const T drive = step * u[t];
-    const T* __restrict__ Bt = B + t * n;
-    const T* __restrict__ Ct = C + t * n;
-    const T* __restrict__ prev = states + t * n;
-    const T* __restrict__ cur = states + (t + 1) * n;
-    T* __restrict__ dBt = dB_acc + t * n;
-    T* __restrict__ dCt = dC_acc + t * n;
-    T sum_hB = T(0), sum_decay = T(0);
-#pragma omp simd reduction(+ : sum_hB, sum_decay)
-    for (int64_t k = 0; k < n; ++k) {
-      const T h = carry[k] + gyt * Ct[k];
-      dCt[k] += gyt * cur[k];
-      dBt[k] += h * drive;
-      sum_hB += h * Bt[k];
-      const T decay = scan_exp(step * A[k]);
-      const T q = h * prev[k] * decay;  // dLoss/d(dt_t A_k)
-      dA_acc[k] += q * step;
-      sum_decay += q * A[k];
-      carry[k] = decay * h;
+    // Chain to delta and the skip term, in time order: the per-channel sums must be reproducible.
+    T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
+    const bool accumulate_du = a.shared_u && k > 0;
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t l = a.token(k, t);
+      const T* gdt = s.gdt.data() + t * kLanes;
+      const T* ddt = s.ddt.data() + t * kLanes;
+      const T* gu = s.gu.data() + t * kLanes;
+      const T* gy = s.gy.data() + t * kLanes;
+      const T* u = s.u.data() + t * kLanes;
+      T* ddelta = g.ddelta.at(b, l, k) + c0;
+      T* du = g.du.at(b, l, k) + c0;
+      for (int j = 0; j < valid; ++j) {
+        const T dd = gdt[j] * ddt[j];
+        const T du_t = gu[j] + gy[j] * K.D[j];
+        ddelta[j] = dd;
+        du[j] = accumulate_du ? du[j] + du_t : du_t;
+        dD_acc[j] += gy[j] * u[j];
+        dbias_acc[j] += dd;
+      }
     }
-    ddelta[t] = sum_decay + sum_hB * u[t];  // dLoss/d dt_t; the chain to delta follows
-    du[t] = step * sum_hB;
+    for (int j = 0; j < valid; ++j) {
+      const int64_t row = k * a.channels + c0 + j;
+      for (int64_t st = 0; st < n; ++st) g.dA_part[(b * a.dirs * a.channels + row) * n + st] = dA[st * kLanes + j];
+      g.dD_part[b * a.dirs * a.channels + row] = dD_acc[j];
+      g.dbias_part[b * a.dirs * a.channels + row] = dbias_acc[j];
+    }
   }
-  const T* ddt = s.ddt.data();
-  T dD_acc = T(0), dbias_acc = T(0);
-  for (int64_t t = 0; t < L; ++t) {  // sequential: these sums must be reproducible
-    ddelta[t] *= ddt[t];
-    du[t] += gy[t] * Dc;
-    dD_acc += gy[t] * u[t];
-    dbias_acc += ddelta[t];
-  }
-  for (int64_t k = 0; k < n; ++k) g.dA_part[(b * a.channels + c) * n + k] = dA_acc[k];
-  g.dD_part[b * a.channels + c] = dD_acc;
-  g.dbias_part[b * a.channels + c] = dbias_acc;
 }
 
-template <typename T>
-ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                      const torch::Tensor& B, const torch::Tensor& C,
-                      const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& z,
-                      const c10::optional<torch::Tensor>& bias, bool softplus) {
-  ScanArgs<T> a;
-  a.u = u.data_ptr<T>();
-  a.delta = delta.data_ptr<T>();
-  a.A = A.data_ptr<T>();
-  a.B = B.data_ptr<T>();
-  a.C = C.data_ptr<T>();
-  a.D = D.has_value() ? D->data_ptr<T>() : nullptr;
-  a.z = z.has_value() ? z->data_ptr<T>() : nullptr;
-  a.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-  a.softplus = softplus;
-  a.batch = u.size(0);
-  a.channels = u.size(1);
-  a.length = u.size(2);
-  a.state = A.size(1);
-  a.groups = B.size(1);
-  return a;
+// Runs fn(task, scratch) for every task in [0, tasks) on torch's intra-op threads. Workers take
+// the next task from a shared counter, so a thread that the OS deschedules (another job on the
+// machine) holds up one task, not a fixed share of them. Results do not depend on which worker
+// runs which task.
+template <typename T, typename Fn>
+void for_each_task(int64_t tasks, int64_t length, int64_t state, bool backward, Fn&& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    Scratch<T> scratch(length, state, backward);
+    for (int64_t task = next.fetch_add(1); task < tasks; task = next.fetch_add(1)) fn(task, scratch);
+  });
 }
 
 // Runs `body<NS>()` with NS the compile-time state size when it is a common one.
@@ -309,155 +490,215 @@ void dispatch_state(int64_t n, Body&& body) {
     case 8: body(std::integral_constant<int, 8>()); break;
     case 16: body(std::integral_constant<int, 16>()); break;
     case 32: body(std::integral_constant<int, 32>()); break;
-    case 64: body(std::integral_constant<int, 64>()); break;
     default: body(std::integral_constant<int, 0>()); break;
   }
 }
 
-void check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                  const torch::Tensor& B, const torch::Tensor& C,
-                  const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& z,
-                  const c10::optional<torch::Tensor>& bias) {
+void check_operand(const torch::Tensor& x, const char* name, torch::ScalarType dtype, bool allow_shared,
+                   int64_t batch, int64_t length, int64_t dirs, int64_t inner) {
+  TORCH_CHECK(x.device().is_cpu(), "selective_scan_cpu: ", name, " must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == dtype, "selective_scan_cpu: ", name, " must have u's dtype");
+  const bool shared = allow_shared && x.dim() == 3;
+  TORCH_CHECK(shared || x.dim() == 4, "selective_scan_cpu: ", name, " must be (b, L, K, inner)",
+              allow_shared ? " or (b, L, inner)" : "");
+  const std::vector<int64_t> expected = shared ? std::vector<int64_t>{batch, length, inner}
+                                               : std::vector<int64_t>{batch, length, dirs, inner};
+  TORCH_CHECK(x.sizes().vec() == expected, "selective_scan_cpu: ", name, " has shape ", x.sizes(),
+              ", expected ", c10::IntArrayRef(expected));
+  TORCH_CHECK(x.stride(-1) == 1 || inner == 1, "selective_scan_cpu: ", name, " needs unit stride in its last dim");
+}
+
+void check_vector(const c10::optional<torch::Tensor>& x, const char* name, torch::ScalarType dtype, int64_t size) {
+  if (!x.has_value()) return;
+  TORCH_CHECK(x->device().is_cpu() && x->scalar_type() == dtype && x->is_contiguous() && x->dim() == 1 &&
+                  x->size(0) == size,
+              "selective_scan_cpu: ", name, " must be a contiguous (K*d,) CPU tensor of u's dtype");
+}
+
+// Shapes (b, L, K, d, n) of a call, after checking every input.
+std::vector<int64_t> check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                  const torch::Tensor& B, const torch::Tensor& C,
+                                  const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& bias,
+                                  const c10::optional<torch::Tensor>& order) {
   const auto dtype = u.scalar_type();
   TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64,
               "selective_scan_cpu: u must be float32 or float64, got ", dtype);
-  std::vector<torch::Tensor> all = {u, delta, A, B, C};
-  for (const auto* opt : {&D, &z, &bias})
-    if (opt->has_value()) all.push_back(opt->value());
-  for (const auto& tensor : all) {
-    TORCH_CHECK(tensor.device().is_cpu(), "selective_scan_cpu: every tensor must be on the CPU");
-    TORCH_CHECK(tensor.scalar_type() == dtype, "selective_scan_cpu: every tensor must have u's dtype");
-    TORCH_CHECK(tensor.is_contiguous(), "selective_scan_cpu: tensors must be contiguous");
+  TORCH_CHECK(delta.dim() == 4, "selective_scan_cpu: delta must be (b, L, K, d)");
+  const int64_t batch = delta.size(0), length = delta.size(1), dirs = delta.size(2), channels = delta.size(3);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dirs * channels && A.is_contiguous() && A.scalar_type() == dtype,
+              "selective_scan_cpu: A must be a contiguous (K*d, n) tensor of u's dtype");
+  const int64_t state = A.size(1);
+  check_operand(u, "u", dtype, true, batch, length, dirs, channels);
+  check_operand(delta, "delta", dtype, false, batch, length, dirs, channels);
+  check_operand(B, "B", dtype, false, batch, length, dirs, state);
+  check_operand(C, "C", dtype, false, batch, length, dirs, state);
+  check_vector(D, "D", dtype, dirs * channels);
+  check_vector(bias, "delta_bias", dtype, dirs * channels);
+  if (order.has_value()) {
+    TORCH_CHECK(order->scalar_type() == torch::kInt64 && order->is_contiguous() && order->dim() == 2 &&
+                    order->size(0) == dirs && order->size(1) == length,
+                "selective_scan_cpu: order must be a contiguous int64 (K, L) tensor");
+    // Every direction must visit every token once: outputs and dB / dC rows are written, not summed.
+    const int64_t* index = order->data_ptr<int64_t>();
+    std::vector<char> seen(length);
+    for (int64_t k = 0; k < dirs; ++k) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int64_t t = 0; t < length; ++t) {
+        const int64_t l = index[k * length + t];
+        TORCH_CHECK(l >= 0 && l < length && !seen[l], "selective_scan_cpu: order row ", k,
+                    " is not a permutation of 0..L-1");
+        seen[l] = 1;
+      }
+    }
   }
-  TORCH_CHECK(B.dim() == 4 && C.dim() == 4 && B.size(2) == u.size(2) && B.size(3) == A.size(1),
-              "selective_scan_cpu: B and C must be (b, g, L, n)");
-  TORCH_CHECK(u.size(1) % B.size(1) == 0, "selective_scan_cpu: groups must divide channels");
+  return {batch, length, dirs, channels, state};
+}
+
+template <typename T>
+ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                      const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
+                      const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& order,
+                      bool softplus, bool summed, const std::vector<int64_t>& shape) {
+  ScanArgs<T> a;
+  a.u = operand<T>(u);
+  a.delta = operand<T>(delta);
+  a.B = operand<T>(B);
+  a.C = operand<T>(C);
+  a.A = A.data_ptr<T>();
+  a.D = D.has_value() ? D->data_ptr<T>() : nullptr;
+  a.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  a.order = order.has_value() ? order->data_ptr<int64_t>() : nullptr;
+  a.softplus = softplus;
+  a.summed = summed;
+  a.shared_u = u.dim() == 3;
+  a.batch = shape[0];
+  a.length = shape[1];
+  a.dirs = shape[2];
+  a.channels = shape[3];
+  a.state = shape[4];
+  return a;
 }
 
 torch::Tensor scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                           const torch::Tensor& B, const torch::Tensor& C,
-                           const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& z,
-                           const c10::optional<torch::Tensor>& bias, bool softplus) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
-  auto out = torch::empty_like(u);
+                           const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
+                           const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& order,
+                           bool softplus, bool summed) {
+  const auto shape = check_inputs(u, delta, A, B, C, D, bias, order);
+  const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3];
+  auto out = summed ? torch::empty({batch, length, channels}, u.options())
+                    : torch::empty({batch, length, dirs, channels}, u.options());
+  if (out.numel() == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
-    const auto args = make_args<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    const auto args = make_args<scalar_t>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     dispatch_state(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
-      at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(2 * args.length);
-        for (int64_t task = begin; task < end; ++task)
-          forward_sequence<scalar_t, NS>(args, task / args.channels, task % args.channels, out_ptr,
-                                         scratch.data());
+      for_each_task<scalar_t>(batch * args.blocks(), length, args.state, false, [&](int64_t task, Scratch<scalar_t>& s) {
+        forward_task<scalar_t, NS>(args, task / args.blocks(), task % args.blocks(), out_ptr, s);
       });
     });
   });
   return out;
 }
 
-// Returns du, ddelta, dA, dB (b, g, L, n), dC (b, g, L, n), dD, ddelta_bias, dz; the optional
+// Returns du (like u), ddelta (b, L, K, d), dA, dB (b, L, K, n), dC, dD, ddelta_bias; the optional
 // ones are undefined tensors when their input is absent.
-std::vector<torch::Tensor> scan_backward(
-    const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-    const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
-    const c10::optional<torch::Tensor>& z, const c10::optional<torch::Tensor>& bias, bool softplus,
-    const torch::Tensor& dout) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
-  TORCH_CHECK(dout.sizes() == u.sizes() && dout.scalar_type() == u.scalar_type() && dout.is_contiguous(),
-              "selective_scan_cpu: dout must be a contiguous tensor like u");
-  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2);
-  const int64_t state = A.size(1), groups = B.size(1);
-  const int64_t per_group = channels / groups;
-  const int64_t blocks = (per_group + kBackwardChannelBlock - 1) / kBackwardChannelBlock;
-
-  auto du = torch::empty_like(u);
-  auto ddelta = torch::empty_like(u);
-  auto dz = z.has_value() ? torch::empty_like(u) : torch::Tensor();
+std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                         const torch::Tensor& B, const torch::Tensor& C,
+                                         const c10::optional<torch::Tensor>& D,
+                                         const c10::optional<torch::Tensor>& bias,
+                                         const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
+                                         const torch::Tensor& dout) {
+  const auto shape = check_inputs(u, delta, A, B, C, D, bias, order);
+  const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
+  const std::vector<int64_t> out_shape = summed ? std::vector<int64_t>{batch, length, channels}
+                                                : std::vector<int64_t>{batch, length, dirs, channels};
+  TORCH_CHECK(dout.sizes().vec() == out_shape && dout.scalar_type() == u.scalar_type() && dout.is_contiguous(),
+              "selective_scan_cpu: dout must be a contiguous tensor shaped like the output");
+  const int64_t blocks = (channels + kLanes - 1) / kLanes;
   auto options = u.options();
-  auto dA_part = torch::empty({batch, channels, state}, options);
-  auto dD_part = torch::empty({batch, channels}, options);
-  auto dbias_part = torch::empty({batch, channels}, options);
-  auto dB_part = torch::empty({batch, groups, blocks, length, state}, options);
-  auto dC_part = torch::empty({batch, groups, blocks, length, state}, options);
+  // Gradients keep their inputs' strides where those are dense (e.g. delta from an einsum), so that
+  // the ops that consume them need no copy.
+  auto du = u.is_non_overlapping_and_dense() ? torch::empty_like(u) : torch::empty(u.sizes(), options);
+  auto ddelta = delta.is_non_overlapping_and_dense() ? torch::empty_like(delta) : torch::empty(delta.sizes(), options);
+  auto dA_part = torch::empty({batch, dirs * channels, state}, options);
+  auto dD_part = torch::empty({batch, dirs * channels}, options);
+  auto dbias_part = torch::empty({batch, dirs * channels}, options);
+  auto dB_part = torch::empty({batch, blocks, dirs, length, state}, options);
+  auto dC_part = torch::empty({batch, blocks, dirs, length, state}, options);
   auto dA = torch::empty_like(A);
-  auto dB = torch::empty_like(B);
-  auto dC = torch::empty_like(C);
-  auto dD = torch::empty({channels}, options);
-  auto dbias = torch::empty({channels}, options);
+  auto dB = torch::empty({batch, length, dirs, state}, options);
+  auto dC = torch::empty({batch, length, dirs, state}, options);
+  auto dD = torch::empty({dirs * channels}, options);
+  auto dbias = torch::empty({dirs * channels}, options);
+  if (du.numel() == 0 || state == 0) {
+    for (auto* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dbias}) t->zero_();
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+      using T = scalar_t;
+      const auto args = make_args<T>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
+      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du), operand<T>(ddelta), dA_part.data_ptr<T>(),
+                        dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB_part.data_ptr<T>(),
+                        dC_part.data_ptr<T>()};
+      dispatch_state(state, [&](auto ns) {
+        constexpr int NS = decltype(ns)::value;
+        for_each_task<T>(batch * blocks, length, state, true, [&](int64_t task, Scratch<T>& s) {
+          backward_task<T, NS>(args, grads, task / blocks, task % blocks, s);
+        });
+      });
 
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    using T = scalar_t;
-    const auto args = make_args<T>(u, delta, A, B, C, D, z, bias, softplus);
-    GradArgs<T> grads{dout.data_ptr<T>(), du.data_ptr<T>(), ddelta.data_ptr<T>(),
-                      z.has_value() ? dz.data_ptr<T>() : nullptr, dA_part.data_ptr<T>(),
-                      dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB_part.data_ptr<T>(),
-                      dC_part.data_ptr<T>()};
-    const int64_t plane = length * state;
-    dispatch_state(state, [&](auto ns) {
-      constexpr int NS = decltype(ns)::value;
-      // One task = (batch, group, block of channels); its dB / dC partial is its own plane.
-      at::parallel_for(0, batch * groups * blocks, 1, [&](int64_t begin, int64_t end) {
-        BackwardScratch<T> scratch(length, state);
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t b = task / (groups * blocks);
-          const int64_t group = (task / blocks) % groups;
-          const int64_t block = task % blocks;
-          T* dB_acc = grads.dB_part + task * plane;
-          T* dC_acc = grads.dC_part + task * plane;
-          std::fill(dB_acc, dB_acc + plane, T(0));
-          std::fill(dC_acc, dC_acc + plane, T(0));
-          const int64_t first = group * per_group + block * kBackwardChannelBlock;
-          const int64_t last = std::min(first + kBackwardChannelBlock, (group + 1) * per_group);
-          for (int64_t c = first; c < last; ++c)
-            backward_sequence<T, NS>(args, grads, b, c, dB_acc, dC_acc, scratch);
+      // Fixed-order reductions: channel blocks for dB / dC, the batch for dA / dD / ddelta_bias.
+      const int64_t plane = length * state;
+      T* dB_out = dB.data_ptr<T>();
+      T* dC_out = dC.data_ptr<T>();
+      at::parallel_for(0, batch * dirs, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bk = begin; bk < end; ++bk) {
+          const int64_t b = bk / dirs, k = bk % dirs;
+          for (int64_t l = 0; l < length; ++l) {
+            T* dB_row = dB_out + ((b * length + l) * dirs + k) * state;
+            T* dC_row = dC_out + ((b * length + l) * dirs + k) * state;
+            for (int64_t st = 0; st < state; ++st) {
+              T sb = T(0), sc = T(0);
+              for (int64_t block = 0; block < blocks; ++block) {
+                const int64_t at = ((b * blocks + block) * dirs + k) * plane + l * state + st;
+                sb += grads.dB_part[at];
+                sc += grads.dC_part[at];
+              }
+              dB_row[st] = sb;
+              dC_row[st] = sc;
+            }
+          }
         }
       });
-    });
-
-    // Fixed-order reductions: blocks for dB / dC, batch for dA / dD / ddelta_bias.
-    T* dB_out = dB.data_ptr<T>();
-    T* dC_out = dC.data_ptr<T>();
-    at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bg = begin; bg < end; ++bg) {
-        for (int64_t i = 0; i < plane; ++i) {
-          T sb = T(0), sc = T(0);
-          for (int64_t block = 0; block < blocks; ++block) {
-            sb += grads.dB_part[(bg * blocks + block) * plane + i];
-            sc += grads.dC_part[(bg * blocks + block) * plane + i];
-          }
-          dB_out[bg * plane + i] = sb;
-          dC_out[bg * plane + i] = sc;
+      const int64_t rows = dirs * channels;
+      T* dA_out = dA.data_ptr<T>();
+      T* dD_out = dD.data_ptr<T>();
+      T* dbias_out = dbias.data_ptr<T>();
+      for (int64_t i = 0; i < rows * state; ++i) {
+        T acc = T(0);
+        for (int64_t b = 0; b < batch; ++b) acc += grads.dA_part[b * rows * state + i];
+        dA_out[i] = acc;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        T sd = T(0), sbias = T(0);
+        for (int64_t b = 0; b < batch; ++b) {
+          sd += grads.dD_part[b * rows + r];
+          sbias += grads.dbias_part[b * rows + r];
         }
+        dD_out[r] = sd;
+        dbias_out[r] = sbias;
       }
     });
-    T* dA_out = dA.data_ptr<T>();
-    T* dD_out = dD.data_ptr<T>();
-    T* dbias_out = dbias.data_ptr<T>();
-    for (int64_t i = 0; i < channels * state; ++i) {
-      T s = T(0);
-      for (int64_t b = 0; b < batch; ++b) s += grads.dA_part[b * channels * state + i];
-      dA_out[i] = s;
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      T sd = T(0), sbias = T(0);
-      for (int64_t b = 0; b < batch; ++b) {
-        sd += grads.dD_part[b * channels + c];
-        sbias += grads.dbias_part[b * channels + c];
-      }
-      dD_out[c] = sd;
-      dbias_out[c] = sbias;
-    }
-  });
-  return {du, ddelta, dA, dB, dC,
-          D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor(), dz};
+  }
+  return {du, ddelta, dA, dB, dC, D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor()};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused selective scan (Mamba S6) for CPU tensors";
-  m.def("forward", &scan_forward, "selective scan forward: u, delta, A, B, C, D, z, delta_bias, softplus");
+  m.doc() = "Fused selective scan (Mamba S6) for CPU tensors, token-major, with optional scan orders";
+  m.def("forward", &scan_forward,
+        "selective scan forward: u, delta, A, B, C, D, delta_bias, order, softplus, summed");
   m.def("backward", &scan_backward,
-        "selective scan backward: u, delta, A, B, C, D, z, delta_bias, softplus, dout");
+        "selective scan backward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, dout");
 }
