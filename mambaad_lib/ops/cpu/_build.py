@@ -1,7 +1,7 @@
-"""Compile the fused CPU scan at first use and cache the build.
+"""Compile the CPU kernels (fused scan, InstanceNorm + SiLU) at first use and cache the build.
 
 The build is specialised for this CPU (``-march=native``), so the cache key covers
-everything that changes the binary: the C++ source, the compiler flags, the compiler,
+everything that changes the binary: the C++ sources, the compiler flags, the compiler,
 torch's version and the CPU's instruction-set flags. Builds live under
 ``$MAMBAAD_CACHE_DIR`` (default ``~/.cache/mambaad_lib``) in ``torch_extensions/<key>``.
 """
@@ -17,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("selective_scan_cpu.cpp", "instance_norm_silu_cpu.cpp"))
 CACHE_ENV = "MAMBAAD_CACHE_DIR"
 CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
              "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math")
@@ -48,8 +48,8 @@ def _compiler() -> str:
 def build_key() -> str:
     """A short hash of everything that determines the compiled binary."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CXX_FLAGS + LD_FLAGS).encode(), _compiler().encode(),
-                 torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (*(source.read_bytes() for source in SOURCES), " ".join(CXX_FLAGS + LD_FLAGS).encode(),
+                 _compiler().encode(), torch.__version__.encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -57,7 +57,8 @@ def build_key() -> str:
 
 @lru_cache(maxsize=None)
 def load_extension() -> ModuleType:
-    """The compiled module (with ``forward`` and ``backward``), built once per cache key.
+    """The compiled module (the scan's ``forward`` / ``backward`` and
+    ``instance_norm_silu_forward`` / ``_backward``), built once per cache key.
 
     Raises:
         RuntimeError: no C++ compiler, no ninja, or the compilation failed (with the reason).
@@ -72,7 +73,8 @@ def load_extension() -> ModuleType:
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
-            name=name, sources=[str(SOURCE)], extra_cflags=list(CXX_FLAGS),
+            name=name, sources=[str(source) for source in SOURCES], extra_cflags=list(CXX_FLAGS),
             extra_ldflags=list(LD_FLAGS), build_directory=str(build_dir), verbose=False)
     except Exception as error:  # compiler errors arrive as several exception types
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {type(error).__name__}: {error}") from error
+        names = " and ".join(source.name for source in SOURCES)
+        raise RuntimeError(f"compiling {names} failed: {type(error).__name__}: {error}") from error

@@ -26,11 +26,16 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -133,11 +138,13 @@ struct ScanArgs {
 // Per-worker buffers, reused across tasks: every entry a task reads, it has written first.
 template <typename T>
 struct Scratch {
-  std::vector<T> dt, u, dtu, Bs, Cs;                // (L, kLanes) / (L, n), in sequence order
+  std::vector<T> dt, u, dtu, ys, Bs, Cs;            // (L, kLanes) / (L, n), in sequence order
   std::vector<T> ddt, gy, gdt, gu;                  // backward only, (L, kLanes)
   std::vector<T> checkpoints, states, decays;       // backward chunking
+  std::vector<int64_t> step;                        // step[l]: the step at which the direction visits token l
   Scratch(int64_t length, int64_t state, bool backward)
-      : dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), Bs(length * state), Cs(length * state) {
+      : dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), ys(length * kLanes), Bs(length * state),
+        Cs(length * state), step(length) {
     if (!backward) return;
     for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
     checkpoints.resize(((length + kChunk - 1) / kChunk + 1) * state * kLanes);
@@ -194,26 +201,21 @@ void step_sizes(T* x, bool softplus_dt, int64_t m, T* ddt) {
   for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
 }
 
-// Gathers one block's inputs in sequence order into the scratch buffers (the direction's
-// permutation happens here, as independent row loads), then computes per step, over contiguous
-// memory: dt = softplus(delta + bias) (or delta + bias), dt * u, and in the backward
-// ddt = d dt / d(delta + bias) and the output gradient gy (dout not null).
+// Gathers one block's inputs in sequence order into the scratch buffers, then computes per step,
+// over contiguous memory: dt = softplus(delta + bias) (or delta + bias), dt * u, and in the
+// backward ddt = d dt / d(delta + bias) and the output gradient gy (dout not null). The
+// direction's permutation happens here: tokens are read in memory order (sequential streams
+// for the prefetcher) and written to their step's row of the cache-resident scratch. Also fills
+// s.step, the inverse of the direction's order, for the stores that go back to token order.
 template <typename T, int NS>
 void gather_steps(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0,
                   int valid, Scratch<T>& s, const T* dout) {
   const int64_t n = NS > 0 ? NS : a.state;
   const int64_t L = a.length;
-  // Rows are loaded a few steps ahead: the order is known, the hardware prefetcher cannot guess it.
-  constexpr int64_t kAhead = 8;
-  for (int64_t t = 0; t < L; ++t) {
-    if (t + kAhead < L) {
-      const int64_t ahead = a.token(k, t + kAhead);
-      __builtin_prefetch(a.delta.at(b, ahead, k) + c0);
-      __builtin_prefetch(a.u.at(b, ahead, k) + c0);
-      __builtin_prefetch(a.B.at(b, ahead, k));
-      __builtin_prefetch(a.C.at(b, ahead, k));
-    }
-    const int64_t l = a.token(k, t);
+  int64_t* step = s.step.data();
+  for (int64_t t = 0; t < L; ++t) step[a.token(k, t)] = t;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t t = step[l];
     copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + t * kLanes);
     copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + t * kLanes);
     std::memcpy(s.Bs.data() + t * n, a.B.at(b, l, k), n * sizeof(T));
@@ -259,6 +261,192 @@ MAMBAAD_INLINE void advance(const ScanArgs<T>& a, BlockConstants<T, NS>& K, cons
   }
 }
 
+// Writes (or, summing directions, adds) the block's outputs s.ys, in sequence order, to their
+// tokens' rows of out, walking the tokens in memory order.
+template <typename T>
+void store_outputs(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t c0, int valid, bool accumulate,
+                   const Scratch<T>& s, T* out) {
+  for (int64_t l = 0; l < a.length; ++l) {
+    const T* y = s.ys.data() + s.step[l] * kLanes;
+    T* o = out + a.dense(!a.summed, b, l, k, c0);
+    if (valid == kLanes && accumulate) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) o[j] += y[j];
+    } else if (valid == kLanes) {
+      std::memcpy(o, y, kLanes * sizeof(T));
+    } else {
+      for (int j = 0; j < valid; ++j) o[j] = accumulate ? o[j] + y[j] : y[j];
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+#define MAMBAAD_AVX512 1
+// Hand-vectorised recurrences for float with 16 lanes and a state size that is a multiple of 4
+// (n = 16 in every MambaAD model), used where the compiler's code is exp- and store-bound:
+// - exp(dt A) = 2^(dt A log2 e), with vscalefps doing the 2^k scaling (11 instructions);
+// - states are walked 4 at a time, so their recurrences, adjoints and accumulators live in
+//   registers; the per-step sums over states go to memory once per 4 states;
+// - the backward's sums over lanes (dB, dC) of 4 states use one shuffle tree for 8 rows.
+// Every sum has a fixed order, so results do not depend on threads.
+namespace avx512 {
+
+constexpr int kBlock = 4;  // states per register block
+
+MAMBAAD_INLINE __m512 exp2(__m512 y) {
+  // Below 2^-125.95 (exp below e^-87.3) the result is exactly 0, as in scan_exp; NaN stays NaN.
+  const __mmask16 keep = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-125.95f), _CMP_NLT_UQ);
+  const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(127.0f), y);
+  const __m512 k = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(clamped, k);  // [-0.5, 0.5]
+  // 2^f, near-minimax degree 6 (relative error 1e-7 in float32 evaluation).
+  __m512 p = _mm512_set1_ps(1.5345764405e-04f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930904e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184890717e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503286421e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718246e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, p, k);
+}
+
+MAMBAAD_INLINE __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+MAMBAAD_INLINE __m512 splat(float v) { return _mm512_set1_ps(v); }
+
+// A block's 4 (natural) A rows and their log2 e multiples.
+struct StateBlock {
+  __m512 A[kBlock], A2[kBlock];
+  StateBlock(const float* A_rows, int64_t s0) {
+    for (int i = 0; i < kBlock; ++i) {
+      A[i] = load(A_rows + (s0 + i) * 16);
+      A2[i] = _mm512_mul_ps(A[i], splat(1.44269504088896341f));
+    }
+  }
+};
+
+// y[t] (16 lanes, holding D u on entry) += sum over states of x_t C_t, for one block of lanes.
+// A_rows (n, 16); dt, dtu (L, 16); Bs, Cs (L, n).
+inline void forward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* Bs,
+                    const float* Cs, float* y) {
+  for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
+    const StateBlock S(A_rows, s0);
+    __m512 x[kBlock];
+    for (auto& v : x) v = _mm512_setzero_ps();
+    for (int64_t t = 0; t < L; ++t) {
+      const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+      const float* B = Bs + t * n + s0;
+      const float* C = Cs + t * n + s0;
+      __m512 acc = load(y + t * 16);
+      for (int i = 0; i < kBlock; ++i) {
+        x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(B[i])));
+        acc = _mm512_fmadd_ps(x[i], splat(C[i]), acc);
+      }
+      _mm512_storeu_ps(y + t * 16, acc);
+    }
+  }
+}
+
+// The 8 sums over lanes of rows r[0..7]: rows 0-3 to lo[0..3], rows 4-7 to hi[0..3].
+MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi) {
+  const __m512i pair_lo = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i pair_hi = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+  const __m512i quad_lo = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2, 1, 0);
+  const __m512i quad_hi = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 23, 22, 21, 20, 7, 6, 5, 4);
+  const __m512i oct_lo = _mm512_set_epi32(29, 28, 13, 12, 25, 24, 9, 8, 21, 20, 5, 4, 17, 16, 1, 0);
+  const __m512i oct_hi = _mm512_set_epi32(31, 30, 15, 14, 27, 26, 11, 10, 23, 22, 7, 6, 19, 18, 3, 2);
+  __m512 h[4], q[2];
+  for (int i = 0; i < 4; ++i)  // lanes 0-7: row 2i, 8-15: row 2i+1
+    h[i] = _mm512_add_ps(_mm512_permutex2var_ps(r[2 * i], pair_lo, r[2 * i + 1]),
+                         _mm512_permutex2var_ps(r[2 * i], pair_hi, r[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)  // quarters: rows 4i, 4i+2, 4i+1, 4i+3
+    q[i] = _mm512_add_ps(_mm512_permutex2var_ps(h[2 * i], quad_lo, h[2 * i + 1]),
+                         _mm512_permutex2var_ps(h[2 * i], quad_hi, h[2 * i + 1]));
+  // lane pairs: rows 0, 4, 2, 6, 1, 5, 3, 7
+  const __m512 w = _mm512_add_ps(_mm512_permutex2var_ps(q[0], oct_lo, q[1]),
+                                 _mm512_permutex2var_ps(q[0], oct_hi, q[1]));
+  const __m512 sums = _mm512_add_ps(w, _mm512_permute_ps(w, 0xB1));  // lane 2m: the pair's total
+  const __m512 rows = _mm512_permutexvar_ps(
+      _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 6, 10, 2, 12, 4, 8, 0), sums);  // rows 0..7 in lanes 0..7
+  _mm_storeu_ps(lo, _mm512_castps512_ps128(rows));
+  _mm_storeu_ps(hi, _mm512_extractf32x4_ps(rows, 1));
+}
+
+// Backward of one block of lanes over one direction. In: A_rows (n, 16); dt, dtu, gy (L, 16);
+// Bs, Cs (L, n); token[t] (null = identity). Out: hB[t] = sum_s h_t B_t, qA[t] = sum_s q_t A
+// (L, 16); dA (n, 16), the sums over time; dB_plane / dC_plane rows by token, (L, n), the sums
+// over this block's lanes. Buffers: checkpoints ((L / kChunk + 1) * 4, 16), states
+// ((kChunk + 1) * 4, 16), decays (kChunk * 4, 16).
+inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* gy,
+                     const float* Bs, const float* Cs, const int64_t* token, float* hB, float* qA, float* dA,
+                     float* dB_plane, float* dC_plane, float* checkpoints, float* states, float* decays) {
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
+    const StateBlock S(A_rows, s0);
+    const bool first = s0 == 0;
+    // Sweep 1: the states entering every chunk.
+    __m512 x[kBlock];
+    for (auto& v : x) v = _mm512_setzero_ps();
+    for (int64_t t = 0; t < L; ++t) {
+      if (t % kChunk == 0)
+        for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * kBlock + i) * 16, x[i]);
+      const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+      for (int i = 0; i < kBlock; ++i)
+        x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+    }
+    // Sweep 2, chunks last to first: recompute the chunk's states and decays, then the adjoint.
+    __m512 carry[kBlock], dA_acc[kBlock];
+    for (int i = 0; i < kBlock; ++i) carry[i] = dA_acc[i] = _mm512_setzero_ps();
+    for (int64_t c = chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+      for (int i = 0; i < kBlock; ++i) {
+        x[i] = load(checkpoints + (c * kBlock + i) * 16);
+        _mm512_storeu_ps(states + i * 16, x[i]);
+      }
+      for (int64_t t = t0; t < t1; ++t) {
+        const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+        const int64_t row = (t - t0) * kBlock;
+        for (int i = 0; i < kBlock; ++i) {
+          const __m512 decay = exp2(_mm512_mul_ps(d, S.A2[i]));
+          x[i] = _mm512_fmadd_ps(decay, x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+          _mm512_storeu_ps(decays + (row + i) * 16, decay);
+          _mm512_storeu_ps(states + (row + kBlock + i) * 16, x[i]);
+        }
+      }
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const __m512 g = load(gy + t * 16), d = load(dt + t * 16), du = load(dtu + t * 16);
+        const int64_t row = (t - t0) * kBlock;
+        const float* B = Bs + t * n + s0;
+        const float* C = Cs + t * n + s0;
+        __m512 sums[8];  // dC terms of the 4 states, then their dB terms
+        __m512 hB_t = _mm512_setzero_ps(), qA_t = _mm512_setzero_ps();
+        for (int i = 0; i < kBlock; ++i) {
+          const __m512 h = _mm512_fmadd_ps(g, splat(C[i]), carry[i]);
+          const __m512 decay = load(decays + (row + i) * 16);
+          sums[i] = _mm512_mul_ps(g, load(states + (row + kBlock + i) * 16));
+          sums[kBlock + i] = _mm512_mul_ps(h, du);
+          hB_t = _mm512_fmadd_ps(h, splat(B[i]), hB_t);
+          const __m512 q = _mm512_mul_ps(_mm512_mul_ps(h, load(states + (row + i) * 16)), decay);  // dLoss/d(dt A)
+          dA_acc[i] = _mm512_fmadd_ps(q, d, dA_acc[i]);
+          qA_t = _mm512_fmadd_ps(q, S.A[i], qA_t);
+          carry[i] = _mm512_mul_ps(decay, h);
+        }
+        if (!first) {
+          hB_t = _mm512_add_ps(load(hB + t * 16), hB_t);
+          qA_t = _mm512_add_ps(load(qA + t * 16), qA_t);
+        }
+        _mm512_storeu_ps(hB + t * 16, hB_t);
+        _mm512_storeu_ps(qA + t * 16, qA_t);
+        const int64_t l = token ? token[t] : t;
+        sum_lanes8(sums, dC_plane + l * n + s0, dB_plane + l * n + s0);
+      }
+    }
+    for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(dA + (s0 + i) * 16, dA_acc[i]);
+  }
+}
+
+}  // namespace avx512
+#endif
+
 // Forward of one (b, block) task over every direction.
 template <typename T, int NS>
 void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratch<T>& s) {
@@ -271,10 +459,22 @@ void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratc
   for (int64_t k = 0; k < a.dirs; ++k) {
     BlockConstants<T, NS> K(a, k, c0, valid);
     gather_steps<T, NS>(a, K, b, k, c0, valid, s, nullptr);
-    std::fill(x, x + n * kLanes, T(0));
     const bool accumulate = a.summed && k > 0;
+#ifdef MAMBAAD_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (n % avx512::kBlock == 0) {
+        T* y = s.ys.data();
+        const T* u = s.u.data();
+        for (int64_t t = 0; t < a.length; ++t)
+          for (int j = 0; j < kLanes; ++j) y[t * kLanes + j] = K.D[j] * u[t * kLanes + j];
+        avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y);
+        store_outputs(a, b, k, c0, valid, accumulate, s, out);
+        continue;
+      }
+    }
+#endif
+    std::fill(x, x + n * kLanes, T(0));
     for (int64_t t = 0; t < a.length; ++t) {
-      const int64_t l = a.token(k, t);
       const T* Bt = s.Bs.data() + t * n;
       const T* Ct = s.Cs.data() + t * n;
       const T* dt = s.dt.data() + t * kLanes;
@@ -294,9 +494,9 @@ void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratc
           y[j] += xv * Cs;
         }
       }
-      T* o = out + a.dense(!a.summed, b, l, k, c0);
-      for (int j = 0; j < valid; ++j) o[j] = accumulate ? o[j] + y[j] : y[j];
+      std::memcpy(s.ys.data() + t * kLanes, y, kLanes * sizeof(T));
     }
+    store_outputs(a, b, k, c0, valid, accumulate, s, out);
   }
 }
 
@@ -310,34 +510,6 @@ MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out) {
   }
 }
 
-#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && defined(__AVX512F__)
-// 16 rows of 16 floats -> their 16 sums, by a transposing tree of shuffles and adds (46 vector
-// operations instead of 16 horizontal reductions). The summation order is fixed.
-typedef float v16 __attribute__((vector_size(64)));
-#define MAMBAAD_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-
-template <>
-MAMBAAD_INLINE void sum_lanes<float, 16>(const float* rows, int64_t, float* out) {
-  v16 r[16];
-  std::memcpy(r, rows, sizeof(r));
-  v16 h[8], q[4], w[2];
-  for (int i = 0; i < 8; ++i)  // lanes 0-7: row 2i, 8-15: row 2i+1
-    h[i] = MAMBAAD_SHUFFLE(r[2 * i], r[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
-         + MAMBAAD_SHUFFLE(r[2 * i], r[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int i = 0; i < 4; ++i)  // quarters: rows 4i, 4i+2, 4i+1, 4i+3
-    q[i] = MAMBAAD_SHUFFLE(h[2 * i], h[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
-         + MAMBAAD_SHUFFLE(h[2 * i], h[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  for (int i = 0; i < 2; ++i)  // pairs: rows 8i + (0, 4, 2, 6, 1, 5, 3, 7)
-    w[i] = MAMBAAD_SHUFFLE(q[2 * i], q[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
-         + MAMBAAD_SHUFFLE(q[2 * i], q[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  // lane i holds row bitreverse4(i); bit reversal is its own inverse.
-  const v16 sums = MAMBAAD_SHUFFLE(w[0], w[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
-                 + MAMBAAD_SHUFFLE(w[0], w[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-  const v16 natural = MAMBAAD_SHUFFLE(sums, sums, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
-  std::memcpy(out, &natural, sizeof(natural));
-}
-#undef MAMBAAD_SHUFFLE
-#endif
 
 // Gradient buffers of one backward call.
 template <typename T>
@@ -352,6 +524,83 @@ struct GradArgs {
   T* dC_part;        // (b, blocks, K, L, n)
 };
 
+// The generic backward recurrences of one block over direction k (any dtype and state size):
+// dA (n, kLanes) sums over time, the block's dB / dC plane rows, and per step gdt = dLoss/d dt
+// and gu = dLoss/du through dt u, into the scratch.
+template <typename T, int NS>
+void backward_sweeps(const ScanArgs<T>& a, BlockConstants<T, NS>& K, Scratch<T>& s, int64_t b, int64_t k, T* dA,
+                     T* dB_plane, T* dC_plane) {
+  const int64_t n = NS > 0 ? NS : a.state;
+  const int64_t L = a.length;
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  std::vector<T> heap(NS > 0 ? 0 : 4 * n * kLanes);
+  T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
+  T pB_fixed[NS > 0 ? NS * kLanes : 1], pC_fixed[NS > 0 ? NS * kLanes : 1];
+  T* x = NS > 0 ? x_fixed : heap.data();
+  T* carry = NS > 0 ? carry_fixed : heap.data() + n * kLanes;
+  T* pB = NS > 0 ? pB_fixed : heap.data() + 2 * n * kLanes;
+  T* pC = NS > 0 ? pC_fixed : heap.data() + 3 * n * kLanes;
+  // Sweep 1: the state entering every chunk.
+  std::fill(x, x + n * kLanes, T(0));
+  for (int64_t c = 0; c < chunks; ++c) {
+    std::memcpy(s.checkpoints.data() + c * n * kLanes, x, n * kLanes * sizeof(T));
+    if (c + 1 < chunks) advance<T, NS>(a, K, s, b, k, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
+  }
+  // Sweep 2, chunks last to first: recompute the chunk's states and decays, then run the adjoint
+  // h_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1} backwards through it; carry holds the second term.
+  std::fill(carry, carry + n * kLanes, T(0));
+  std::fill(dA, dA + n * kLanes, T(0));
+  for (int64_t c = chunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+    T* states = s.states.data();
+    std::memcpy(states, s.checkpoints.data() + c * n * kLanes, n * kLanes * sizeof(T));
+    std::memcpy(x, states, n * kLanes * sizeof(T));
+    advance<T, NS>(a, K, s, b, k, t0, t1, x, s.decays.data(), states);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const int64_t l = a.token(k, t);
+      const T* Bt = s.Bs.data() + t * n;
+      const T* Ct = s.Cs.data() + t * n;
+      const T* dt = s.dt.data() + t * kLanes;
+      const T* dtu = s.dtu.data() + t * kLanes;
+      const T* gy = s.gy.data() + t * kLanes;
+      const T* prev = states + (t - t0) * n * kLanes;
+      const T* cur = prev + n * kLanes;
+      const T* dec = s.decays.data() + (t - t0) * n * kLanes;
+      T hB[kLanes], qA[kLanes];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) { hB[j] = T(0); qA[j] = T(0); }
+      for (int64_t st = 0; st < n; ++st) {
+        const T Bs = Bt[st], Cs = Ct[st];
+        const T* A = K.A_row(st);
+        const int64_t o = st * kLanes;
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const T h = carry[o + j] + gy[j] * Cs;
+          pC[o + j] = gy[j] * cur[o + j];
+          pB[o + j] = h * dtu[j];
+          hB[j] += h * Bs;
+          const T q = h * prev[o + j] * dec[o + j];  // dLoss/d(dt_t A)
+          dA[o + j] += q * dt[j];
+          qA[j] += q * A[j];
+          carry[o + j] = dec[o + j] * h;
+        }
+      }
+      // Each token appears once per direction, so its plane row is written, not accumulated.
+      sum_lanes<T, NS>(pC, n, dC_plane + l * n);
+      sum_lanes<T, NS>(pB, n, dB_plane + l * n);
+      T* gdt = s.gdt.data() + t * kLanes;
+      T* gu = s.gu.data() + t * kLanes;
+      const T* u = s.u.data() + t * kLanes;
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        gdt[j] = qA[j] + hB[j] * u[j];  // dLoss/d dt_t
+        gu[j] = hB[j] * dt[j];
+      }
+    }
+  }
+
+}
+
 // Backward of one (b, block) task over every direction.
 template <typename T, int NS>
 void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t block, Scratch<T>& s) {
@@ -360,18 +609,9 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
   const int64_t c0 = block * kLanes;
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
   const int64_t plane = L * n;
-  const int64_t chunks = (L + kChunk - 1) / kChunk;
-  std::vector<T> heap(NS > 0 ? 0 : 5 * n * kLanes);
-  T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
-  T dA_fixed[NS > 0 ? NS * kLanes : 1], pB_fixed[NS > 0 ? NS * kLanes : 1], pC_fixed[NS > 0 ? NS * kLanes : 1];
-  T* x = NS > 0 ? x_fixed : heap.data();
-  T* carry = NS > 0 ? carry_fixed : heap.data() + n * kLanes;
-  T* dA = NS > 0 ? dA_fixed : heap.data() + 2 * n * kLanes;
-  T* pB = NS > 0 ? pB_fixed : heap.data() + 3 * n * kLanes;
-  T* pC = NS > 0 ? pC_fixed : heap.data() + 4 * n * kLanes;
-  T row_sums[NS > 0 ? NS : 1];
-  std::vector<T> row_heap(NS > 0 ? 0 : n);
-  T* sums = NS > 0 ? row_sums : row_heap.data();
+  T dA_fixed[NS > 0 ? NS * kLanes : 1];
+  std::vector<T> dA_heap(NS > 0 ? 0 : n * kLanes);
+  T* dA = NS > 0 ? dA_fixed : dA_heap.data();
 
   for (int64_t k = 0; k < a.dirs; ++k) {
     BlockConstants<T, NS> K(a, k, c0, valid);
@@ -379,84 +619,60 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     T* dB_plane = g.dB_part + ((b * a.blocks() + block) * a.dirs + k) * plane;
     T* dC_plane = g.dC_part + ((b * a.blocks() + block) * a.dirs + k) * plane;
 
-    // Sweep 1: the state entering every chunk.
-    std::fill(x, x + n * kLanes, T(0));
-    for (int64_t c = 0; c < chunks; ++c) {
-      std::memcpy(s.checkpoints.data() + c * n * kLanes, x, n * kLanes * sizeof(T));
-      if (c + 1 < chunks) advance<T, NS>(a, K, s, b, k, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
-    }
-    // Sweep 2, chunks last to first: recompute the chunk's states and decays, then run the adjoint
-    // h_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1} backwards through it; carry holds the second term.
-    std::fill(carry, carry + n * kLanes, T(0));
-    std::fill(dA, dA + n * kLanes, T(0));
-    for (int64_t c = chunks - 1; c >= 0; --c) {
-      const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-      T* states = s.states.data();
-      std::memcpy(states, s.checkpoints.data() + c * n * kLanes, n * kLanes * sizeof(T));
-      std::memcpy(x, states, n * kLanes * sizeof(T));
-      advance<T, NS>(a, K, s, b, k, t0, t1, x, s.decays.data(), states);
-      for (int64_t t = t1 - 1; t >= t0; --t) {
-        const int64_t l = a.token(k, t);
-        const T* Bt = s.Bs.data() + t * n;
-        const T* Ct = s.Cs.data() + t * n;
-        const T* dt = s.dt.data() + t * kLanes;
-        const T* dtu = s.dtu.data() + t * kLanes;
-        const T* gy = s.gy.data() + t * kLanes;
-        const T* prev = states + (t - t0) * n * kLanes;
-        const T* cur = prev + n * kLanes;
-        const T* dec = s.decays.data() + (t - t0) * n * kLanes;
-        T hB[kLanes], qA[kLanes];
-#pragma omp simd
-        for (int j = 0; j < kLanes; ++j) { hB[j] = T(0); qA[j] = T(0); }
-        for (int64_t st = 0; st < n; ++st) {
-          const T Bs = Bt[st], Cs = Ct[st];
-          const T* A = K.A_row(st);
-          const int64_t o = st * kLanes;
-#pragma omp simd
-          for (int j = 0; j < kLanes; ++j) {
-            const T h = carry[o + j] + gy[j] * Cs;
-            pC[o + j] = gy[j] * cur[o + j];
-            pB[o + j] = h * dtu[j];
-            hB[j] += h * Bs;
-            const T q = h * prev[o + j] * dec[o + j];  // dLoss/d(dt_t A)
-            dA[o + j] += q * dt[j];
-            qA[j] += q * A[j];
-            carry[o + j] = dec[o + j] * h;
-          }
+    bool vectorised = false;
+#ifdef MAMBAAD_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (n % avx512::kBlock == 0) {
+        T* hB = s.gu.data();
+        T* qA = s.gdt.data();
+        avx512::backward(n, L, K.A_row(0), s.dt.data(), s.dtu.data(), s.gy.data(), s.Bs.data(), s.Cs.data(),
+                         a.order ? a.order + k * L : nullptr, hB, qA, dA, dB_plane, dC_plane,
+                         s.checkpoints.data(), s.states.data(), s.decays.data());
+        const T* u = s.u.data();
+        const T* dt = s.dt.data();
+        for (int64_t i = 0; i < L * kLanes; ++i) {
+          qA[i] += hB[i] * u[i];  // dLoss/d dt_t, into gdt
+          hB[i] *= dt[i];         // dLoss/du_t through dt_t u_t, into gu
         }
-        // Each token appears once per direction, so its plane row is written, not accumulated.
-        sum_lanes<T, NS>(pC, n, dC_plane + l * n);
-        sum_lanes<T, NS>(pB, n, dB_plane + l * n);
-        T* gdt = s.gdt.data() + t * kLanes;
-        T* gu = s.gu.data() + t * kLanes;
-        const T* u = s.u.data() + t * kLanes;
-#pragma omp simd
-        for (int j = 0; j < kLanes; ++j) {
-          gdt[j] = qA[j] + hB[j] * u[j];  // dLoss/d dt_t
-          gu[j] = hB[j] * dt[j];
-        }
+        vectorised = true;
       }
     }
+#endif
+    if (!vectorised) backward_sweeps<T, NS>(a, K, s, b, k, dA, dB_plane, dC_plane);
 
-    // Chain to delta and the skip term, in time order: the per-channel sums must be reproducible.
+    // Chain to delta and the skip term, tokens in memory order (a fixed order: the per-channel
+    // sums are reproducible).
     T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
     const bool accumulate_du = a.shared_u && k > 0;
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t l = a.token(k, t);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t t = s.step[l];
       const T* gdt = s.gdt.data() + t * kLanes;
       const T* ddt = s.ddt.data() + t * kLanes;
       const T* gu = s.gu.data() + t * kLanes;
       const T* gy = s.gy.data() + t * kLanes;
       const T* u = s.u.data() + t * kLanes;
+      T dd[kLanes], du_t[kLanes];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        dd[j] = gdt[j] * ddt[j];
+        du_t[j] = gu[j] + gy[j] * K.D[j];
+        dD_acc[j] += gy[j] * u[j];
+        dbias_acc[j] += dd[j];
+      }
       T* ddelta = g.ddelta.at(b, l, k) + c0;
       T* du = g.du.at(b, l, k) + c0;
-      for (int j = 0; j < valid; ++j) {
-        const T dd = gdt[j] * ddt[j];
-        const T du_t = gu[j] + gy[j] * K.D[j];
-        ddelta[j] = dd;
-        du[j] = accumulate_du ? du[j] + du_t : du_t;
-        dD_acc[j] += gy[j] * u[j];
-        dbias_acc[j] += dd;
+      if (valid == kLanes && accumulate_du) {
+        std::memcpy(ddelta, dd, kLanes * sizeof(T));
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) du[j] += du_t[j];
+      } else if (valid == kLanes) {
+        std::memcpy(ddelta, dd, kLanes * sizeof(T));
+        std::memcpy(du, du_t, kLanes * sizeof(T));
+      } else {
+        for (int j = 0; j < valid; ++j) {
+          ddelta[j] = dd[j];
+          du[j] = accumulate_du ? du[j] + du_t[j] : du_t[j];
+        }
       }
     }
     for (int j = 0; j < valid; ++j) {
@@ -695,10 +911,19 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
 
 }  // namespace
 
+// instance_norm_silu_cpu.cpp: silu(instance_norm(x)) on a channels-last (b, C, H, W) map; the
+// forward returns y, mean (b, C), rstd (b, C), the backward dLoss/dx.
+std::vector<torch::Tensor> instance_norm_silu_forward(const torch::Tensor& x, double eps);
+torch::Tensor instance_norm_silu_backward(const torch::Tensor& grad, const torch::Tensor& x,
+                                          const torch::Tensor& mean, const torch::Tensor& rstd);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused selective scan (Mamba S6) for CPU tensors, token-major, with optional scan orders";
+  m.doc() = "MambaAD's CPU kernels: the fused selective scan (token-major, optional scan orders) and "
+            "InstanceNorm + SiLU on channels-last maps";
   m.def("forward", &scan_forward,
         "selective scan forward: u, delta, A, B, C, D, delta_bias, order, softplus, summed");
   m.def("backward", &scan_backward,
         "selective scan backward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, dout");
+  m.def("instance_norm_silu_forward", &instance_norm_silu_forward, "silu(instance_norm(x)): x, eps -> y, mean, rstd");
+  m.def("instance_norm_silu_backward", &instance_norm_silu_backward, "grad, x, mean, rstd -> dx");
 }
