@@ -10,19 +10,21 @@
 //   out    (b, L, d) = sum over directions (summed), or (b, L, K, d) one per direction
 //
 // Vectorisation runs over channels: a block of kLanes consecutive channels of one direction is
-// scanned together, one SIMD lane per channel, with the n states of each lane in local arrays.
-// The per-step work (softplus, exp(dt A), the recurrence, the C contraction) then needs no
-// horizontal reduction in the forward; loads of u / delta / the output at token l are kLanes
-// contiguous values.
+// scanned together, one SIMD lane per channel. A block's inputs are first gathered into
+// cache-resident scratch in sequence order (tokens read in memory order, so DRAM sees
+// sequential streams); the recurrences then run over contiguous memory, and results go back to
+// token order the same way. On AVX-512 machines float scans with n % 4 == 0 run hand-vectorised
+// recurrences (namespace avx512); everything else runs the generic loops.
 //
 // The backward recomputes the states chunk by chunk (kChunk steps) from checkpoints taken in a
 // first sweep, keeping each chunk's states and decays in cache for the adjoint recurrence.
 //
-// Reproducibility: one task = (batch, channel block) and walks the K directions in order; every
-// output and every partial sum belongs to one task, and everything summed over tasks (dA, dD,
-// ddelta_bias over the batch, dB / dC over channel blocks) is reduced in a fixed order. The task
-// split depends on the shapes only, so results are bit-identical run to run and for any
-// torch.set_num_threads value; tasks are handed out dynamically, which only changes who runs them.
+// Reproducibility: the forward's task is (batch, channel block) and walks the K directions in
+// order, adding their outputs; the backward's task is (batch, direction) and walks the channel
+// blocks in order, adding their dB / dC. Everything summed across tasks (du over directions, dA,
+// dD, ddelta_bias over the batch) is reduced afterwards in a fixed order. The task split depends
+// on the shapes only, so results are bit-identical run to run and for any torch.set_num_threads
+// value; tasks are handed out dynamically, which only changes who runs them.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -40,7 +42,7 @@
 
 namespace {
 
-// Channels per task and SIMD lanes per step: fixed, so no summation order depends on threads.
+// Channels per forward task and SIMD lanes per step: fixed, so no summation order depends on threads.
 constexpr int kLanes = 16;
 // Backward recompute chunk (time steps whose states and decays are kept in cache).
 constexpr int64_t kChunk = 32;
@@ -136,17 +138,21 @@ struct ScanArgs {
 };
 
 // Per-worker buffers, reused across tasks: every entry a task reads, it has written first.
+// Rows are in sequence order (row t = step t of the current direction).
 template <typename T>
 struct Scratch {
-  std::vector<T> dt, u, dtu, ys, Bs, Cs;            // (L, kLanes) / (L, n), in sequence order
-  std::vector<T> ddt, gy, gdt, gu;                  // backward only, (L, kLanes)
-  std::vector<T> checkpoints, states, decays;       // backward chunking
   std::vector<int64_t> step;                        // step[l]: the step at which the direction visits token l
+  std::vector<T> dt, u, dtu, ys;                    // (L, kLanes)
+  std::vector<T> Bs, Cs;                            // (L, n)
+  std::vector<T> ddt, gy, gdt, gu;                  // backward: (L, kLanes)
+  std::vector<T> dB_rows, dC_rows;                  // backward: (L, n), sums over the direction's channels
+  std::vector<T> checkpoints, states, decays;       // backward chunking
   Scratch(int64_t length, int64_t state, bool backward)
-      : dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), ys(length * kLanes), Bs(length * state),
-        Cs(length * state), step(length) {
+      : step(length), dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), ys(length * kLanes),
+        Bs(length * state), Cs(length * state) {
     if (!backward) return;
     for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
+    for (auto* v : {&dB_rows, &dC_rows}) v->resize(length * state);
     checkpoints.resize(((length + kChunk - 1) / kChunk + 1) * state * kLanes);
     states.resize((kChunk + 1) * state * kLanes);
     decays.resize(kChunk * state * kLanes);
@@ -201,27 +207,32 @@ void step_sizes(T* x, bool softplus_dt, int64_t m, T* ddt) {
   for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
 }
 
-// Gathers one block's inputs in sequence order into the scratch buffers, then computes per step,
-// over contiguous memory: dt = softplus(delta + bias) (or delta + bias), dt * u, and in the
-// backward ddt = d dt / d(delta + bias) and the output gradient gy (dout not null). The
-// direction's permutation happens here: tokens are read in memory order (sequential streams
-// for the prefetcher) and written to their step's row of the cache-resident scratch. Also fills
-// s.step, the inverse of the direction's order, for the stores that go back to token order.
-template <typename T, int NS>
-void gather_steps(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0,
-                  int valid, Scratch<T>& s, const T* dout) {
-  const int64_t n = NS > 0 ? NS : a.state;
-  const int64_t L = a.length;
+// s.step = the inverse of direction k's order, and its B, C rows in sequence order. Tokens are
+// read in memory order (sequential streams for the prefetcher) and written to their step's row.
+template <typename T>
+void gather_direction(const ScanArgs<T>& a, int64_t b, int64_t k, Scratch<T>& s) {
+  const int64_t n = a.state;
   int64_t* step = s.step.data();
-  for (int64_t t = 0; t < L; ++t) step[a.token(k, t)] = t;
+  for (int64_t t = 0; t < a.length; ++t) step[a.token(k, t)] = t;
+  for (int64_t l = 0; l < a.length; ++l) {
+    std::memcpy(s.Bs.data() + step[l] * n, a.B.at(b, l, k), n * sizeof(T));
+    std::memcpy(s.Cs.data() + step[l] * n, a.C.at(b, l, k), n * sizeof(T));
+  }
+}
+
+// One block's lanes in sequence order (after gather_direction): dt = softplus(delta + bias) (or
+// delta + bias), u, dt * u, and in the backward (dout not null) ddt = d dt / d(delta + bias) and
+// the output gradient gy.
+template <typename T, int NS>
+void gather_lanes(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0, int valid,
+                  Scratch<T>& s, const T* dout) {
+  const int64_t L = a.length;
+  const int64_t* step = s.step.data();
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t t = step[l];
-    copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + t * kLanes);
-    copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + t * kLanes);
-    std::memcpy(s.Bs.data() + t * n, a.B.at(b, l, k), n * sizeof(T));
-    std::memcpy(s.Cs.data() + t * n, a.C.at(b, l, k), n * sizeof(T));
-    if (dout) copy_lanes(dout + a.dense(!a.summed, b, l, k, c0), static_cast<const T*>(nullptr), valid,
-                         s.gy.data() + t * kLanes);
+    const int64_t row = step[l] * kLanes;
+    copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + row);
+    copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + row);
+    if (dout) copy_lanes(dout + a.dense(!a.summed, b, l, k, c0), static_cast<const T*>(nullptr), valid, s.gy.data() + row);
   }
   T* dt = s.dt.data();
   step_sizes(dt, a.softplus, L * kLanes, dout ? s.ddt.data() : nullptr);
@@ -238,9 +249,8 @@ void gather_steps(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t 
 // x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t for one block, steps [t0, t1), states in x (n, kLanes).
 // With decays / states not null, stores exp(dt A) per step and x_t at row t - t0 + 1.
 template <typename T, int NS>
-MAMBAAD_INLINE void advance(const ScanArgs<T>& a, BlockConstants<T, NS>& K, const Scratch<T>& s, int64_t b,
-                            int64_t k, int64_t t0, int64_t t1, T* x, T* decays, T* states) {
-  const int64_t n = NS > 0 ? NS : a.state;
+MAMBAAD_INLINE void advance(int64_t n, BlockConstants<T, NS>& K, const Scratch<T>& s, int64_t t0, int64_t t1, T* x,
+                            T* decays, T* states) {
   for (int64_t t = t0; t < t1; ++t) {
     const T* Bt = s.Bs.data() + t * n;
     const T* dt = s.dt.data() + t * kLanes;
@@ -346,8 +356,9 @@ inline void forward(int64_t n, int64_t L, const float* A_rows, const float* dt, 
   }
 }
 
-// The 8 sums over lanes of rows r[0..7]: rows 0-3 to lo[0..3], rows 4-7 to hi[0..3].
-MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi) {
+// The 8 sums over lanes of rows r[0..7]: rows 0-3 to lo[0..3], rows 4-7 to hi[0..3] (added to
+// what they hold when accumulate).
+MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi, bool accumulate) {
   const __m512i pair_lo = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i pair_hi = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
   const __m512i quad_lo = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2, 1, 0);
@@ -367,18 +378,23 @@ MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi) {
   const __m512 sums = _mm512_add_ps(w, _mm512_permute_ps(w, 0xB1));  // lane 2m: the pair's total
   const __m512 rows = _mm512_permutexvar_ps(
       _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 6, 10, 2, 12, 4, 8, 0), sums);  // rows 0..7 in lanes 0..7
-  _mm_storeu_ps(lo, _mm512_castps512_ps128(rows));
-  _mm_storeu_ps(hi, _mm512_extractf32x4_ps(rows, 1));
+  __m128 first = _mm512_castps512_ps128(rows), second = _mm512_extractf32x4_ps(rows, 1);
+  if (accumulate) {
+    first = _mm_add_ps(_mm_loadu_ps(lo), first);
+    second = _mm_add_ps(_mm_loadu_ps(hi), second);
+  }
+  _mm_storeu_ps(lo, first);
+  _mm_storeu_ps(hi, second);
 }
 
 // Backward of one block of lanes over one direction. In: A_rows (n, 16); dt, dtu, gy (L, 16);
-// Bs, Cs (L, n); token[t] (null = identity). Out: hB[t] = sum_s h_t B_t, qA[t] = sum_s q_t A
-// (L, 16); dA (n, 16), the sums over time; dB_plane / dC_plane rows by token, (L, n), the sums
-// over this block's lanes. Buffers: checkpoints ((L / kChunk + 1) * 4, 16), states
+// Bs, Cs (L, n). Out: hB[t] = sum_s h_t B_t and qA[t] = sum_s q_t A (L, 16); dA (n, 16), the
+// sums over time; dB_rows / dC_rows (L, n), the sums over the block's lanes (added to what the
+// rows hold when accumulate). Buffers: checkpoints ((L / kChunk + 1) * 4, 16), states
 // ((kChunk + 1) * 4, 16), decays (kChunk * 4, 16).
 inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* gy,
-                     const float* Bs, const float* Cs, const int64_t* token, float* hB, float* qA, float* dA,
-                     float* dB_plane, float* dC_plane, float* checkpoints, float* states, float* decays) {
+                     const float* Bs, const float* Cs, bool accumulate, float* hB, float* qA, float* dA,
+                     float* dB_rows, float* dC_rows, float* checkpoints, float* states, float* decays) {
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
     const StateBlock S(A_rows, s0);
@@ -436,8 +452,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
         }
         _mm512_storeu_ps(hB + t * 16, hB_t);
         _mm512_storeu_ps(qA + t * 16, qA_t);
-        const int64_t l = token ? token[t] : t;
-        sum_lanes8(sums, dC_plane + l * n + s0, dB_plane + l * n + s0);
+        sum_lanes8(sums, dC_rows + t * n + s0, dB_rows + t * n + s0, accumulate);
       }
     }
     for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(dA + (s0 + i) * 16, dA_acc[i]);
@@ -447,7 +462,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
 }  // namespace avx512
 #endif
 
-// Forward of one (b, block) task over every direction.
+// Forward of one (b, channel block) task over every direction, adding their outputs when summed.
 template <typename T, int NS>
 void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratch<T>& s) {
   const int64_t n = NS > 0 ? NS : a.state;
@@ -458,80 +473,77 @@ void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratc
   T* x = NS > 0 ? x_fixed : x_heap.data();
   for (int64_t k = 0; k < a.dirs; ++k) {
     BlockConstants<T, NS> K(a, k, c0, valid);
-    gather_steps<T, NS>(a, K, b, k, c0, valid, s, nullptr);
-    const bool accumulate = a.summed && k > 0;
+    gather_direction(a, b, k, s);
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, nullptr);
+    T* y = s.ys.data();
+    bool vectorised = false;
 #ifdef MAMBAAD_AVX512
     if constexpr (std::is_same_v<T, float>) {
       if (n % avx512::kBlock == 0) {
-        T* y = s.ys.data();
         const T* u = s.u.data();
         for (int64_t t = 0; t < a.length; ++t)
           for (int j = 0; j < kLanes; ++j) y[t * kLanes + j] = K.D[j] * u[t * kLanes + j];
         avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y);
-        store_outputs(a, b, k, c0, valid, accumulate, s, out);
-        continue;
+        vectorised = true;
       }
     }
 #endif
-    std::fill(x, x + n * kLanes, T(0));
-    for (int64_t t = 0; t < a.length; ++t) {
-      const T* Bt = s.Bs.data() + t * n;
-      const T* Ct = s.Cs.data() + t * n;
-      const T* dt = s.dt.data() + t * kLanes;
-      const T* dtu = s.dtu.data() + t * kLanes;
-      const T* u = s.u.data() + t * kLanes;
-      T y[kLanes];
+    if (!vectorised) {
+      std::fill(x, x + n * kLanes, T(0));
+      for (int64_t t = 0; t < a.length; ++t) {
+        const T* Bt = s.Bs.data() + t * n;
+        const T* Ct = s.Cs.data() + t * n;
+        const T* dt = s.dt.data() + t * kLanes;
+        const T* dtu = s.dtu.data() + t * kLanes;
+        const T* u = s.u.data() + t * kLanes;
+        T* yt = y + t * kLanes;
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) y[j] = K.D[j] * u[j];
-      for (int64_t st = 0; st < n; ++st) {
-        const T Bs = Bt[st], Cs = Ct[st];
-        const T* A = K.A_row(st);
-        T* xs = x + st * kLanes;
+        for (int j = 0; j < kLanes; ++j) yt[j] = K.D[j] * u[j];
+        for (int64_t st = 0; st < n; ++st) {
+          const T Bs = Bt[st], Cs = Ct[st];
+          const T* A = K.A_row(st);
+          T* xs = x + st * kLanes;
 #pragma omp simd
-        for (int j = 0; j < kLanes; ++j) {
-          const T xv = scan_exp(dt[j] * A[j]) * xs[j] + dtu[j] * Bs;
-          xs[j] = xv;
-          y[j] += xv * Cs;
+          for (int j = 0; j < kLanes; ++j) {
+            const T xv = scan_exp(dt[j] * A[j]) * xs[j] + dtu[j] * Bs;
+            xs[j] = xv;
+            yt[j] += xv * Cs;
+          }
         }
       }
-      std::memcpy(s.ys.data() + t * kLanes, y, kLanes * sizeof(T));
     }
-    store_outputs(a, b, k, c0, valid, accumulate, s, out);
+    store_outputs(a, b, k, c0, valid, a.summed && k > 0, s, out);
   }
 }
 
-// out[st] = sum over lanes of rows[st][0..kLanes), for st < n.
-template <typename T, int NS>
-MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out) {
+// out[st] (+)= sum over lanes of rows[st][0..kLanes), for st < n.
+template <typename T>
+MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out, bool accumulate) {
   for (int64_t st = 0; st < n; ++st) {
     T acc = T(0);
     for (int j = 0; j < kLanes; ++j) acc += rows[st * kLanes + j];
-    out[st] = acc;
+    out[st] = accumulate ? out[st] + acc : acc;
   }
 }
-
 
 // Gradient buffers of one backward call.
 template <typename T>
 struct GradArgs {
-  const T* dout;     // like out, dense
-  Operand<T> du;     // like u (its strides when u is dense)
-  Operand<T> ddelta; // like delta (its strides when delta is dense)
-  T* dA_part;        // (b, K*d, n): per-task sums over time
-  T* dD_part;        // (b, K*d)
-  T* dbias_part;     // (b, K*d)
-  T* dB_part;        // (b, blocks, K, L, n): per-task sums over the block's channels
-  T* dC_part;        // (b, blocks, K, L, n)
+  const T* dout;      // like out, dense
+  Operand<T> du;      // like u (its strides when u is dense); per direction (b, L, K, d) when u is shared
+  Operand<T> ddelta;  // like delta (its strides when delta is dense)
+  T* dA_part;         // (b, K*d, n): per-channel sums over time
+  T* dD_part;         // (b, K*d)
+  T* dbias_part;      // (b, K*d)
+  T* dB;              // (b, L, K, n)
+  T* dC;              // (b, L, K, n)
 };
 
 // The generic backward recurrences of one block over direction k (any dtype and state size):
-// dA (n, kLanes) sums over time, the block's dB / dC plane rows, and per step gdt = dLoss/d dt
-// and gu = dLoss/du through dt u, into the scratch.
+// dA (n, kLanes) sums over time, the block's dB / dC rows (added when accumulate), and per step
+// gdt = dLoss/d dt and gu = dLoss/du through dt u, into the scratch.
 template <typename T, int NS>
-void backward_sweeps(const ScanArgs<T>& a, BlockConstants<T, NS>& K, Scratch<T>& s, int64_t b, int64_t k, T* dA,
-                     T* dB_plane, T* dC_plane) {
-  const int64_t n = NS > 0 ? NS : a.state;
-  const int64_t L = a.length;
+void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>& s, bool accumulate, T* dA) {
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   std::vector<T> heap(NS > 0 ? 0 : 4 * n * kLanes);
   T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
@@ -544,7 +556,7 @@ void backward_sweeps(const ScanArgs<T>& a, BlockConstants<T, NS>& K, Scratch<T>&
   std::fill(x, x + n * kLanes, T(0));
   for (int64_t c = 0; c < chunks; ++c) {
     std::memcpy(s.checkpoints.data() + c * n * kLanes, x, n * kLanes * sizeof(T));
-    if (c + 1 < chunks) advance<T, NS>(a, K, s, b, k, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
+    if (c + 1 < chunks) advance<T, NS>(n, K, s, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
   }
   // Sweep 2, chunks last to first: recompute the chunk's states and decays, then run the adjoint
   // h_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1} backwards through it; carry holds the second term.
@@ -555,9 +567,8 @@ void backward_sweeps(const ScanArgs<T>& a, BlockConstants<T, NS>& K, Scratch<T>&
     T* states = s.states.data();
     std::memcpy(states, s.checkpoints.data() + c * n * kLanes, n * kLanes * sizeof(T));
     std::memcpy(x, states, n * kLanes * sizeof(T));
-    advance<T, NS>(a, K, s, b, k, t0, t1, x, s.decays.data(), states);
+    advance<T, NS>(n, K, s, t0, t1, x, s.decays.data(), states);
     for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t l = a.token(k, t);
       const T* Bt = s.Bs.data() + t * n;
       const T* Ct = s.Cs.data() + t * n;
       const T* dt = s.dt.data() + t * kLanes;
@@ -585,9 +596,8 @@ void backward_sweeps(const ScanArgs<T>& a, BlockConstants<T, NS>& K, Scratch<T>&
           carry[o + j] = dec[o + j] * h;
         }
       }
-      // Each token appears once per direction, so its plane row is written, not accumulated.
-      sum_lanes<T, NS>(pC, n, dC_plane + l * n);
-      sum_lanes<T, NS>(pB, n, dB_plane + l * n);
+      sum_lanes(pC, n, s.dC_rows.data() + t * n, accumulate);
+      sum_lanes(pB, n, s.dB_rows.data() + t * n, accumulate);
       T* gdt = s.gdt.data() + t * kLanes;
       T* gu = s.gu.data() + t * kLanes;
       const T* u = s.u.data() + t * kLanes;
@@ -598,27 +608,24 @@ void backward_sweeps(const ScanArgs<T>& a, BlockConstants<T, NS>& K, Scratch<T>&
       }
     }
   }
-
 }
 
-// Backward of one (b, block) task over every direction.
+// Backward of one (b, direction k) task over every channel block: its blocks add their dB / dC
+// in order into the task's rows, so no partial sums leave the task.
 template <typename T, int NS>
-void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t block, Scratch<T>& s) {
+void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t k, Scratch<T>& s) {
   const int64_t n = NS > 0 ? NS : a.state;
   const int64_t L = a.length;
-  const int64_t c0 = block * kLanes;
-  const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
-  const int64_t plane = L * n;
   T dA_fixed[NS > 0 ? NS * kLanes : 1];
   std::vector<T> dA_heap(NS > 0 ? 0 : n * kLanes);
   T* dA = NS > 0 ? dA_fixed : dA_heap.data();
-
-  for (int64_t k = 0; k < a.dirs; ++k) {
+  gather_direction(a, b, k, s);
+  for (int64_t block = 0; block < a.blocks(); ++block) {
+    const int64_t c0 = block * kLanes;
+    const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
     BlockConstants<T, NS> K(a, k, c0, valid);
-    gather_steps<T, NS>(a, K, b, k, c0, valid, s, g.dout);
-    T* dB_plane = g.dB_part + ((b * a.blocks() + block) * a.dirs + k) * plane;
-    T* dC_plane = g.dC_part + ((b * a.blocks() + block) * a.dirs + k) * plane;
-
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, g.dout);
+    const bool accumulate = block > 0;
     bool vectorised = false;
 #ifdef MAMBAAD_AVX512
     if constexpr (std::is_same_v<T, float>) {
@@ -626,10 +633,11 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
         T* hB = s.gu.data();
         T* qA = s.gdt.data();
         avx512::backward(n, L, K.A_row(0), s.dt.data(), s.dtu.data(), s.gy.data(), s.Bs.data(), s.Cs.data(),
-                         a.order ? a.order + k * L : nullptr, hB, qA, dA, dB_plane, dC_plane,
-                         s.checkpoints.data(), s.states.data(), s.decays.data());
+                         accumulate, hB, qA, dA, s.dB_rows.data(), s.dC_rows.data(), s.checkpoints.data(),
+                         s.states.data(), s.decays.data());
         const T* u = s.u.data();
         const T* dt = s.dt.data();
+#pragma omp simd
         for (int64_t i = 0; i < L * kLanes; ++i) {
           qA[i] += hB[i] * u[i];  // dLoss/d dt_t, into gdt
           hB[i] *= dt[i];         // dLoss/du_t through dt_t u_t, into gu
@@ -638,19 +646,18 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
       }
     }
 #endif
-    if (!vectorised) backward_sweeps<T, NS>(a, K, s, b, k, dA, dB_plane, dC_plane);
+    if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA);
 
     // Chain to delta and the skip term, tokens in memory order (a fixed order: the per-channel
     // sums are reproducible).
     T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
-    const bool accumulate_du = a.shared_u && k > 0;
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t t = s.step[l];
-      const T* gdt = s.gdt.data() + t * kLanes;
-      const T* ddt = s.ddt.data() + t * kLanes;
-      const T* gu = s.gu.data() + t * kLanes;
-      const T* gy = s.gy.data() + t * kLanes;
-      const T* u = s.u.data() + t * kLanes;
+      const int64_t row = s.step[l] * kLanes;
+      const T* gdt = s.gdt.data() + row;
+      const T* ddt = s.ddt.data() + row;
+      const T* gu = s.gu.data() + row;
+      const T* gy = s.gy.data() + row;
+      const T* u = s.u.data() + row;
       T dd[kLanes], du_t[kLanes];
 #pragma omp simd
       for (int j = 0; j < kLanes; ++j) {
@@ -661,26 +668,26 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
       }
       T* ddelta = g.ddelta.at(b, l, k) + c0;
       T* du = g.du.at(b, l, k) + c0;
-      if (valid == kLanes && accumulate_du) {
-        std::memcpy(ddelta, dd, kLanes * sizeof(T));
-#pragma omp simd
-        for (int j = 0; j < kLanes; ++j) du[j] += du_t[j];
-      } else if (valid == kLanes) {
+      if (valid == kLanes) {
         std::memcpy(ddelta, dd, kLanes * sizeof(T));
         std::memcpy(du, du_t, kLanes * sizeof(T));
       } else {
-        for (int j = 0; j < valid; ++j) {
-          ddelta[j] = dd[j];
-          du[j] = accumulate_du ? du[j] + du_t[j] : du_t[j];
-        }
+        std::memcpy(ddelta, dd, valid * sizeof(T));
+        std::memcpy(du, du_t, valid * sizeof(T));
       }
     }
     for (int j = 0; j < valid; ++j) {
-      const int64_t row = k * a.channels + c0 + j;
-      for (int64_t st = 0; st < n; ++st) g.dA_part[(b * a.dirs * a.channels + row) * n + st] = dA[st * kLanes + j];
-      g.dD_part[b * a.dirs * a.channels + row] = dD_acc[j];
-      g.dbias_part[b * a.dirs * a.channels + row] = dbias_acc[j];
+      const int64_t row = (b * a.dirs + k) * a.channels + c0 + j;
+      for (int64_t st = 0; st < n; ++st) g.dA_part[row * n + st] = dA[st * kLanes + j];
+      g.dD_part[row] = dD_acc[j];
+      g.dbias_part[row] = dbias_acc[j];
     }
+  }
+  // The direction's dB / dC rows back to token order.
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t at = ((b * L + l) * a.dirs + k) * n;
+    std::memcpy(g.dB + at, s.dB_rows.data() + s.step[l] * n, n * sizeof(T));
+    std::memcpy(g.dC + at, s.dC_rows.data() + s.step[l] * n, n * sizeof(T));
   }
 }
 
@@ -795,6 +802,23 @@ ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const 
   return a;
 }
 
+// du[b, l, :] = sum over k of parts[b, l, k, :], k in order.
+template <typename T>
+void sum_directions(const T* parts, const Operand<T>& du, int64_t batch, int64_t length, int64_t dirs,
+                    int64_t channels) {
+  at::parallel_for(0, batch * length, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bl = begin; bl < end; ++bl) {
+      T* row = du.at(bl / length, bl % length, 0);
+      const T* part = parts + bl * dirs * channels;
+      std::memcpy(row, part, channels * sizeof(T));
+      for (int64_t k = 1; k < dirs; ++k) {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) row[c] += part[k * channels + c];
+      }
+    }
+  });
+}
+
 torch::Tensor scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                            const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
                            const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& order,
@@ -817,8 +841,8 @@ torch::Tensor scan_forward(const torch::Tensor& u, const torch::Tensor& delta, c
   return out;
 }
 
-// Returns du (like u), ddelta (b, L, K, d), dA, dB (b, L, K, n), dC, dD, ddelta_bias; the optional
-// ones are undefined tensors when their input is absent.
+// Returns du (like u), ddelta (like delta), dA, dB (b, L, K, n), dC, dD, ddelta_bias; the
+// optional ones are undefined tensors when their input is absent.
 std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                          const torch::Tensor& B, const torch::Tensor& C,
                                          const c10::optional<torch::Tensor>& D,
@@ -831,17 +855,17 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
                                                 : std::vector<int64_t>{batch, length, dirs, channels};
   TORCH_CHECK(dout.sizes().vec() == out_shape && dout.scalar_type() == u.scalar_type() && dout.is_contiguous(),
               "selective_scan_cpu: dout must be a contiguous tensor shaped like the output");
-  const int64_t blocks = (channels + kLanes - 1) / kLanes;
   auto options = u.options();
   // Gradients keep their inputs' strides where those are dense (e.g. delta from an einsum), so that
   // the ops that consume them need no copy.
   auto du = u.is_non_overlapping_and_dense() ? torch::empty_like(u) : torch::empty(u.sizes(), options);
   auto ddelta = delta.is_non_overlapping_and_dense() ? torch::empty_like(delta) : torch::empty(delta.sizes(), options);
+  // A shared u gets one gradient per direction first, summed over directions in a fixed order below.
+  const bool shared_u = u.dim() == 3;
+  auto du_dirs = shared_u ? torch::empty({batch, length, dirs, channels}, options) : du;
   auto dA_part = torch::empty({batch, dirs * channels, state}, options);
   auto dD_part = torch::empty({batch, dirs * channels}, options);
   auto dbias_part = torch::empty({batch, dirs * channels}, options);
-  auto dB_part = torch::empty({batch, blocks, dirs, length, state}, options);
-  auto dC_part = torch::empty({batch, blocks, dirs, length, state}, options);
   auto dA = torch::empty_like(A);
   auto dB = torch::empty({batch, length, dirs, state}, options);
   auto dC = torch::empty({batch, length, dirs, state}, options);
@@ -853,39 +877,16 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
       using T = scalar_t;
       const auto args = make_args<T>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
-      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du), operand<T>(ddelta), dA_part.data_ptr<T>(),
-                        dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB_part.data_ptr<T>(),
-                        dC_part.data_ptr<T>()};
+      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du_dirs), operand<T>(ddelta), dA_part.data_ptr<T>(),
+                        dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(), dC.data_ptr<T>()};
       dispatch_state(state, [&](auto ns) {
         constexpr int NS = decltype(ns)::value;
-        for_each_task<T>(batch * blocks, length, state, true, [&](int64_t task, Scratch<T>& s) {
-          backward_task<T, NS>(args, grads, task / blocks, task % blocks, s);
+        for_each_task<T>(batch * dirs, length, state, true, [&](int64_t task, Scratch<T>& s) {
+          backward_task<T, NS>(args, grads, task / dirs, task % dirs, s);
         });
       });
-
-      // Fixed-order reductions: channel blocks for dB / dC, the batch for dA / dD / ddelta_bias.
-      const int64_t plane = length * state;
-      T* dB_out = dB.data_ptr<T>();
-      T* dC_out = dC.data_ptr<T>();
-      at::parallel_for(0, batch * dirs, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t bk = begin; bk < end; ++bk) {
-          const int64_t b = bk / dirs, k = bk % dirs;
-          for (int64_t l = 0; l < length; ++l) {
-            T* dB_row = dB_out + ((b * length + l) * dirs + k) * state;
-            T* dC_row = dC_out + ((b * length + l) * dirs + k) * state;
-            for (int64_t st = 0; st < state; ++st) {
-              T sb = T(0), sc = T(0);
-              for (int64_t block = 0; block < blocks; ++block) {
-                const int64_t at = ((b * blocks + block) * dirs + k) * plane + l * state + st;
-                sb += grads.dB_part[at];
-                sc += grads.dC_part[at];
-              }
-              dB_row[st] = sb;
-              dC_row[st] = sc;
-            }
-          }
-        }
-      });
+      // Fixed-order reductions: directions for a shared u, the batch for dA / dD / ddelta_bias.
+      if (shared_u) sum_directions(du_dirs.data_ptr<T>(), operand<T>(du), batch, length, dirs, channels);
       const int64_t rows = dirs * channels;
       T* dA_out = dA.data_ptr<T>();
       T* dD_out = dD.data_ptr<T>();
