@@ -49,20 +49,27 @@ def _unit_stride_last(x: Tensor) -> Tensor:
 
 
 class _FusedScan(torch.autograd.Function):
-    """The kernel as an autograd function; ``order`` and the flags are not differentiable."""
+    """The kernel as an autograd function; ``order`` and the flags are not differentiable.
+
+    When a gradient will be needed, the forward also keeps the state entering every chunk of
+    64 steps (1/64 of the states' memory), so that the backward recomputes each chunk from it
+    instead of re-running the whole recurrence first.
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, order, delta_softplus, summed):
-        out = load_extension().forward(u, delta, A, B, C, D, delta_bias, order, delta_softplus, summed)
+        save = any(ctx.needs_input_grad[:7])
+        out, checkpoints = load_extension().forward(u, delta, A, B, C, D, delta_bias, order, delta_softplus,
+                                                    summed, save)
         ctx.flags = (delta_softplus, summed)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, order)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, order, checkpoints if save else None)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A, B, C, D, delta_bias, order = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, order, checkpoints = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dbias = load_extension().backward(
-            u, delta, A, B, C, D, delta_bias, order, *ctx.flags, dout.contiguous())
+            u, delta, A, B, C, D, delta_bias, order, *ctx.flags, checkpoints, dout.contiguous())
         return du, ddelta, dA, dB, dC, dD, dbias, None, None, None
 
 

@@ -16,8 +16,10 @@
 // token order the same way. On AVX-512 machines float scans with n % 4 == 0 run hand-vectorised
 // recurrences (namespace avx512); everything else runs the generic loops.
 //
-// The backward recomputes the states chunk by chunk (kChunk steps) from checkpoints taken in a
-// first sweep, keeping each chunk's states and decays in cache for the adjoint recurrence.
+// The backward recomputes the states chunk by chunk (kChunk steps), keeping each chunk's states
+// and decays in cache for the adjoint recurrence. It starts each chunk from a checkpoint: the
+// state entering the chunk, saved by a training forward (save_checkpoints; memory: 1/kChunk of
+// the states) or recomputed by a first sweep.
 //
 // Reproducibility: the forward's task is (batch, channel block) and walks the K directions in
 // order, adding their outputs; the backward's task is (batch, direction) and walks the channel
@@ -44,8 +46,8 @@ namespace {
 
 // Channels per forward task and SIMD lanes per step: fixed, so no summation order depends on threads.
 constexpr int kLanes = 16;
-// Backward recompute chunk (time steps whose states and decays are kept in cache).
-constexpr int64_t kChunk = 32;
+// Steps per checkpoint and backward recompute chunk (whose states and decays are kept in cache).
+constexpr int64_t kChunk = 64;
 
 #define MAMBAAD_INLINE inline __attribute__((always_inline))
 
@@ -153,7 +155,7 @@ struct Scratch {
     if (!backward) return;
     for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
     for (auto* v : {&dB_rows, &dC_rows}) v->resize(length * state);
-    checkpoints.resize(((length + kChunk - 1) / kChunk + 1) * state * kLanes);
+    checkpoints.resize((length + kChunk - 1) / kChunk * state * kLanes);
     states.resize((kChunk + 1) * state * kLanes);
     decays.resize(kChunk * state * kLanes);
   }
@@ -215,8 +217,14 @@ void gather_direction(const ScanArgs<T>& a, int64_t b, int64_t k, Scratch<T>& s)
   int64_t* step = s.step.data();
   for (int64_t t = 0; t < a.length; ++t) step[a.token(k, t)] = t;
   for (int64_t l = 0; l < a.length; ++l) {
-    std::memcpy(s.Bs.data() + step[l] * n, a.B.at(b, l, k), n * sizeof(T));
-    std::memcpy(s.Cs.data() + step[l] * n, a.C.at(b, l, k), n * sizeof(T));
+    const T* B = a.B.at(b, l, k);
+    const T* C = a.C.at(b, l, k);
+    T* B_row = s.Bs.data() + step[l] * n;
+    T* C_row = s.Cs.data() + step[l] * n;
+    for (int64_t st = 0; st < n; ++st) {  // a loop, not memcpy: rows are short
+      B_row[st] = B[st];
+      C_row[st] = C[st];
+    }
   }
 }
 
@@ -335,14 +343,17 @@ struct StateBlock {
 };
 
 // y[t] (16 lanes, holding D u on entry) += sum over states of x_t C_t, for one block of lanes.
-// A_rows (n, 16); dt, dtu (L, 16); Bs, Cs (L, n).
+// A_rows (n, 16); dt, dtu (L, 16); Bs, Cs (L, n). When checkpoints is not null, the state
+// entering every chunk goes there, (L / kChunk, n, 16).
 inline void forward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* Bs,
-                    const float* Cs, float* y) {
+                    const float* Cs, float* y, float* checkpoints) {
   for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
     const StateBlock S(A_rows, s0);
     __m512 x[kBlock];
     for (auto& v : x) v = _mm512_setzero_ps();
     for (int64_t t = 0; t < L; ++t) {
+      if (checkpoints && t % kChunk == 0)
+        for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * n + s0 + i) * 16, x[i]);
       const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
       const float* B = Bs + t * n + s0;
       const float* C = Cs + t * n + s0;
@@ -390,24 +401,26 @@ MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi, bool acc
 // Backward of one block of lanes over one direction. In: A_rows (n, 16); dt, dtu, gy (L, 16);
 // Bs, Cs (L, n). Out: hB[t] = sum_s h_t B_t and qA[t] = sum_s q_t A (L, 16); dA (n, 16), the
 // sums over time; dB_rows / dC_rows (L, n), the sums over the block's lanes (added to what the
-// rows hold when accumulate). Buffers: checkpoints ((L / kChunk + 1) * 4, 16), states
-// ((kChunk + 1) * 4, 16), decays (kChunk * 4, 16).
+// rows hold when accumulate). checkpoints (L / kChunk, n, 16): the states entering the chunks,
+// computed here unless saved (a first sweep). Buffers: states ((kChunk + 1) * 4, 16), decays
+// (kChunk * 4, 16).
 inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* gy,
                      const float* Bs, const float* Cs, bool accumulate, float* hB, float* qA, float* dA,
-                     float* dB_rows, float* dC_rows, float* checkpoints, float* states, float* decays) {
+                     float* dB_rows, float* dC_rows, float* checkpoints, bool saved, float* states, float* decays) {
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
     const StateBlock S(A_rows, s0);
     const bool first = s0 == 0;
-    // Sweep 1: the states entering every chunk.
     __m512 x[kBlock];
-    for (auto& v : x) v = _mm512_setzero_ps();
-    for (int64_t t = 0; t < L; ++t) {
-      if (t % kChunk == 0)
-        for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * kBlock + i) * 16, x[i]);
-      const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
-      for (int i = 0; i < kBlock; ++i)
-        x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+    if (!saved) {  // sweep 1: the states entering every chunk
+      for (auto& v : x) v = _mm512_setzero_ps();
+      for (int64_t t = 0; t < L; ++t) {
+        if (t % kChunk == 0)
+          for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * n + s0 + i) * 16, x[i]);
+        const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+        for (int i = 0; i < kBlock; ++i)
+          x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+      }
     }
     // Sweep 2, chunks last to first: recompute the chunk's states and decays, then the adjoint.
     __m512 carry[kBlock], dA_acc[kBlock];
@@ -415,7 +428,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
       for (int i = 0; i < kBlock; ++i) {
-        x[i] = load(checkpoints + (c * kBlock + i) * 16);
+        x[i] = load(checkpoints + (c * n + s0 + i) * 16);
         _mm512_storeu_ps(states + i * 16, x[i]);
       }
       for (int64_t t = t0; t < t1; ++t) {
@@ -462,9 +475,17 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
 }  // namespace avx512
 #endif
 
-// Forward of one (b, channel block) task over every direction, adding their outputs when summed.
+// Where the checkpoints of (b, direction k, channel block) live in a (b, K, blocks, L / kChunk, n,
+// kLanes) tensor.
+template <typename T>
+MAMBAAD_INLINE int64_t checkpoint_offset(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block) {
+  return ((b * a.dirs + k) * a.blocks() + block) * ((a.length + kChunk - 1) / kChunk) * a.state * kLanes;
+}
+
+// Forward of one (b, channel block) task over every direction, adding their outputs when summed;
+// with checkpoints not null, also the states entering every chunk.
 template <typename T, int NS>
-void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratch<T>& s) {
+void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, T* checkpoints, Scratch<T>& s) {
   const int64_t n = NS > 0 ? NS : a.state;
   const int64_t c0 = block * kLanes;
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
@@ -476,6 +497,7 @@ void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratc
     gather_direction(a, b, k, s);
     gather_lanes<T, NS>(a, K, b, k, c0, valid, s, nullptr);
     T* y = s.ys.data();
+    T* cp = checkpoints ? checkpoints + checkpoint_offset(a, b, k, block) : nullptr;
     bool vectorised = false;
 #ifdef MAMBAAD_AVX512
     if constexpr (std::is_same_v<T, float>) {
@@ -483,7 +505,7 @@ void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratc
         const T* u = s.u.data();
         for (int64_t t = 0; t < a.length; ++t)
           for (int j = 0; j < kLanes; ++j) y[t * kLanes + j] = K.D[j] * u[t * kLanes + j];
-        avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y);
+        avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y, cp);
         vectorised = true;
       }
     }
@@ -491,6 +513,7 @@ void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, Scratc
     if (!vectorised) {
       std::fill(x, x + n * kLanes, T(0));
       for (int64_t t = 0; t < a.length; ++t) {
+        if (cp && t % kChunk == 0) std::memcpy(cp + (t / kChunk) * n * kLanes, x, n * kLanes * sizeof(T));
         const T* Bt = s.Bs.data() + t * n;
         const T* Ct = s.Cs.data() + t * n;
         const T* dt = s.dt.data() + t * kLanes;
@@ -537,13 +560,15 @@ struct GradArgs {
   T* dbias_part;      // (b, K*d)
   T* dB;              // (b, L, K, n)
   T* dC;              // (b, L, K, n)
+  T* checkpoints;     // the forward's, or null
 };
 
 // The generic backward recurrences of one block over direction k (any dtype and state size):
 // dA (n, kLanes) sums over time, the block's dB / dC rows (added when accumulate), and per step
 // gdt = dLoss/d dt and gu = dLoss/du through dt u, into the scratch.
 template <typename T, int NS>
-void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>& s, bool accumulate, T* dA) {
+void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>& s, bool accumulate, T* dA,
+                     T* checkpoints, bool saved) {
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   std::vector<T> heap(NS > 0 ? 0 : 4 * n * kLanes);
   T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
@@ -552,11 +577,12 @@ void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>&
   T* carry = NS > 0 ? carry_fixed : heap.data() + n * kLanes;
   T* pB = NS > 0 ? pB_fixed : heap.data() + 2 * n * kLanes;
   T* pC = NS > 0 ? pC_fixed : heap.data() + 3 * n * kLanes;
-  // Sweep 1: the state entering every chunk.
-  std::fill(x, x + n * kLanes, T(0));
-  for (int64_t c = 0; c < chunks; ++c) {
-    std::memcpy(s.checkpoints.data() + c * n * kLanes, x, n * kLanes * sizeof(T));
-    if (c + 1 < chunks) advance<T, NS>(n, K, s, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
+  if (!saved) {  // sweep 1: the state entering every chunk
+    std::fill(x, x + n * kLanes, T(0));
+    for (int64_t c = 0; c < chunks; ++c) {
+      std::memcpy(checkpoints + c * n * kLanes, x, n * kLanes * sizeof(T));
+      if (c + 1 < chunks) advance<T, NS>(n, K, s, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
+    }
   }
   // Sweep 2, chunks last to first: recompute the chunk's states and decays, then run the adjoint
   // h_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1} backwards through it; carry holds the second term.
@@ -565,7 +591,7 @@ void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>&
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
     T* states = s.states.data();
-    std::memcpy(states, s.checkpoints.data() + c * n * kLanes, n * kLanes * sizeof(T));
+    std::memcpy(states, checkpoints + c * n * kLanes, n * kLanes * sizeof(T));
     std::memcpy(x, states, n * kLanes * sizeof(T));
     advance<T, NS>(n, K, s, t0, t1, x, s.decays.data(), states);
     for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -614,6 +640,7 @@ void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>&
 // in order into the task's rows, so no partial sums leave the task.
 template <typename T, int NS>
 void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t k, Scratch<T>& s) {
+  const bool saved = g.checkpoints != nullptr;
   const int64_t n = NS > 0 ? NS : a.state;
   const int64_t L = a.length;
   T dA_fixed[NS > 0 ? NS * kLanes : 1];
@@ -626,6 +653,7 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     BlockConstants<T, NS> K(a, k, c0, valid);
     gather_lanes<T, NS>(a, K, b, k, c0, valid, s, g.dout);
     const bool accumulate = block > 0;
+    T* checkpoints = saved ? g.checkpoints + checkpoint_offset(a, b, k, block) : s.checkpoints.data();
     bool vectorised = false;
 #ifdef MAMBAAD_AVX512
     if constexpr (std::is_same_v<T, float>) {
@@ -633,7 +661,7 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
         T* hB = s.gu.data();
         T* qA = s.gdt.data();
         avx512::backward(n, L, K.A_row(0), s.dt.data(), s.dtu.data(), s.gy.data(), s.Bs.data(), s.Cs.data(),
-                         accumulate, hB, qA, dA, s.dB_rows.data(), s.dC_rows.data(), s.checkpoints.data(),
+                         accumulate, hB, qA, dA, s.dB_rows.data(), s.dC_rows.data(), checkpoints, saved,
                          s.states.data(), s.decays.data());
         const T* u = s.u.data();
         const T* dt = s.dt.data();
@@ -646,7 +674,7 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
       }
     }
 #endif
-    if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA);
+    if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA, checkpoints, saved);
 
     // Chain to delta and the skip term, tokens in memory order (a fixed order: the per-channel
     // sums are reproducible).
@@ -819,26 +847,33 @@ void sum_directions(const T* parts, const Operand<T>& du, int64_t batch, int64_t
   });
 }
 
-torch::Tensor scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                           const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
-                           const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& order,
-                           bool softplus, bool summed) {
+// Returns out and, with save_checkpoints, the states entering every chunk for the backward
+// ((b, K, blocks, L / kChunk, n, kLanes); an empty tensor otherwise).
+std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                        const torch::Tensor& B, const torch::Tensor& C,
+                                        const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& bias,
+                                        const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
+                                        bool save_checkpoints) {
   const auto shape = check_inputs(u, delta, A, B, C, D, bias, order);
-  const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3];
+  const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
   auto out = summed ? torch::empty({batch, length, channels}, u.options())
                     : torch::empty({batch, length, dirs, channels}, u.options());
-  if (out.numel() == 0) return out.zero_();
+  const int64_t blocks = (channels + kLanes - 1) / kLanes, chunks = (length + kChunk - 1) / kChunk;
+  auto checkpoints = save_checkpoints ? torch::empty({batch, dirs, blocks, chunks, state, kLanes}, u.options())
+                                      : torch::empty({0}, u.options());
+  if (out.numel() == 0 || state == 0) return {out.zero_(), checkpoints.zero_()};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
     const auto args = make_args<scalar_t>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    scalar_t* cp = save_checkpoints ? checkpoints.data_ptr<scalar_t>() : nullptr;
     dispatch_state(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
-      for_each_task<scalar_t>(batch * args.blocks(), length, args.state, false, [&](int64_t task, Scratch<scalar_t>& s) {
-        forward_task<scalar_t, NS>(args, task / args.blocks(), task % args.blocks(), out_ptr, s);
+      for_each_task<scalar_t>(batch * blocks, length, args.state, false, [&](int64_t task, Scratch<scalar_t>& s) {
+        forward_task<scalar_t, NS>(args, task / blocks, task % blocks, out_ptr, cp, s);
       });
     });
   });
-  return out;
+  return {out, checkpoints};
 }
 
 // Returns du (like u), ddelta (like delta), dA, dB (b, L, K, n), dC, dD, ddelta_bias; the
@@ -848,9 +883,14 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
                                          const c10::optional<torch::Tensor>& D,
                                          const c10::optional<torch::Tensor>& bias,
                                          const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
-                                         const torch::Tensor& dout) {
+                                         const c10::optional<torch::Tensor>& checkpoints, const torch::Tensor& dout) {
   const auto shape = check_inputs(u, delta, A, B, C, D, bias, order);
   const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
+  const int64_t blocks = (channels + kLanes - 1) / kLanes, chunks = (length + kChunk - 1) / kChunk;
+  const bool saved = checkpoints.has_value() && checkpoints->numel() > 0;
+  TORCH_CHECK(!saved || (checkpoints->sizes().vec() == std::vector<int64_t>{batch, dirs, blocks, chunks, state, kLanes} &&
+                         checkpoints->is_contiguous() && checkpoints->scalar_type() == u.scalar_type()),
+              "selective_scan_cpu: checkpoints must be the forward's");
   const std::vector<int64_t> out_shape = summed ? std::vector<int64_t>{batch, length, channels}
                                                 : std::vector<int64_t>{batch, length, dirs, channels};
   TORCH_CHECK(dout.sizes().vec() == out_shape && dout.scalar_type() == u.scalar_type() && dout.is_contiguous(),
@@ -878,7 +918,8 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
       using T = scalar_t;
       const auto args = make_args<T>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
       GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du_dirs), operand<T>(ddelta), dA_part.data_ptr<T>(),
-                        dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(), dC.data_ptr<T>()};
+                        dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(), dC.data_ptr<T>(),
+                        saved ? checkpoints->data_ptr<T>() : nullptr};
       dispatch_state(state, [&](auto ns) {
         constexpr int NS = decltype(ns)::value;
         for_each_task<T>(batch * dirs, length, state, true, [&](int64_t task, Scratch<T>& s) {
@@ -922,9 +963,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "MambaAD's CPU kernels: the fused selective scan (token-major, optional scan orders) and "
             "InstanceNorm + SiLU on channels-last maps";
   m.def("forward", &scan_forward,
-        "selective scan forward: u, delta, A, B, C, D, delta_bias, order, softplus, summed");
+        "selective scan forward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, save_checkpoints "
+        "-> out, checkpoints");
   m.def("backward", &scan_backward,
-        "selective scan backward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, dout");
+        "selective scan backward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, checkpoints, dout");
   m.def("instance_norm_silu_forward", &instance_norm_silu_forward, "silu(instance_norm(x)): x, eps -> y, mean, rstd");
   m.def("instance_norm_silu_backward", &instance_norm_silu_backward, "grad, x, mean, rstd -> dx");
 }
