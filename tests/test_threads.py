@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -54,6 +56,18 @@ def test_bad_counts_are_value_errors(fresh, value):
         threads.configure_threads()
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         threads.configure_threads(0)
+
+
+def test_passive_waiting_becomes_the_default_only_before_torch_loads(fresh):
+    for name in threads.WAIT_POLICY_VARS:
+        fresh.delenv(name, raising=False)
+    # torch is loaded in this process: too late, the environment stays as it is
+    assert threads.set_default_wait_policy() is None and "OMP_WAIT_POLICY" not in os.environ
+    fresh.setenv("GOMP_SPINCOUNT", "1000")  # the user's choice is never overridden
+    fresh.delitem(sys.modules, "torch")
+    assert threads.set_default_wait_policy() is None
+    fresh.delenv("GOMP_SPINCOUNT")
+    assert threads.set_default_wait_policy() == "PASSIVE" == os.environ["OMP_WAIT_POLICY"]
 
 
 def test_settings_describe_the_process_as_json(fresh):

@@ -14,22 +14,30 @@ bit-identical for any thread count); some of torch's own ops are not (oneDNN con
 LayerNorm's weight gradient, long reductions round differently with 1 and 2 threads), so
 :func:`thread_settings` is recorded with every result.
 
-Runtime settings that only take effect before the OpenMP runtime starts
-(``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``) are reported, never set here;
-benchmarks/README.md measures their effect on a machine shared with other jobs.
+How idle OpenMP threads wait matters as much as their number. By default GNU OpenMP (torch's
+runtime) spins for a while at every barrier; when another job competes for the cores, a
+spinning thread burns the time slice that the thread it waits for needs, and every one of the
+thousand parallel regions of a training step can cost a scheduler tick: on a 2-core machine
+beside other jobs, inference ran 10-30x and training 3-5x slower than with sleeping waits
+(benchmarks/README.md). :func:`set_default_wait_policy` therefore makes
+``OMP_WAIT_POLICY=PASSIVE`` the default (about 30 us more per parallel region on an idle
+machine, a few percent of a step). It only works before torch is imported, which is why this
+module imports torch lazily: the command line and the benchmarks call it first.
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
-
-import torch
 
 THREAD_ENV_VARS: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Reported as found: they change how idle OpenMP threads wait, and must be set before start.
 RUNTIME_ENV_VARS: tuple[str, ...] = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_AFFINITY",
                                      "OMP_PROC_BIND", "OPENBLAS_NUM_THREADS")
+# Variables through which a user has chosen how OpenMP threads wait (GNU and Intel runtimes).
+WAIT_POLICY_VARS: tuple[str, ...] = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+DEFAULT_WAIT_POLICY = "PASSIVE"
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 _chosen: dict[str, object] | None = None
@@ -74,6 +82,22 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def set_default_wait_policy() -> str | None:
+    """Make sleeping waits (``OMP_WAIT_POLICY=PASSIVE``) the default, if it is not too late.
+
+    Call it before anything imports torch. It leaves the environment alone when the user chose
+    a policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set) or when torch,
+    and with it the OpenMP runtime, is already loaded (a new value would be ignored).
+
+    Returns:
+        The ``OMP_WAIT_POLICY`` value in effect (None: the runtime's own default, spinning).
+    """
+    chosen = any(name in os.environ for name in WAIT_POLICY_VARS)
+    if not chosen and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = DEFAULT_WAIT_POLICY
+    return os.environ.get("OMP_WAIT_POLICY")
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op thread count, once; returns it.
 
@@ -84,6 +108,8 @@ def configure_threads(threads: int | None = None) -> int:
     Raises:
         ValueError: ``threads`` < 1, or an environment variable that is not a positive integer.
     """
+    import torch
+
     global _chosen
     if threads is None and _chosen is not None:
         return int(_chosen["threads"])
@@ -108,8 +134,10 @@ def thread_settings() -> dict[str, object]:
     :func:`configure_threads` chose, or None if it was not called), ``available_cpus``,
     ``cpu_count`` (logical CPUs of the machine), ``load_average`` (1, 5, 15 min, or None),
     ``parallel_backend`` (e.g. OpenMP), ``environment`` (the thread-related variables that are
-    set), ``mkldnn`` (whether oneDNN is used).
+    set, e.g. ``OMP_WAIT_POLICY``), ``mkldnn`` (whether oneDNN is used).
     """
+    import torch
+
     try:
         load = [round(value, 2) for value in os.getloadavg()]
     except OSError:
