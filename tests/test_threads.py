@@ -60,7 +60,8 @@ def test_bad_counts_are_value_errors(fresh, value):
 
 def test_passive_waiting_becomes_the_default_only_before_torch_loads(fresh):
     for name in threads.WAIT_POLICY_VARS:
-        fresh.delenv(name, raising=False)
+        fresh.setenv(name, "")  # recorded, so that what the function sets is undone after the test
+        fresh.delenv(name)
     # torch is loaded in this process: too late, the environment stays as it is
     assert threads.set_default_wait_policy() is None and "OMP_WAIT_POLICY" not in os.environ
     fresh.setenv("GOMP_SPINCOUNT", "1000")  # the user's choice is never overridden
