@@ -1,7 +1,7 @@
 """Compile the CPU kernels (fused scan, InstanceNorm + SiLU) at first use and cache the build.
 
 The build is specialised for this CPU (``-march=native``), so the cache key covers
-everything that changes the binary: the C++ sources, the compiler flags, the compiler,
+everything that changes the binary: the C++ sources and header, the compiler flags, the compiler,
 torch's version and the CPU's instruction-set flags. Builds live under
 ``$MAMBAAD_CACHE_DIR`` (default ``~/.cache/mambaad_lib``) in ``torch_extensions/<key>``.
 """
@@ -18,6 +18,7 @@ from types import ModuleType
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("selective_scan_cpu.cpp", "instance_norm_silu_cpu.cpp"))
+HEADERS = (Path(__file__).with_name("vector_math.h"),)
 CACHE_ENV = "MAMBAAD_CACHE_DIR"
 CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
              "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math")
@@ -48,7 +49,7 @@ def _compiler() -> str:
 def build_key() -> str:
     """A short hash of everything that determines the compiled binary."""
     digest = hashlib.sha256()
-    for part in (*(source.read_bytes() for source in SOURCES), " ".join(CXX_FLAGS + LD_FLAGS).encode(),
+    for part in (*(source.read_bytes() for source in SOURCES + HEADERS), " ".join(CXX_FLAGS + LD_FLAGS).encode(),
                  _compiler().encode(), torch.__version__.encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")

@@ -8,8 +8,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "vector_math.h"
+
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -17,10 +18,7 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 
-template <typename T>
-inline T sigmoid_of(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
+using mambaad::sigmoid;
 
 struct Shape {
   int64_t batch, pixels, channels;
@@ -77,13 +75,13 @@ void forward_block(const Shape& s, const T* x, T* y, T* mean, T* rstd, int64_t b
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) {
       const T normed = (row[j] - m[j]) * r[j];
-      dst[j] = normed * sigmoid_of(normed);
+      dst[j] = normed * sigmoid(normed);
     }
   }
 }
 
 // dLoss/dx of one block: with gn = grad * silu'(normed),
-// dLoss/dx = rstd * (gn - mean_p(gn) - normed * mean_p(gn * normed)).
+// dLoss/dx = rstd * (gn - mean_p(gn) - normed * mean_p(gn * normed)). gx holds gn between the passes.
 template <typename T>
 void backward_block(const Shape& s, const T* grad, const T* x, const T* mean, const T* rstd, T* gx, int64_t b,
                     int64_t c0, int64_t c1) {
@@ -96,11 +94,13 @@ void backward_block(const Shape& s, const T* grad, const T* x, const T* mean, co
   for (int64_t p = 0; p < s.pixels; ++p) {
     const T* row = x + offset + p * s.channels;
     const T* g = grad + offset + p * s.channels;
+    T* gn_row = gx + offset + p * s.channels;
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) {
       const T normed = (row[j] - m[j]) * r[j];
-      const T sig = sigmoid_of(normed);
+      const T sig = sigmoid(normed);
       const T gn = g[j] * sig * (T(1) + normed * (T(1) - sig));
+      gn_row[j] = gn;
       sum_g[j] += gn;
       sum_gn[j] += gn * normed;
     }
@@ -111,14 +111,11 @@ void backward_block(const Shape& s, const T* grad, const T* x, const T* mean, co
   }
   for (int64_t p = 0; p < s.pixels; ++p) {
     const T* row = x + offset + p * s.channels;
-    const T* g = grad + offset + p * s.channels;
     T* dst = gx + offset + p * s.channels;
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) {
       const T normed = (row[j] - m[j]) * r[j];
-      const T sig = sigmoid_of(normed);
-      const T gn = g[j] * sig * (T(1) + normed * (T(1) - sig));
-      dst[j] = r[j] * (gn - sum_g[j] - normed * sum_gn[j]);
+      dst[j] = r[j] * (dst[j] - sum_g[j] - normed * sum_gn[j]);
     }
   }
 }
