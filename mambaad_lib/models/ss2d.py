@@ -139,16 +139,18 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         d = self.d_inner
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, d) each
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d, H, W)
         if self.uses_fused_kernel(x.device):
+            # Channels-last in memory: oneDNN's direct depthwise kernels (its NCHW weight gradient is
+            # a slow per-group GEMM), and the token-major map the kernel reads is then a free view.
+            x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))
             y = self._scan_fused(x)
         else:
-            y = self._scan_sequences(x)
+            y = self._scan_sequences(F.silu(self.conv2d(x.permute(0, 3, 1, 2))))  # (B, d, H, W)
         y = self.out_norm(y.view(batch, height, width, d)) * F.silu(z)
         return self.out_proj(y)  # (B, H, W, C)
 
     def _scan_sequences(self, x: Tensor) -> Tensor:
-        """Sequence path: (B, d, H, W) -> summed scan outputs (B, H*W, d)."""
+        """Sequence path: (B, d, H, W) after conv and SiLU -> summed scan outputs (B, H*W, d)."""
         batch, d, height, width = x.shape
         k, n, r = self.directions, self.d_state, self.dt_rank
         length = height * width
@@ -170,12 +172,12 @@ class SS2D(nn.Module):
         return y.transpose(1, 2)
 
     def _scan_fused(self, x: Tensor) -> Tensor:
-        """Fused path: (B, d, H, W) -> summed scan outputs (B, H*W, d)."""
+        """Fused path: (B, d, H, W) after conv and SiLU -> summed scan outputs (B, H*W, d)."""
         batch, d, height, width = x.shape
         k, n, r = self.directions, self.d_state, self.dt_rank
         length = height * width
         orders, _ = self._scan_indices(height, width, x.device)
-        tokens = x.permute(0, 2, 3, 1).reshape(batch, length, d)  # (B, L, d)
+        tokens = x.permute(0, 2, 3, 1).reshape(batch, length, d)  # (B, L, d); a view when channels-last
         # x_proj of every direction in one matrix product, in token order: (B, L, K, r+2n).
         x_dbl = F.linear(tokens, self.x_proj_weight.reshape(k * (r + 2 * n), d)).view(batch, length, k, r + 2 * n)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
