@@ -44,16 +44,21 @@ def relative_error(value: torch.Tensor, expected: torch.Tensor) -> float:
     return ((value.double() - expected.double()).abs().max() / scale).item()
 
 
-def direction_inputs(batch, length, directions, channels, d_state, dtype, *, D=True, bias=True, seed=0):
-    """Random inputs of selective_scan_directions; B, C as strided views, delta as an einsum-like view."""
+def direction_inputs(batch, length, directions, channels, d_state, dtype, *, D=True, bias=True, rank=None, seed=0):
+    """Random inputs of selective_scan_directions; B, C as strided views of SS2D-like projections
+    [dt | B | C], delta an einsum-like permuted view or, with ``rank``, the projections' dt slice
+    with a (K, d, rank) delta_weight."""
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)  # noqa: E731
-    projections = rand(batch, length, directions, 2 * d_state + 3)  # like SS2D's x_dbl: [dt | B | C]
+    r = rank or 3
+    projections = rand(batch, length, directions, 2 * d_state + r)
+    low_rank = {} if rank is None else dict(delta=projections[..., :r] * 0.5, delta_weight=rand(directions, channels, r))
+    full = dict(delta=(rand(directions, batch, length, channels) * 0.5).permute(1, 2, 0, 3))
     return dict(
         u=rand(batch, length, channels),
-        delta=(rand(directions, batch, length, channels) * 0.5).permute(1, 2, 0, 3),
+        **(low_rank or full),
         A=-(torch.rand(directions * channels, d_state, generator=g, dtype=dtype) * 2 + 0.1),
-        B=projections[..., 3:3 + d_state], C=projections[..., 3 + d_state:],
+        B=projections[..., r:r + d_state], C=projections[..., r + d_state:],
         D=rand(directions * channels) if D else None,
         delta_bias=rand(directions * channels) * 0.3 if bias else None,
         orders=torch.stack([torch.randperm(length, generator=g) for _ in range(directions)]),
@@ -69,18 +74,21 @@ def values_and_grads(function, inputs, grad_out):
 
 
 DIRECTION_CASES = {
-    # (batch, L, K, d, n): n=16 float32 runs the AVX-512 path where available, n=5 the generic one
-    "model_like": (2, 64, 8, 32, 16),
-    "partial_block_long": (1, 150, 2, 20, 16),  # d = 16 + 4, L over two checkpoint chunks
-    "generic_state": (2, 33, 3, 7, 5),
-    "state_4_one_step": (3, 1, 2, 16, 4),
+    # (batch, L, K, d, n) and options: n=16 float32 runs the AVX-512 path where available, n=5 the generic one
+    "model_like": ((2, 64, 8, 32, 16), dict(rank=4)),  # SS2D's call: low-rank step sizes
+    "full_step_sizes": ((2, 64, 8, 32, 16), {}),
+    "partial_block_long": ((1, 150, 2, 20, 16), dict(rank=3)),  # d = 16 + 4, L over two checkpoint chunks
+    "generic_state": ((2, 33, 3, 7, 5), {}),
+    "generic_state_low_rank": ((2, 33, 3, 7, 5), dict(rank=2)),
+    "state_4_one_step": ((3, 1, 2, 16, 4), {}),
 }
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("case", list(DIRECTION_CASES))
 def test_fused_directions_match_the_reference_composition(case, dtype):
-    inputs = direction_inputs(*DIRECTION_CASES[case], dtype=dtype)
+    shape, options = DIRECTION_CASES[case]
+    inputs = direction_inputs(*shape, dtype=dtype, **options)
     grad_out = torch.randn_like(inputs["u"])
     expected, expected_grads = values_and_grads(
         lambda **kw: selective_scan_directions_reference(**kw, delta_softplus=True, backend="reference"),
@@ -89,7 +97,8 @@ def test_fused_directions_match_the_reference_composition(case, dtype):
         lambda **kw: selective_scan_directions(**kw, delta_softplus=True, backend="cpu"), inputs, grad_out)
     assert out.dtype == dtype and out.shape == expected.shape
     assert relative_error(out, expected) < TOLERANCE[dtype]
-    assert grads.keys() == expected_grads.keys() == {"u", "delta", "A", "B", "C", "D", "delta_bias"}
+    assert grads.keys() == expected_grads.keys() == {"u", "delta", "A", "B", "C", "D", "delta_bias"} | (
+        {"delta_weight"} if "rank" in options else set())
     for name, grad in grads.items():
         assert grad.shape == expected_grads[name].shape, name
         assert relative_error(grad, expected_grads[name]) < TOLERANCE[dtype], name
@@ -106,8 +115,9 @@ def test_fused_directions_without_softplus_bias_or_skip():
         assert relative_error(grads[name], expected_grads[name]) < 1e-10, name
 
 
-def test_fused_directions_gradcheck():
-    inputs = direction_inputs(1, 5, 2, 3, 2, torch.float64)
+@pytest.mark.parametrize("rank", [None, 2], ids=["full_step_sizes", "low_rank"])
+def test_fused_directions_gradcheck(rank):
+    inputs = direction_inputs(1, 5, 2, 3, 2, torch.float64, rank=rank)
     orders = inputs.pop("orders")
     names = list(inputs)
 
@@ -125,8 +135,8 @@ def test_saved_checkpoints_give_the_recomputed_gradients_bit_for_bit(dtype, d_st
     from mambaad_lib.ops.cpu import load_extension
 
     kernel = load_extension()
-    inputs = direction_inputs(2, 150, 2, 20, d_state, dtype)
-    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias", "orders")]
+    inputs = direction_inputs(2, 150, 2, 20, d_state, dtype, rank=3)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias", "delta_weight", "orders")]
     out, checkpoints = kernel.forward(*args, True, True, True)
     out_plain, nothing = kernel.forward(*args, True, True, False)
     assert torch.equal(out, out_plain) and nothing.numel() == 0 and checkpoints.numel() > 0
@@ -143,6 +153,9 @@ def test_fused_directions_reject_bad_shapes_and_orders():
         selective_scan_directions(**{**inputs, "orders": inputs["orders"][:1]}, backend="cpu")
     with pytest.raises(ValueError, match=r"B must be \(b, L, K, n\)"):
         selective_scan_directions(**{**inputs, "B": inputs["B"][:, :5]}, backend="cpu")
+    with pytest.raises(ValueError, match=r"delta_weight must be \(K, d, r\)"):
+        selective_scan_directions(**{**inputs, "delta": inputs["delta"][..., :2]},
+                                  delta_weight=torch.randn(2, 5, 2), backend="cpu")
     repeated = inputs["orders"].clone()
     repeated[1, 0] = repeated[1, 1]
     with pytest.raises(RuntimeError, match="not a permutation"):
@@ -270,9 +283,13 @@ THREAD_SCRIPT = textwrap.dedent("""
     D = torch.randn(160, requires_grad=True)
     bias = torch.randn(160, requires_grad=True)
     orders = torch.stack([torch.randperm(70) for _ in range(4)])
+    weight = torch.randn(4, 40, 3, requires_grad=True)
     out = selective_scan_directions(u, delta.permute(1, 2, 0, 3), A, BC[..., :16], BC[..., 16:], D=D,
                                     delta_bias=bias, delta_softplus=True, orders=orders, backend="cpu")
-    leaves = [u, delta, A, BC, D, bias]
+    low_rank = selective_scan_directions(u, BC[..., :3], A, BC[..., :16], BC[..., 16:], D=D, delta_bias=bias,
+                                         delta_softplus=True, orders=orders, delta_weight=weight, backend="cpu")
+    out = out + low_rank
+    leaves = [u, delta, A, BC, D, bias, weight]
     results["directions"] = [out, *torch.autograd.grad(out, leaves, torch.randn_like(out))]
     # the public (b, d, L) scan with grouped B, C
     x = torch.randn(2, 48, 50, requires_grad=True)

@@ -5,9 +5,9 @@ Two data flows compute the same function (tests compare them, values and gradien
 - *sequence* (the release's, every backend): gather the K direction sequences of the map,
   project each (x_proj, dt_proj), scan them, permute the outputs back and sum them;
 - *fused* (``cpu`` backend): project the map once in token order (x_proj is per-token
-  linear, so projecting before permuting changes nothing), then one kernel call scans all
-  K directions, reading each in its order and summing on the grid. No (B, K, d, L) copy of
-  the input or of the outputs is made.
+  linear, so projecting before permuting changes nothing), then one kernel call applies
+  dt_proj and scans all K directions, reading each in its order and summing on the grid. No
+  (B, K, d, L) tensor is made: neither permuted inputs, nor step sizes, nor outputs.
 
 Tensor layouts follow the released MambaAD checkpoints so that a loader only renames keys
 (and reorders the direction axis, see :data:`mambaad_lib.scan.RELEASE_DIRECTION_INDEX`):
@@ -181,9 +181,9 @@ class SS2D(nn.Module):
         # x_proj of every direction in one matrix product, in token order: (B, L, K, r+2n).
         x_dbl = F.linear(tokens, self.x_proj_weight.reshape(k * (r + 2 * n), d)).view(batch, length, k, r + 2 * n)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
-        dts = torch.einsum("blkr,kdr->blkd", dts, self.dt_projs_weight)  # (B, L, K, d), a view of (K, B*L, d)
-        return selective_scan_directions(tokens, dts, B=Bs, C=Cs, orders=orders, backend=self.scan_backend,
-                                         **self._scan_parameters())
+        # dt_proj happens in the kernel: it forms each block's step sizes from the rank-r factors.
+        return selective_scan_directions(tokens, dts, B=Bs, C=Cs, orders=orders, delta_weight=self.dt_projs_weight,
+                                         backend=self.scan_backend, **self._scan_parameters())
 
     def extra_repr(self) -> str:
         return (f"scan={dict(self.scan_spec)}, directions={self.directions}, d_inner={self.d_inner}, "

@@ -60,12 +60,14 @@ def permute_sequences(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
 def selective_scan_directions_reference(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-    orders: Tensor | None = None, backend: str = "auto",
+    orders: Tensor | None = None, delta_weight: Tensor | None = None, backend: str = "auto",
 ) -> Tensor:
     """:func:`selective_scan_directions` by permuting into sequences and back around
     :func:`~mambaad_lib.ops.selective_scan` (``backend``); shapes as there."""
     batch, length, channels = u.shape
     directions = delta.shape[2]
+    if delta_weight is not None:
+        delta = torch.einsum("blkr,kdr->blkd", delta, delta_weight)
     if orders is None:
         orders = torch.arange(length, device=u.device).expand(directions, length)
     orders = orders.to(u.device)
@@ -87,7 +89,7 @@ def selective_scan_directions_reference(
 def selective_scan_directions(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-    orders: Tensor | None = None, backend: str = "auto",
+    orders: Tensor | None = None, delta_weight: Tensor | None = None, backend: str = "auto",
 ) -> Tensor:
     """K selective scans of one token map, each in its own token order, summed on the grid.
 
@@ -99,20 +101,30 @@ def selective_scan_directions(
 
     Args:
         u: (b, L, d) token map, read by every direction.
-        delta: (b, L, K, d) step sizes per direction (before bias and softplus), in token order.
+        delta: (b, L, K, d) step sizes per direction (before bias and softplus), in token order;
+            with ``delta_weight``, (b, L, K, r) low-rank factors of them.
         A: (K*d, n); B, C: (b, L, K, n) per direction, in token order.
         D, delta_bias: (K*d,), optional.
         orders: (K, L) long, each row a permutation of 0..L-1; None = every direction in
             token order.
+        delta_weight: (K, d, r), optional: the step sizes are then
+            ``einsum("blkr,kdr->blkd", delta, delta_weight)`` (SS2D's dt projection). The
+            fused kernel forms them block by block and never stores the (b, L, K, d) tensor.
         backend: ``"auto"`` or a backend name; ``cpu`` runs the fused kernel, every other
             backend the reference composition.
     Returns:
         (b, L, d) in u's dtype.
     """
-    if u.dim() != 3 or delta.dim() != 4 or delta.shape[:2] != u.shape[:2] or delta.shape[3] != u.shape[2]:
-        raise ValueError(f"u must be (b, L, d) and delta (b, L, K, d), got {tuple(u.shape)} and {tuple(delta.shape)}")
+    rank = None if delta_weight is None else delta_weight.shape[-1]
+    if u.dim() != 3 or delta.dim() != 4 or delta.shape[:2] != u.shape[:2] or \
+            delta.shape[3] != (u.shape[2] if rank is None else rank):
+        raise ValueError(f"u must be (b, L, d) and delta (b, L, K, {'d' if rank is None else 'r'}), "
+                         f"got {tuple(u.shape)} and {tuple(delta.shape)}")
     batch, length, channels = u.shape
     directions = delta.shape[2]
+    if delta_weight is not None and tuple(delta_weight.shape) != (directions, channels, rank):
+        raise ValueError(f"delta_weight must be (K, d, r) = {(directions, channels, rank)}, "
+                         f"got {tuple(delta_weight.shape)}")
     if A.dim() != 2 or A.shape[0] != directions * channels:
         raise ValueError(f"A must be (K*d={directions * channels}, n), got {tuple(A.shape)}")
     for name, M in (("B", B), ("C", C)):
@@ -125,6 +137,7 @@ def selective_scan_directions(
         from mambaad_lib.ops.cpu import selective_scan_directions_cpu
 
         return selective_scan_directions_cpu(u, delta, A, B, C, D=D, delta_bias=delta_bias,
-                                             delta_softplus=delta_softplus, orders=orders)
+                                             delta_softplus=delta_softplus, orders=orders, delta_weight=delta_weight)
     return selective_scan_directions_reference(u, delta, A, B, C, D=D, delta_bias=delta_bias,
-                                               delta_softplus=delta_softplus, orders=orders, backend=backend)
+                                               delta_softplus=delta_softplus, orders=orders,
+                                               delta_weight=delta_weight, backend=backend)

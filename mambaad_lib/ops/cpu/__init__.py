@@ -57,20 +57,20 @@ class _FusedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, order, delta_softplus, summed):
-        save = any(ctx.needs_input_grad[:7])
-        out, checkpoints = load_extension().forward(u, delta, A, B, C, D, delta_bias, order, delta_softplus,
-                                                    summed, save)
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, dt_weight, order, delta_softplus, summed):
+        save = any(ctx.needs_input_grad[:8])
+        out, checkpoints = load_extension().forward(u, delta, A, B, C, D, delta_bias, dt_weight, order,
+                                                    delta_softplus, summed, save)
         ctx.flags = (delta_softplus, summed)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, order, checkpoints if save else None)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, dt_weight, order, checkpoints if save else None)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A, B, C, D, delta_bias, order, checkpoints = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, dbias = load_extension().backward(
-            u, delta, A, B, C, D, delta_bias, order, *ctx.flags, checkpoints, dout.contiguous())
-        return du, ddelta, dA, dB, dC, dD, dbias, None, None, None
+        u, delta, A, B, C, D, delta_bias, dt_weight, order, checkpoints = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dbias, dweight = load_extension().backward(
+            u, delta, A, B, C, D, delta_bias, dt_weight, order, *ctx.flags, checkpoints, dout.contiguous())
+        return du, ddelta, dA, dB, dC, dD, dbias, dweight, None, None, None
 
 
 def selective_scan_cpu(
@@ -99,7 +99,7 @@ def selective_scan_cpu(
         return M.to(compute).permute(0, 3, 1, 2).contiguous()
 
     out = _FusedScan.apply(token_major(u), token_major(delta), _to(A, compute), rows(B), rows(C),
-                           _to(D, compute), _to(delta_bias, compute), None, bool(delta_softplus), False)
+                           _to(D, compute), _to(delta_bias, compute), None, None, bool(delta_softplus), False)
     out = out.permute(0, 2, 3, 1).reshape(batch, channels, length)  # (b, d, L)
     if z is not None:
         out = out * F.silu(z.to(compute))
@@ -109,7 +109,7 @@ def selective_scan_cpu(
 def selective_scan_directions_cpu(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-    orders: Tensor | None = None,
+    orders: Tensor | None = None, delta_weight: Tensor | None = None,
 ) -> Tensor:
     """K directions over one token map in a single fused call; shapes as in
     :func:`mambaad_lib.ops.selective_scan_directions`. Returns (b, L, d) in u's dtype."""
@@ -119,5 +119,5 @@ def selective_scan_directions_cpu(
     out = _FusedScan.apply(
         _unit_stride_last(u.to(compute)), _unit_stride_last(delta.to(compute)), _to(A, compute),
         _unit_stride_last(B.to(compute)), _unit_stride_last(C.to(compute)), _to(D, compute),
-        _to(delta_bias, compute), order, bool(delta_softplus), True)
+        _to(delta_bias, compute), _to(delta_weight, compute), order, bool(delta_softplus), True)
     return out.to(dtype_in)

@@ -9,6 +9,10 @@
 //   A      (K*d, n)            D, delta_bias (K*d)      row k*d + c = direction k, channel c
 //   out    (b, L, d) = sum over directions (summed), or (b, L, K, d) one per direction
 //
+// With dt_weight (K, d, r), delta holds low-rank factors (b, L, K, r) and the step sizes are
+// delta_full[b, l, k, c] = sum_j dt_weight[k, c, j] delta[b, l, k, j] (SS2D's dt_proj), formed
+// here per block: the (b, L, K, d) step sizes and their gradient are never stored.
+//
 // Vectorisation runs over channels: a block of kLanes consecutive channels of one direction is
 // scanned together, one SIMD lane per channel. A block's inputs are first gathered into
 // cache-resident scratch in sequence order (tokens read in memory order, so DRAM sees
@@ -74,6 +78,8 @@ Operand<T> operand(const torch::Tensor& x) {
 template <typename T>
 struct ScanArgs {
   Operand<T> u, delta, B, C;
+  const T* dt_weight;       // (K, d, r) or null (delta holds the step sizes themselves)
+  int64_t rank;             // r, or 0
   const T* A;               // (K*d, n)
   const T* D;               // (K*d) or null
   const T* bias;            // (K*d) or null
@@ -97,13 +103,15 @@ struct Scratch {
   std::vector<int64_t> step;                        // step[l]: the step at which the direction visits token l
   std::vector<T> dt, u, dtu, ys;                    // (L, kLanes)
   std::vector<T> Bs, Cs;                            // (L, n)
+  std::vector<T> Ds, dDs;                           // low-rank step sizes and their gradient, (L, r)
   std::vector<T> ddt, gy, gdt, gu;                  // backward: (L, kLanes)
   std::vector<T> dB_rows, dC_rows;                  // backward: (L, n), sums over the direction's channels
   std::vector<T> checkpoints, states, decays;       // backward chunking
-  Scratch(int64_t length, int64_t state, bool backward)
+  Scratch(int64_t length, int64_t state, int64_t rank, bool backward)
       : step(length), dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), ys(length * kLanes),
-        Bs(length * state), Cs(length * state) {
+        Bs(length * state), Cs(length * state), Ds(length * rank) {
     if (!backward) return;
+    dDs.resize(length * rank);
     for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
     for (auto* v : {&dB_rows, &dC_rows}) v->resize(length * state);
     checkpoints.resize((length + kChunk - 1) / kChunk * state * kLanes);
@@ -118,13 +126,18 @@ template <typename T, int NS>
 struct BlockConstants {
   T A[NS > 0 ? NS : 1][kLanes];
   std::vector<T> A_heap;
+  std::vector<T> W;  // (r, kLanes): dt_weight of the block's channels, transposed
   T D[kLanes], bias[kLanes];
   T* A_row(int64_t s) { return NS > 0 ? A[s] : A_heap.data() + s * kLanes; }
 
-  BlockConstants(const ScanArgs<T>& a, int64_t k, int64_t c0, int valid) : A_heap(NS > 0 ? 0 : a.state * kLanes) {
+  BlockConstants(const ScanArgs<T>& a, int64_t k, int64_t c0, int valid)
+      : A_heap(NS > 0 ? 0 : a.state * kLanes), W(a.rank * kLanes) {
     const int64_t n = NS > 0 ? NS : a.state;
     for (int64_t s = 0; s < n; ++s)
       for (int j = 0; j < kLanes; ++j) A_row(s)[j] = j < valid ? a.A[(k * a.channels + c0 + j) * n + s] : T(0);
+    for (int64_t r = 0; r < a.rank; ++r)
+      for (int j = 0; j < kLanes; ++j)
+        W[r * kLanes + j] = j < valid ? a.dt_weight[(k * a.channels + c0 + j) * a.rank + r] : T(0);
     for (int j = 0; j < kLanes; ++j) {
       const int64_t row = k * a.channels + c0 + j;
       D[j] = (j < valid && a.D) ? a.D[row] : T(0);
@@ -176,12 +189,33 @@ void gather_direction(const ScanArgs<T>& a, int64_t b, int64_t k, Scratch<T>& s)
       B_row[st] = B[st];
       C_row[st] = C[st];
     }
+    if (a.rank) {
+      const T* factors = a.delta.at(b, l, k);
+      T* D_row = s.Ds.data() + step[l] * a.rank;
+      for (int64_t r = 0; r < a.rank; ++r) D_row[r] = factors[r];
+    }
+  }
+}
+
+// dt[t] = bias + sum_j W[j] factors[t, j] over a block's lanes: W (r, kLanes), factors (L, r).
+template <typename T>
+void low_rank_steps(int64_t rank, int64_t L, const T* W, const T* bias, const T* factors, T* dt) {
+  for (int64_t t = 0; t < L; ++t) {
+    T v[kLanes];
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) v[j] = bias[j];
+    for (int64_t r = 0; r < rank; ++r) {
+      const T f = factors[t * rank + r];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) v[j] += W[r * kLanes + j] * f;
+    }
+    std::memcpy(dt + t * kLanes, v, kLanes * sizeof(T));
   }
 }
 
 // One block's lanes in sequence order (after gather_direction): dt = softplus(delta + bias) (or
 // delta + bias), u, dt * u, and in the backward (dout not null) ddt = d dt / d(delta + bias) and
-// the output gradient gy.
+// the output gradient gy. Low-rank step sizes are formed here from the gathered factors.
 template <typename T, int NS>
 void gather_lanes(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0, int valid,
                   Scratch<T>& s, const T* dout) {
@@ -189,11 +223,12 @@ void gather_lanes(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t 
   const int64_t* step = s.step.data();
   for (int64_t l = 0; l < L; ++l) {
     const int64_t row = step[l] * kLanes;
-    copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + row);
+    if (!a.rank) copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + row);
     copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + row);
     if (dout) copy_lanes(dout + a.dense(!a.summed, b, l, k, c0), static_cast<const T*>(nullptr), valid, s.gy.data() + row);
   }
   T* dt = s.dt.data();
+  if (a.rank) low_rank_steps(a.rank, L, K.W.data(), K.bias, s.Ds.data(), dt);
   step_sizes(dt, a.softplus, L * kLanes, dout ? s.ddt.data() : nullptr);
   if (valid < kLanes) {
     // Lanes past the last channel get dt = 0: decay 1 and no input, their states stay 0.
@@ -506,6 +541,7 @@ struct GradArgs {
   const T* dout;      // like out, dense
   Operand<T> du;      // like u (its strides when u is dense); per direction (b, L, K, d) when u is shared
   Operand<T> ddelta;  // like delta (its strides when delta is dense)
+  T* dW_part;         // (b, K*d, r): per-channel sums over time of the low-rank weight's gradient
   T* dA_part;         // (b, K*d, n): per-channel sums over time
   T* dD_part;         // (b, K*d)
   T* dbias_part;      // (b, K*d)
@@ -628,8 +664,10 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA, checkpoints, saved);
 
     // Chain to delta and the skip term, tokens in memory order (a fixed order: the per-channel
-    // sums are reproducible).
+    // sums are reproducible). With low-rank step sizes, dLoss/d factors goes to the task's dDs
+    // rows (the blocks add up in order) and the weight's gradient to dW.
     T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
+    std::vector<T> dW(a.rank * kLanes, T(0));
     for (int64_t l = 0; l < L; ++l) {
       const int64_t row = s.step[l] * kLanes;
       const T* gdt = s.gdt.data() + row;
@@ -645,28 +683,39 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
         dD_acc[j] += gy[j] * u[j];
         dbias_acc[j] += dd[j];
       }
-      T* ddelta = g.ddelta.at(b, l, k) + c0;
-      T* du = g.du.at(b, l, k) + c0;
-      if (valid == kLanes) {
-        std::memcpy(ddelta, dd, kLanes * sizeof(T));
-        std::memcpy(du, du_t, kLanes * sizeof(T));
+      if (a.rank) {
+        const T* factors = s.Ds.data() + s.step[l] * a.rank;
+        T* d_factors = s.dDs.data() + s.step[l] * a.rank;
+        for (int64_t r = 0; r < a.rank; ++r) {
+          const T* W = K.W.data() + r * kLanes;
+          T* dW_r = dW.data() + r * kLanes;
+          T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+          for (int j = 0; j < kLanes; ++j) {
+            acc += dd[j] * W[j];
+            dW_r[j] += dd[j] * factors[r];
+          }
+          d_factors[r] = block > 0 ? d_factors[r] + acc : acc;
+        }
       } else {
-        std::memcpy(ddelta, dd, valid * sizeof(T));
-        std::memcpy(du, du_t, valid * sizeof(T));
+        std::memcpy(g.ddelta.at(b, l, k) + c0, dd, valid * sizeof(T));
       }
+      std::memcpy(g.du.at(b, l, k) + c0, du_t, valid * sizeof(T));
     }
     for (int j = 0; j < valid; ++j) {
       const int64_t row = (b * a.dirs + k) * a.channels + c0 + j;
       for (int64_t st = 0; st < n; ++st) g.dA_part[row * n + st] = dA[st * kLanes + j];
       g.dD_part[row] = dD_acc[j];
       g.dbias_part[row] = dbias_acc[j];
+      for (int64_t r = 0; r < a.rank; ++r) g.dW_part[row * a.rank + r] = dW[r * kLanes + j];
     }
   }
-  // The direction's dB / dC rows back to token order.
+  // The direction's dB / dC (and low-rank factor) rows back to token order.
   for (int64_t l = 0; l < L; ++l) {
     const int64_t at = ((b * L + l) * a.dirs + k) * n;
     std::memcpy(g.dB + at, s.dB_rows.data() + s.step[l] * n, n * sizeof(T));
     std::memcpy(g.dC + at, s.dC_rows.data() + s.step[l] * n, n * sizeof(T));
+    if (a.rank) std::memcpy(g.ddelta.at(b, l, k), s.dDs.data() + s.step[l] * a.rank, a.rank * sizeof(T));
   }
 }
 
@@ -675,11 +724,11 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
 // machine) holds up one task, not a fixed share of them. Results do not depend on which worker
 // runs which task.
 template <typename T, typename Fn>
-void for_each_task(int64_t tasks, int64_t length, int64_t state, bool backward, Fn&& fn) {
+void for_each_task(int64_t tasks, int64_t length, int64_t state, int64_t rank, bool backward, Fn&& fn) {
   std::atomic<int64_t> next{0};
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    Scratch<T> scratch(length, state, backward);
+    Scratch<T> scratch(length, state, rank, backward);
     for (int64_t task = next.fetch_add(1); task < tasks; task = next.fetch_add(1)) fn(task, scratch);
   });
 }
@@ -718,20 +767,30 @@ void check_vector(const c10::optional<torch::Tensor>& x, const char* name, torch
 }
 
 // Shapes (b, L, K, d, n) of a call, after checking every input.
+// Shapes (b, L, K, d, n, r) of a call (r = 0 without dt_weight), after checking every input.
 std::vector<int64_t> check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                   const torch::Tensor& B, const torch::Tensor& C,
                                   const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& bias,
+                                  const c10::optional<torch::Tensor>& dt_weight,
                                   const c10::optional<torch::Tensor>& order) {
   const auto dtype = u.scalar_type();
   TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64,
               "selective_scan_cpu: u must be float32 or float64, got ", dtype);
-  TORCH_CHECK(delta.dim() == 4, "selective_scan_cpu: delta must be (b, L, K, d)");
-  const int64_t batch = delta.size(0), length = delta.size(1), dirs = delta.size(2), channels = delta.size(3);
+  TORCH_CHECK(delta.dim() == 4, "selective_scan_cpu: delta must be (b, L, K, d) or, with dt_weight, (b, L, K, r)");
+  TORCH_CHECK(u.dim() == 3 || u.dim() == 4, "selective_scan_cpu: u must be (b, L, d) or (b, L, K, d)");
+  const int64_t batch = delta.size(0), length = delta.size(1), dirs = delta.size(2), channels = u.size(-1);
+  const int64_t rank = dt_weight.has_value() ? delta.size(3) : 0;
+  if (dt_weight.has_value()) {
+    TORCH_CHECK(dt_weight->dim() == 3 && dt_weight->size(0) == dirs && dt_weight->size(1) == channels &&
+                    dt_weight->size(2) == rank && dt_weight->is_contiguous() && dt_weight->scalar_type() == dtype &&
+                    dt_weight->device().is_cpu(),
+                "selective_scan_cpu: dt_weight must be a contiguous (K, d, r) CPU tensor of u's dtype");
+  }
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dirs * channels && A.is_contiguous() && A.scalar_type() == dtype,
               "selective_scan_cpu: A must be a contiguous (K*d, n) tensor of u's dtype");
   const int64_t state = A.size(1);
   check_operand(u, "u", dtype, true, batch, length, dirs, channels);
-  check_operand(delta, "delta", dtype, false, batch, length, dirs, channels);
+  check_operand(delta, "delta", dtype, false, batch, length, dirs, rank ? rank : channels);
   check_operand(B, "B", dtype, false, batch, length, dirs, state);
   check_operand(C, "C", dtype, false, batch, length, dirs, state);
   check_vector(D, "D", dtype, dirs * channels);
@@ -753,17 +812,20 @@ std::vector<int64_t> check_inputs(const torch::Tensor& u, const torch::Tensor& d
       }
     }
   }
-  return {batch, length, dirs, channels, state};
+  return {batch, length, dirs, channels, state, rank};
 }
 
 template <typename T>
 ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                       const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
-                      const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& order,
-                      bool softplus, bool summed, const std::vector<int64_t>& shape) {
+                      const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& dt_weight,
+                      const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
+                      const std::vector<int64_t>& shape) {
   ScanArgs<T> a;
   a.u = operand<T>(u);
   a.delta = operand<T>(delta);
+  a.dt_weight = dt_weight.has_value() ? dt_weight->data_ptr<T>() : nullptr;
+  a.rank = shape[5];
   a.B = operand<T>(B);
   a.C = operand<T>(C);
   a.A = A.data_ptr<T>();
@@ -803,9 +865,10 @@ void sum_directions(const T* parts, const Operand<T>& du, int64_t batch, int64_t
 std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                         const torch::Tensor& B, const torch::Tensor& C,
                                         const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& bias,
+                                        const c10::optional<torch::Tensor>& dt_weight,
                                         const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
                                         bool save_checkpoints) {
-  const auto shape = check_inputs(u, delta, A, B, C, D, bias, order);
+  const auto shape = check_inputs(u, delta, A, B, C, D, bias, dt_weight, order);
   const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
   auto out = summed ? torch::empty({batch, length, channels}, u.options())
                     : torch::empty({batch, length, dirs, channels}, u.options());
@@ -814,12 +877,13 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
                                       : torch::empty({0}, u.options());
   if (out.numel() == 0 || state == 0) return {out.zero_(), checkpoints.zero_()};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
-    const auto args = make_args<scalar_t>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
+    const auto args = make_args<scalar_t>(u, delta, A, B, C, D, bias, dt_weight, order, softplus, summed, shape);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     scalar_t* cp = save_checkpoints ? checkpoints.data_ptr<scalar_t>() : nullptr;
     dispatch_state(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
-      for_each_task<scalar_t>(batch * blocks, length, args.state, false, [&](int64_t task, Scratch<scalar_t>& s) {
+      for_each_task<scalar_t>(batch * blocks, length, args.state, args.rank, false,
+                              [&](int64_t task, Scratch<scalar_t>& s) {
         forward_task<scalar_t, NS>(args, task / blocks, task % blocks, out_ptr, cp, s);
       });
     });
@@ -827,16 +891,18 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
   return {out, checkpoints};
 }
 
-// Returns du (like u), ddelta (like delta), dA, dB (b, L, K, n), dC, dD, ddelta_bias; the
-// optional ones are undefined tensors when their input is absent.
+// Returns du (like u), ddelta (like delta), dA, dB (b, L, K, n), dC, dD, ddelta_bias, ddt_weight;
+// the optional ones are undefined tensors when their input is absent.
 std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                          const torch::Tensor& B, const torch::Tensor& C,
                                          const c10::optional<torch::Tensor>& D,
                                          const c10::optional<torch::Tensor>& bias,
+                                         const c10::optional<torch::Tensor>& dt_weight,
                                          const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
                                          const c10::optional<torch::Tensor>& checkpoints, const torch::Tensor& dout) {
-  const auto shape = check_inputs(u, delta, A, B, C, D, bias, order);
+  const auto shape = check_inputs(u, delta, A, B, C, D, bias, dt_weight, order);
   const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
+  const int64_t rank = shape[5];
   const int64_t blocks = (channels + kLanes - 1) / kLanes, chunks = (length + kChunk - 1) / kChunk;
   const bool saved = checkpoints.has_value() && checkpoints->numel() > 0;
   TORCH_CHECK(!saved || (checkpoints->sizes().vec() == std::vector<int64_t>{batch, dirs, blocks, chunks, state, kLanes} &&
@@ -862,18 +928,20 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
   auto dC = torch::empty({batch, length, dirs, state}, options);
   auto dD = torch::empty({dirs * channels}, options);
   auto dbias = torch::empty({dirs * channels}, options);
+  auto dW_part = torch::empty({batch, dirs * channels, rank}, options);
+  auto dW = torch::empty({dirs, channels, rank}, options);
   if (du.numel() == 0 || state == 0) {
-    for (auto* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dbias}) t->zero_();
+    for (auto* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dbias, &dW}) t->zero_();
   } else {
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
       using T = scalar_t;
-      const auto args = make_args<T>(u, delta, A, B, C, D, bias, order, softplus, summed, shape);
-      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du_dirs), operand<T>(ddelta), dA_part.data_ptr<T>(),
-                        dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(), dC.data_ptr<T>(),
-                        saved ? checkpoints->data_ptr<T>() : nullptr};
+      const auto args = make_args<T>(u, delta, A, B, C, D, bias, dt_weight, order, softplus, summed, shape);
+      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du_dirs), operand<T>(ddelta), dW_part.data_ptr<T>(),
+                        dA_part.data_ptr<T>(), dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(),
+                        dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr};
       dispatch_state(state, [&](auto ns) {
         constexpr int NS = decltype(ns)::value;
-        for_each_task<T>(batch * dirs, length, state, true, [&](int64_t task, Scratch<T>& s) {
+        for_each_task<T>(batch * dirs, length, state, rank, true, [&](int64_t task, Scratch<T>& s) {
           backward_task<T, NS>(args, grads, task / dirs, task % dirs, s);
         });
       });
@@ -888,6 +956,12 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
         for (int64_t b = 0; b < batch; ++b) acc += grads.dA_part[b * rows * state + i];
         dA_out[i] = acc;
       }
+      T* dW_out = dW.data_ptr<T>();
+      for (int64_t i = 0; i < rows * rank; ++i) {
+        T acc = T(0);
+        for (int64_t b = 0; b < batch; ++b) acc += grads.dW_part[b * rows * rank + i];
+        dW_out[i] = acc;
+      }
       for (int64_t r = 0; r < rows; ++r) {
         T sd = T(0), sbias = T(0);
         for (int64_t b = 0; b < batch; ++b) {
@@ -899,7 +973,8 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
       }
     });
   }
-  return {du, ddelta, dA, dB, dC, D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor()};
+  return {du, ddelta, dA, dB, dC, D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor(),
+          dt_weight.has_value() ? dW : torch::Tensor()};
 }
 
 }  // namespace
@@ -914,10 +989,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "MambaAD's CPU kernels: the fused selective scan (token-major, optional scan orders) and "
             "InstanceNorm + SiLU on channels-last maps";
   m.def("forward", &scan_forward,
-        "selective scan forward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, save_checkpoints "
-        "-> out, checkpoints");
+        "selective scan forward: u, delta, A, B, C, D, delta_bias, dt_weight, order, softplus, summed, "
+        "save_checkpoints -> out, checkpoints");
   m.def("backward", &scan_backward,
-        "selective scan backward: u, delta, A, B, C, D, delta_bias, order, softplus, summed, checkpoints, dout");
+        "selective scan backward: u, delta, A, B, C, D, delta_bias, dt_weight, order, softplus, summed, "
+        "checkpoints, dout");
   m.def("instance_norm_silu_forward", &instance_norm_silu_forward, "silu(instance_norm(x)): x, eps -> y, mean, rstd");
   m.def("instance_norm_silu_backward", &instance_norm_silu_backward, "grad, x, mean, rstd -> dx");
 }
