@@ -5,7 +5,8 @@ SS2D scans one (b, L, d) map of L = H*W tokens in K directions: direction k visi
 implementations compute the same thing:
 
 - the ``cpu`` backend's fused kernel reads every direction's tokens in its order and
-  accumulates the outputs on the grid itself: no permuted copy of anything exists;
+  accumulates the outputs on the grid itself: no permuted copy of anything exists (and, given
+  ``delta_weight``, it forms the step sizes from their low-rank factors block by block);
 - the reference composition (any backend) permutes the inputs into K sequences with
   :func:`permute_sequences`, runs :func:`mambaad_lib.ops.selective_scan` on them, and
   permutes the outputs back.

@@ -8,12 +8,14 @@ several directions per call, each reading its tokens in its own order; see
   :func:`mambaad_lib.ops.selective_scan`): the groups of B / C become the kernel's
   directions, the layout change is a copy on each side.
 - :func:`selective_scan_directions_cpu`, SS2D's fused path: one input map shared by K
-  directions, each scanned in its own token order, the outputs summed back on the grid
+  directions, each scanned in its own token order (optionally forming low-rank step sizes
+  itself), the outputs summed back on the grid
   (:func:`mambaad_lib.ops.selective_scan_directions`).
 
-Both run on torch's intra-op threads (``torch.set_num_threads``). The forward keeps nothing
-but its inputs; the backward recomputes the states. Results are bit-identical for any
-thread count.
+Both run on torch's intra-op threads (``torch.set_num_threads``). The forward keeps its
+inputs and, when a gradient will be needed, the state entering every 64-step chunk; the
+backward recomputes the states chunk by chunk. Results are bit-identical for any thread count.
+The same compiled module holds the fused InstanceNorm + SiLU (:mod:`mambaad_lib.ops.norm_act`).
 """
 from __future__ import annotations
 

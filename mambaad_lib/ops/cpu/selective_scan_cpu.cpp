@@ -388,8 +388,8 @@ MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi, bool acc
 // Bs, Cs (L, n). Out: hB[t] = sum_s h_t B_t and qA[t] = sum_s q_t A (L, 16); dA (n, 16), the
 // sums over time; dB_rows / dC_rows (L, n), the sums over the block's lanes (added to what the
 // rows hold when accumulate). checkpoints (L / kChunk, n, 16): the states entering the chunks,
-// computed here unless saved (a first sweep). Buffers: states ((kChunk + 1) * 4, 16), decays
-// (kChunk * 4, 16).
+// computed here unless saved (a first sweep). Buffers for one chunk: states x_t and decays,
+// (kChunk * 4, 16) each.
 inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* gy,
                      const float* Bs, const float* Cs, bool accumulate, float* hB, float* qA, float* dA,
                      float* dB_rows, float* dC_rows, float* checkpoints, bool saved, float* states, float* decays) {
@@ -413,10 +413,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
     for (int i = 0; i < kBlock; ++i) carry[i] = dA_acc[i] = _mm512_setzero_ps();
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-      for (int i = 0; i < kBlock; ++i) {
-        x[i] = load(checkpoints + (c * n + s0 + i) * 16);
-        _mm512_storeu_ps(states + i * 16, x[i]);
-      }
+      for (int i = 0; i < kBlock; ++i) x[i] = load(checkpoints + (c * n + s0 + i) * 16);
       for (int64_t t = t0; t < t1; ++t) {
         const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
         const int64_t row = (t - t0) * kBlock;
@@ -424,7 +421,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
           const __m512 decay = exp2(_mm512_mul_ps(d, S.A2[i]));
           x[i] = _mm512_fmadd_ps(decay, x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
           _mm512_storeu_ps(decays + (row + i) * 16, decay);
-          _mm512_storeu_ps(states + (row + kBlock + i) * 16, x[i]);
+          _mm512_storeu_ps(states + (row + i) * 16, x[i]);
         }
       }
       for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -437,10 +434,14 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
         for (int i = 0; i < kBlock; ++i) {
           const __m512 h = _mm512_fmadd_ps(g, splat(C[i]), carry[i]);
           const __m512 decay = load(decays + (row + i) * 16);
-          sums[i] = _mm512_mul_ps(g, load(states + (row + kBlock + i) * 16));
+          const __m512 cur = load(states + (row + i) * 16);
+          const __m512 input = _mm512_mul_ps(du, splat(B[i]));
+          sums[i] = _mm512_mul_ps(g, cur);
           sums[kBlock + i] = _mm512_mul_ps(h, du);
           hB_t = _mm512_fmadd_ps(h, splat(B[i]), hB_t);
-          const __m512 q = _mm512_mul_ps(_mm512_mul_ps(h, load(states + (row + i) * 16)), decay);  // dLoss/d(dt A)
+          // dLoss/d(dt A) = h decay x_{t-1}, with decay x_{t-1} = x_t - dt u B (exact up to x_t's
+          // rounding): the recurrence's step undone instead of reloading x_{t-1}.
+          const __m512 q = _mm512_mul_ps(h, _mm512_sub_ps(cur, input));
           dA_acc[i] = _mm512_fmadd_ps(q, d, dA_acc[i]);
           qA_t = _mm512_fmadd_ps(q, S.A[i], qA_t);
           carry[i] = _mm512_mul_ps(decay, h);
