@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mambaad_lib.data.transforms import denormalize
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import check_encoder_options, encoder_weights_argument, prepare_random_encoder
+from mambaad_lib.methods.encoder import FrozenEncoderOptions, prepare_random_encoder
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels
 from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor
 from mambaad_lib.synthesis.gas import GASConfig, synthesize_gas
@@ -42,23 +42,17 @@ FOREGROUND_RULES = ("estimate", "whole")
 
 
 @dataclass
-class PatchFeatureOptions:
-    """Frozen-feature options shared by ``glass`` and ``nearest_neighbor`` (``model.*``).
-
-    ``encoder_weights``: ``imagenet``, ``none`` (random, BatchNorm re-estimated on at most
-    ``bn_reestimate_images`` training images) or a local weights file.
-    """
+class PatchFeatureOptions(FrozenEncoderOptions):
+    """Frozen-feature options shared by ``glass`` and ``nearest_neighbor`` (``model.*``)."""
 
     backbone: str = "wide_resnet50_2"
-    encoder_weights: str = "imagenet"
-    bn_reestimate_images: int | None = None
     layers: tuple[str, ...] = ("layer2", "layer3")
     neighbourhood: int = 3
     embed_dim: int | None = None
     map_sigma: float = 4.0
 
     def __post_init__(self) -> None:
-        check_encoder_options(self)
+        self.check_encoder_options()
         if self.map_sigma < 0:
             raise ConfigError(f"config key 'model.map_sigma': must be >= 0, got {self.map_sigma}")
         try:
@@ -66,12 +60,8 @@ class PatchFeatureOptions:
         except ValueError as error:
             raise ConfigError(f"config section 'model': {error}") from None
 
-    @property
-    def random_encoder(self) -> bool:
-        return self.encoder_weights.lower() == "none"
-
     def feature_config(self, resolve_weights: bool = True) -> PatchFeatureConfig:
-        weights = encoder_weights_argument(self.encoder_weights) if resolve_weights else None
+        weights = self.encoder_weights_argument(resolve_weights)
         return PatchFeatureConfig(self.backbone, weights, tuple(self.layers), self.neighbourhood, self.embed_dim)
 
 
@@ -124,6 +114,8 @@ class GLASSMethod(AnomalyMethod):
 
     name = "glass"
     config_class = GLASSMethodConfig
+    per_class = True  # the release trains one model per class
+    profiles = {"smoke": "glass_smoke", "demo": "glass_demo"}
 
     def __init__(self, config: GLASSMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
@@ -143,12 +135,6 @@ class GLASSMethod(AnomalyMethod):
         c = self.config
         return (f"glass(backbone={c.backbone}, layers={list(c.layers)}, dim={self.net.features.dim}, "
                 f"gas_band={c.gas.band}, textures={self.las.textures.description}, image_size={self.image_size})")
-
-    def describe(self) -> dict[str, Any]:
-        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.net.parameters())
-        return {"parameters": {"total": total, "trainable": trainable, "frozen": total - trainable},
-                "architecture": self.summary()}
 
     # ---- training -----------------------------------------------------------------------
     def prepare(self, batches: Iterable[Tensor]) -> dict[str, Any]:
@@ -216,7 +202,31 @@ class GLASSMethod(AnomalyMethod):
         self.gas_generator.set_state(state["gas_generator"])
 
     # ---- inference ----------------------------------------------------------------------
+    def feature_sets(self, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
+        """GLASS's feature space on normal images (B, 3, H, W): their adapted patch features
+        ``normal`` (N, D), the ``GAS`` features the trained discriminator's ascent makes from
+        them, and the adapted ``LAS (inside defects)`` patches of LAS versions of the images
+        that fall inside the synthesized defects (seeded by ``seed``)."""
+        net = self.net.eval()
+        cpu_images = images.detach().cpu()
+        las_images, las_masks = self.las(cpu_images, np.random.default_rng(seed),
+                                         self._foregrounds(denormalize(cpu_images)))
+        with torch.no_grad():
+            normal, grid = net.adapted(images.to(self.device))        # (N, D)
+            las_all, _ = net.adapted(las_images.to(self.device))      # (N, D)
+        inside = patch_labels(las_masks, grid).to(self.device)[:, 0] > 0.5
+        gas = synthesize_gas(normal, net.discriminator, self.config.gas, torch.Generator().manual_seed(seed))
+        return {"normal": normal, "GAS": gas.detach(), "LAS (inside defects)": las_all[inside]}
+
     @torch.no_grad()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         self.net.eval()
         return self.net.predict(images.to(self.device), self.config.map_sigma)  # (B,1,H,W), (B,)
+
+
+class GLASSUnifiedMethod(GLASSMethod):
+    """Our extension: one GLASS model for all classes at once (the unified, multi-class
+    setting of MambaAD), not the release's per-class training."""
+
+    name = "glass_unified"
+    per_class = False

@@ -23,7 +23,7 @@ the whole image is used.
 Use as a training augmentation for a reconstruction model (MambaAD, ``las_augment``): the
 encoder receives the LAS image on the decoder's input path while the reconstruction target
 stays the *clean* image's encoder features, so the decoder learns to reconstruct normal
-features from corrupted ones (a denoising objective; :func:`las_reconstruction_loss`).
+features from corrupted ones (a denoising objective; ``method: mambaad_las``).
 :class:`LocalAnomalySynthesizer`'s ``__call__`` takes and returns ImageNet-normalised batches
 for that purpose.
 """
@@ -38,7 +38,7 @@ import torchvision.transforms.v2.functional as TF
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from mambaad_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mambaad_lib.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from mambaad_lib.synthesis.perlin import perlin_mask
 from mambaad_lib.synthesis.textures import TextureSource, resolve_texture_source
 
@@ -322,23 +322,3 @@ def build_las(texture_dir: str | None = None, config: LASConfig | None = None, p
               patch_size: int = 128) -> LocalAnomalySynthesizer:
     """Factory: LAS with the user's texture folder (DTD) or the bundled textures."""
     return LocalAnomalySynthesizer(resolve_texture_source(texture_dir, patch_size), config, probability)
-
-
-
-def las_reconstruction_loss(model: torch.nn.Module, images: torch.Tensor, synthesizer: LocalAnomalySynthesizer,
-                            rng: np.random.Generator) -> torch.Tensor:
-    """MambaAD's reconstruction loss with LAS on the input path (the ``las_augment`` rule).
-
-    The decoder reconstructs from the encoder features of the LAS-corrupted batch, and the
-    target is the encoder features of the *clean* batch: the model learns to map corrupted
-    inputs back to normal features. ``model`` is a :class:`~mambaad_lib.models.mambaad.MambaAD`
-    (``model(x)`` -> (encoder features, decoder features), ``model.encoder``); ``images``
-    are ImageNet-normalised (B, 3, H, W).
-    """
-    from mambaad_lib.models.mambaad import reconstruction_loss  # synthesis does not need models otherwise
-
-    corrupted, _ = synthesizer(images.detach().cpu(), rng)
-    with torch.no_grad():
-        clean_features = model.encoder(images)
-    _, decoded = model(corrupted.to(images.device))
-    return reconstruction_loss(clean_features, decoded)
