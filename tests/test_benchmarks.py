@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mambaad_lib.methods.training import ADAMW_IMPLEMENTATIONS, TrainConfig
 from mambaad_lib.ops.cpu import availability as cpu_availability
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,10 @@ def test_bench_model_quick_writes_a_complete_results_file(tmp_path):
     result = json.loads(output.read_text())
     assert result["benchmark"] == "mambaad_model" and result["quick"] is True and result["with_load"] is None
     assert result["threads"]["intra_op_threads"] >= 1 and result["provenance"]["torch"]
-    assert result["optimizer"]["faster"] in ("fused", "foreach")
+    optimizer = result["optimizer"]
+    assert set(optimizer["step_s"]) == set(ADAMW_IMPLEMENTATIONS) and optimizer["faster"] in ADAMW_IMPLEMENTATIONS
+    assert optimizer["configured_default"] == TrainConfig().adamw
+    assert optimizer["time_relative_to_default"][optimizer["configured_default"]] == 1.0
     (run,) = result["runs"]
     assert run["model"] == "demo" and run["batch"] >= 1
     assert run["gflop_per_image"]["train_step"] > run["gflop_per_image"]["inference"] > 0

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -300,22 +301,89 @@ THREAD_SCRIPT = textwrap.dedent("""
     m = torch.randn(4, 40, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
     n = instance_norm_silu(m)
     results["instance_norm_silu"] = [n, *torch.autograd.grad(n, m, torch.randn_like(n))]
-    torch.save({k: [t.detach().contiguous() for t in v] for k, v in results.items()}, sys.argv[1])
+    from mambaad_lib.ops.cpu import load_extension
+    saved = {k: [t.detach().contiguous() for t in v] for k, v in results.items()}
+    torch.save({**saved, "has_avx512": load_extension().has_avx512()}, sys.argv[1])
 """)
+
+
+def run_kernel_script(tmp_path: Path, name: str, **env: str) -> dict:
+    """THREAD_SCRIPT's outputs and gradients from a fresh process with ``env`` added."""
+    script = tmp_path / "kernels.py"
+    script.write_text(THREAD_SCRIPT)
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    target = tmp_path / f"{name}.pt"
+    subprocess.run([sys.executable, str(script), str(target)], env=full_env, check=True, timeout=900)
+    return torch.load(target)
 
 
 def test_kernel_results_do_not_depend_on_the_thread_count(tmp_path):
     """Fresh processes with OMP_NUM_THREADS=1 and 2: every output and gradient bit-identical."""
-    script = tmp_path / "kernels.py"
-    script.write_text(THREAD_SCRIPT)
-    saved = {}
-    for threads in (1, 2):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        target = tmp_path / f"threads_{threads}.pt"
-        subprocess.run([sys.executable, str(script), str(target)], env=env, check=True, timeout=600)
-        saved[threads] = torch.load(target)
-    assert saved[1].keys() == saved[2].keys() == {"directions", "selective_scan", "instance_norm_silu"}
-    for name in saved[1]:
+    saved = {threads: run_kernel_script(tmp_path, f"threads_{threads}", OMP_NUM_THREADS=str(threads),
+                                        MKL_NUM_THREADS=str(threads)) for threads in (1, 2)}
+    assert saved[1].keys() == saved[2].keys() == {"directions", "selective_scan", "instance_norm_silu", "has_avx512"}
+    for name in ("directions", "selective_scan", "instance_norm_silu"):
         for one, two in zip(saved[1][name], saved[2][name]):
             assert torch.equal(one, two), name
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 target names")
+def test_portable_build_without_avx512_gives_the_same_numbers(tmp_path):
+    """A build for a CPU without AVX-512 ($MAMBAAD_CPU_MARCH=x86-64-v3, its own cache) runs the
+    portable loops; its outputs and gradients match this machine's build to float32 rounding."""
+    portable = run_kernel_script(tmp_path, "portable", MAMBAAD_CPU_MARCH="x86-64-v3",
+                                 MAMBAAD_CACHE_DIR=str(tmp_path / "cache"))
+    native = run_kernel_script(tmp_path, "native")
+    assert portable["has_avx512"] is False
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # the default build takes the AVX-512 path exactly where the CPU has it
+        assert native["has_avx512"] is ("avx512f" in cpuinfo.read_text().split())
+    for name in ("directions", "selective_scan", "instance_norm_silu"):
+        for index, (a, b) in enumerate(zip(portable[name], native[name])):
+            assert relative_error(a, b) < 1e-5, (name, index)
+
+
+def test_bad_target_name_makes_the_kernels_unavailable_with_the_reason(monkeypatch):
+    from mambaad_lib.ops.cpu import _build
+
+    monkeypatch.setenv(_build.MARCH_ENV, "native; rm -rf /")
+    with pytest.raises(RuntimeError, match="MAMBAAD_CPU_MARCH"):
+        _build.cxx_flags()
+
+
+def test_adamw_implementations_take_the_same_steps():
+    """train.adamw chooses torch's implementation only: the parameters after a few steps agree."""
+    from mambaad_lib.methods.training import ADAMW_IMPLEMENTATIONS, TrainConfig, adamw_options
+    from mambaad_lib.utils.errors import ConfigError
+
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5)]
+    gradients = [[torch.randn_like(p) for p in start] for _ in range(4)]
+    final = {}
+    for implementation in ADAMW_IMPLEMENTATIONS:
+        params = [p.clone().requires_grad_() for p in start]
+        optimizer = torch.optim.AdamW(params, lr=0.01, weight_decay=1e-4, **adamw_options(implementation))
+        for step in gradients:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        final[implementation] = params
+    for implementation in ADAMW_IMPLEMENTATIONS:
+        for p, q in zip(final[implementation], final["default"]):
+            assert relative_error(p.detach(), q.detach()) < 1e-6, implementation
+    assert TrainConfig().adamw == "fused"
+    with pytest.raises(ConfigError, match="train.adamw"):
+        TrainConfig(adamw="apex")
+
+
+@pytest.mark.parametrize("implementation", ["fused", "default"])
+def test_mambaad_method_builds_the_configured_adamw(implementation):
+    from mambaad_lib.methods.mambaad import MambaADMethod, MambaADMethodConfig
+    from mambaad_lib.methods.training import TrainConfig
+    from mambaad_lib.utils.schema import dataclass_from_dict
+
+    config = dataclass_from_dict(MambaADMethodConfig, {
+        "backbone": "resnet18", "depths": [1, 1, 1, 1], "local_kernels": [3], "encoder_weights": "none"}, prefix="model")
+    method = MambaADMethod(config, image_size=64, device=torch.device("cpu"))
+    method.configure_optimization(TrainConfig(epochs=1, batch_size=2, adamw=implementation), total_steps=2)
+    assert bool(method.optimizer.defaults["fused"]) is (implementation == "fused")

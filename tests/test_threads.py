@@ -78,3 +78,24 @@ def test_settings_describe_the_process_as_json(fresh):
     assert settings["intra_op_threads"] == torch.get_num_threads() and settings["chosen_by"] is None
     assert settings["environment"] == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert settings["available_cpus"] >= 1 and settings["parallel_backend"]
+
+
+def test_cli_chooses_threads_once_and_info_shows_them(fresh, capsys):
+    from mambaad_lib.cli import main
+
+    assert main(["info", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    assert "cpu threads: 1 (chosen by argument;" in capsys.readouterr().out
+    fresh.setattr(threads, "_chosen", None)
+    assert main(["info", "--threads", "0"]) == 2
+    assert "threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_results_records_carry_the_thread_settings(fresh):
+    from mambaad_lib.engine.results import new_record, upgrade_record
+
+    threads.configure_threads(1)
+    record = new_record(provenance={"git_commit": None, "git_dirty": None, "git_dirty_paths": None})
+    assert record["threads"]["intra_op_threads"] == 1 and record["threads"]["chosen_by"] == "argument"
+    assert json.loads(json.dumps(record["threads"])) == record["threads"]
+    assert upgrade_record({"schema_version": 1})["threads"] is None  # older records: not recorded

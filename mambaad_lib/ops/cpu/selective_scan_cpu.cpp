@@ -995,6 +995,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &scan_backward,
         "selective scan backward: u, delta, A, B, C, D, delta_bias, dt_weight, order, softplus, summed, "
         "checkpoints, dout");
+  m.def("has_avx512", []() {
+#ifdef MAMBAAD_AVX512
+    return true;
+#else
+    return false;
+#endif
+  }, "whether this build has the hand-vectorised AVX-512 recurrences (else the portable loops)");
   m.def("instance_norm_silu_forward", &instance_norm_silu_forward, "silu(instance_norm(x)): x, eps -> y, mean, rstd");
   m.def("instance_norm_silu_backward", &instance_norm_silu_backward, "grad, x, mean, rstd -> dx");
 }
