@@ -93,6 +93,9 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings and errors")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch and the library's kernels (default: $OMP_NUM_THREADS, else "
+                             "the CPUs this process may use); idle threads sleep unless $OMP_WAIT_POLICY is set")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,13 +399,19 @@ def _cmd_info(args, extra) -> int:
     from mambaad_lib.engine.config import available_profiles
     from mambaad_lib.methods import METHODS, get_method_class
     from mambaad_lib.ops import AUTO_ORDER, backend_status, resolve_backend
+    from mambaad_lib.utils.threads import thread_settings
 
     if extra:
         raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
     print(f"mambaad-companion {mambaad_lib.__version__}")
     print(f"python {platform.python_version()}  torch {torch.__version__}  torchvision {torchvision.__version__}  "
           f"numpy {numpy.__version__}  ({platform.platform()})")
-    print(f"cpu threads: {torch.get_num_threads()}")
+    settings = thread_settings()
+    print(f"cpu threads: {settings['intra_op_threads']} (chosen by {settings['chosen_by']}; "
+          f"{settings['available_cpus']} of {settings['cpu_count']} cpus usable; "
+          f"{settings['parallel_backend']}; load average {settings['load_average']})")
+    print("thread environment: " + (", ".join(f"{name}={value}" for name, value in settings["environment"].items())
+                                    or "none set"))
     if torch.cuda.is_available():
         print(f"cuda: {torch.version.cuda}, {torch.cuda.device_count()} device(s): "
               + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
@@ -411,6 +420,11 @@ def _cmd_info(args, extra) -> int:
     print("selective-scan backends:")
     for name, status in backend_status().items():
         print(f"  {name:<10} {status}")
+    if backend_status()["cpu"] == "available":
+        from mambaad_lib.ops.cpu import load_extension
+
+        print("  cpu kernels built with " + ("AVX-512 recurrences" if load_extension().has_avx512()
+                                            else "portable loops (no AVX-512)"))
     for device, order in AUTO_ORDER.items():
         try:
             chosen = resolve_backend("auto", device) if device == "cpu" or torch.cuda.is_available() else None
@@ -464,10 +478,14 @@ def _configure_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mambaad`` console script; returns the exit status."""
+    from mambaad_lib.utils.threads import configure_threads, set_default_wait_policy
+
+    set_default_wait_policy()  # before torch loads the OpenMP runtime: sleeping waits unless the user chose
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _configure_logging(args.quiet)
     try:
+        configure_threads(args.threads)  # once per process; recorded with results (thread_settings)
         return COMMANDS[args.command](args, extra)
     except KeyboardInterrupt as interrupt:
         print(f"mambaad: {interrupt or 'interrupted'}", file=sys.stderr)

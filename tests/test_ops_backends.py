@@ -209,7 +209,7 @@ def test_failing_compilation_reports_the_compiler_error(fresh_dispatch, monkeypa
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken_load)
     reason = cpu_availability()
-    assert reason is not None and "compiling selective_scan_cpu.cpp failed" in reason
+    assert reason is not None and "compiling selective_scan_cpu.cpp and instance_norm_silu_cpu.cpp failed" in reason
     assert "simulated" in reason
 
 

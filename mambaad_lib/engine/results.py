@@ -52,6 +52,10 @@ atomically. Schema ``mambaad-companion/results`` version 2::
                                  encoder, model}} of each class's model, else null
     examples                     PNG paths relative to the results file's folder
     notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
+    threads                      CPU thread settings when the record was made
+                                 (:func:`mambaad_lib.utils.threads.thread_settings`: intra_op_threads,
+                                 chosen_by, available_cpus, load_average, environment, ...); torch's
+                                 own CPU ops may round differently at another thread count
     wall_time_s                  whole command, seconds
 
 Records without ``encoder.weights`` (written before it was recorded) get it from their config
@@ -59,7 +63,7 @@ by :func:`encoder_entry`: ``imagenet`` then meant torchvision's ``IMAGENET1K_V1`
 Records without ``ground_truth`` evaluated nearest masks and dataset labels in every protocol.
 
 Version 1 files (before ``traits``, ``run_dir``, ``openset``, ``classes``, ``evaluations``,
-``best_over_evaluations``, ``notes`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
+``best_over_evaluations``, ``notes``, ``threads`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
 counted the run's own outputs.
 """
 from __future__ import annotations
@@ -79,6 +83,7 @@ import mambaad_lib
 from mambaad_lib.metrics import METRIC_KEYS
 from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.utils.resources import repository_root
+from mambaad_lib.utils.threads import thread_settings
 
 SCHEMA = "mambaad-companion/results"
 SCHEMA_VERSION = 2
@@ -86,7 +91,7 @@ SCHEMA_VERSION = 2
 RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
 # Fields added in schema version 2, with the value a version-1 record stands for.
 _V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
-                                "evaluations": [], "best_over_evaluations": None}
+                                "evaluations": [], "best_over_evaluations": None, "threads": None}
 # Before records named each protocol's ground truth, every protocol evaluated nearest-resized
 # masks binarised at > 0 and the dataset's image labels.
 GROUND_TRUTH_BEFORE_RECORDED = {"masks": "nearest", "labels_from_masks": False}
@@ -137,7 +142,7 @@ def new_record(provenance: dict[str, Any] | None = None, **fields: Any) -> dict[
     """A results record with the schema header, creation time and environment filled in."""
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "environment": environment(provenance), **_V2_DEFAULTS, **fields}
+            "environment": environment(provenance), **_V2_DEFAULTS, "threads": thread_settings(), **fields}
 
 
 def write_results(path: str | Path, record: dict[str, Any]) -> Path:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mambaad_lib.methods.base import AnomalyMethod
 from mambaad_lib.methods.encoder import FrozenEncoderOptions, prepare_random_encoder
-from mambaad_lib.methods.training import TrainConfig
+from mambaad_lib.methods.training import TrainConfig, adamw_options
 from mambaad_lib.models.costs import count_flops
 from mambaad_lib.models.mambaad import MambaADConfig, ReconstructionModel, build_mambaad
 from mambaad_lib.ops import resolve_backend
@@ -103,7 +103,8 @@ class MambaADMethod(AnomalyMethod):
 
     def configure_optimization(self, train: TrainConfig, total_steps: int) -> None:
         self.optimizer = torch.optim.AdamW(
-            release_param_groups(self.model, train.weight_decay), lr=train.scaled_lr, betas=tuple(train.betas))
+            release_param_groups(self.model, train.weight_decay), lr=train.scaled_lr, betas=tuple(train.betas),
+            **adamw_options(train.adamw))
         milestone = max(1, math.ceil(train.lr_step_at * total_steps))
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=[milestone],
                                                               gamma=train.lr_step_gamma)

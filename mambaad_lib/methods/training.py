@@ -4,12 +4,28 @@ optimisation settings the methods read (release protocol by default).
 MambaAD's release (ADer ``configs/mambaad``): AdamW, learning rate 0.005 scaled linearly
 with the batch size (``lr * batch_size / 16``), betas (0.9, 0.999), weight decay 1e-4, one
 step decay x0.1 after 80 % of the optimisation steps, gradient-norm clipping at 5.
+
+``adamw`` chooses torch's AdamW implementation, the same update rule in each (they differ only
+in float rounding): ``fused`` (default; one kernel over all parameters, about 3x faster than
+``foreach`` on CPU, see benchmarks/README.md), ``foreach`` (multi-tensor) or ``default``
+(torch's own choice: foreach on CUDA, a per-parameter loop on CPU, as the release ran).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mambaad_lib.utils.schema import require
+
+
+ADAMW_IMPLEMENTATIONS = ("fused", "foreach", "default")
+
+
+def adamw_options(implementation: str) -> dict[str, Any]:
+    """Keyword arguments of ``torch.optim.AdamW`` for an ``adamw`` choice (ADAMW_IMPLEMENTATIONS)."""
+    require(implementation in ADAMW_IMPLEMENTATIONS, "train.adamw",
+            f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)}, got {implementation!r}")
+    return {} if implementation == "default" else {implementation: True}
 
 
 @dataclass
@@ -30,6 +46,7 @@ class TrainConfig:
     lr_step_at: float = 0.8
     lr_step_gamma: float = 0.1
     grad_clip_norm: float | None = 5.0
+    adamw: str = "fused"
     checkpoint_every: int = 50
     checkpoint_every_steps: int | None = None
     evaluate_untrained: bool = False
@@ -48,6 +65,7 @@ class TrainConfig:
         require(0 < self.lr_step_gamma <= 1, "train.lr_step_gamma", f"must be in (0, 1], got {self.lr_step_gamma}")
         require(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm",
                 f"must be > 0 or null, got {self.grad_clip_norm}")
+        adamw_options(self.adamw)  # validates the choice
         require(self.checkpoint_every >= 1, "train.checkpoint_every",
                 f"must be >= 1 (epochs), got {self.checkpoint_every}")
         require(self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,

@@ -16,17 +16,36 @@ import torch
 from torch import Tensor, nn
 
 from mambaad_lib.models.ss2d import HSSBlock
+from mambaad_lib.ops import instance_norm_silu
 
 LOCAL_CONV_KINDS: tuple[str, ...] = ("conv1x1+dw", "dw")
 
 
+class InstanceNormSiLU(nn.InstanceNorm2d):
+    """``SiLU(InstanceNorm2d(x))`` (no affine, no running stats) on (B, C, H, W), fused on CPU.
+
+    An ``InstanceNorm2d`` (so parameter-free and counted as one by the FLOP counter) whose
+    forward also applies SiLU, through :func:`mambaad_lib.ops.instance_norm_silu`: on CPU
+    one kernel pass that keeps the map channels-last, elsewhere the two torch ops.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps, affine=False, track_running_stats=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return instance_norm_silu(x, self.eps)
+
+
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1,
                   bias: bool = True) -> nn.Sequential:
-    """Conv2d (same padding) -> InstanceNorm2d (no affine, no running stats) -> SiLU."""
+    """Conv2d (same padding) -> InstanceNorm2d (no affine, no running stats) and SiLU.
+
+    Index 0 is the convolution (the release checkpoints' ``<name>.0.weight``), index 1 the
+    fused :class:`InstanceNormSiLU`.
+    """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias),
-        nn.InstanceNorm2d(out_channels),
-        nn.SiLU(),
+        InstanceNormSiLU(out_channels),
     )
 
 
@@ -105,7 +124,9 @@ class LSSModule(nn.Module):
         global_branch = x
         for block in self.hss_blocks:
             global_branch = block(global_branch)
-        x_chw = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        # (B, C, H, W) views of channels-last memory: the convolutions (oneDNN) and the fused
+        # norm keep that layout, and the final permute back is free.
+        x_chw = x.permute(0, 3, 1, 2)
         branches = [global_branch.permute(0, 3, 1, 2)] + [branch(x_chw) for branch in self.local_branches]
         out = self.fuse(torch.cat(branches, dim=1))  # (B, C, H, W)
         if self.residual:

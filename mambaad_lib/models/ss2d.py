@@ -1,5 +1,14 @@
 """SS2D (2-D selective scan, VMamba-style) and the HSS block built on it.
 
+Two data flows compute the same function (tests compare them, values and gradients):
+
+- *sequence* (the release's, every backend): gather the K direction sequences of the map,
+  project each (x_proj, dt_proj), scan them, permute the outputs back and sum them;
+- *fused* (``cpu`` backend): project the map once in token order (x_proj is per-token
+  linear, so projecting before permuting changes nothing), then one kernel call applies
+  dt_proj and scans all K directions, reading each in its order and summing on the grid. No
+  (B, K, d, L) tensor is made: neither permuted inputs, nor step sizes, nor outputs.
+
 Tensor layouts follow the released MambaAD checkpoints so that a loader only renames keys
 (and reorders the direction axis, see :data:`mambaad_lib.scan.RELEASE_DIRECTION_INDEX`):
 
@@ -16,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambaad_lib.ops import selective_scan
+from mambaad_lib.ops import permute_sequences, resolve_backend, selective_scan, selective_scan_directions
 from mambaad_lib.scan import ScanSpec, direction_counts, inverse_orders, scan_directions
 
 LAYER_NORM_EPS = 1e-5
@@ -117,40 +126,64 @@ class SS2D(nn.Module):
         orders = scan_directions(dict(self.scan_spec), height, width, directions=self.directions).to(device)
         return orders, inverse_orders(orders)
 
-    def _selective_scan(self, u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        if u.is_meta:
-            # Meta tensors carry shapes only (FLOP counting); the scan keeps u's shape.
-            return torch.empty_like(u)
-        return selective_scan(
-            u, delta, -torch.exp(self.A_logs.float()), B, C, D=self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-            backend=self.scan_backend)
+    def _scan_parameters(self) -> dict[str, Tensor]:
+        return dict(A=-torch.exp(self.A_logs.float()), D=self.Ds.float(),
+                    delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True)
+
+    def uses_fused_kernel(self, device: torch.device) -> bool:
+        """Whether :meth:`forward` takes the fused path on ``device`` (the ``cpu`` backend)."""
+        return device.type == "cpu" and resolve_backend(self.scan_backend, device) == "cpu"
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         batch, height, width, _ = x.shape
-        k, d, n, r = self.directions, self.d_inner, self.d_state, self.dt_rank
-        length = height * width
+        d = self.d_inner
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, d) each
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d, H, W)
+        if self.uses_fused_kernel(x.device):
+            # Channels-last in memory: oneDNN's direct depthwise kernels (its NCHW weight gradient is
+            # a slow per-group GEMM), and the token-major map the kernel reads is then a free view.
+            x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))
+            y = self._scan_fused(x)
+        else:
+            y = self._scan_sequences(F.silu(self.conv2d(x.permute(0, 3, 1, 2))))  # (B, d, H, W)
+        y = self.out_norm(y.view(batch, height, width, d)) * F.silu(z)
+        return self.out_proj(y)  # (B, H, W, C)
 
+    def _scan_sequences(self, x: Tensor) -> Tensor:
+        """Sequence path: (B, d, H, W) after conv and SiLU -> summed scan outputs (B, H*W, d)."""
+        batch, d, height, width = x.shape
+        k, n, r = self.directions, self.d_state, self.dt_rank
+        length = height * width
         orders, inverse = self._scan_indices(height, width, x.device)
-        # One gather builds all K sequences: xs[b, k, :, p] = x_flat[b, :, orders[k, p]].
-        xs = torch.gather(x.reshape(batch, 1, d, length).expand(batch, k, d, length), 3,
-                          orders.view(1, k, 1, length).expand(batch, k, d, length))  # (B, K, d, L)
-
+        # xs[b, k, :, p] = x_flat[b, :, orders[k, p]]; the backward gathers by the inverse order.
+        xs = permute_sequences(x.reshape(batch, 1, d, length), orders, inverse)  # (B, K, d, L)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (B, K, r+2n, L)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (B, K, d, L)
-        ys = self._selective_scan(xs.reshape(batch, k * d, length), dts.reshape(batch, k * d, length),
-                                  Bs.contiguous(), Cs.contiguous())  # (B, K*d, L)
+        if x.is_meta:
+            # Meta tensors carry shapes only (FLOP counting); the scan keeps u's shape.
+            ys = torch.empty_like(xs)
+        else:
+            ys = selective_scan(xs.reshape(batch, k * d, length), dts.reshape(batch, k * d, length),
+                                B=Bs.contiguous(), C=Cs.contiguous(), backend=self.scan_backend,
+                                **self._scan_parameters()).view(batch, k, d, length)
+        # Every direction's outputs back on the grid, summed.
+        y = permute_sequences(ys, inverse, orders).sum(dim=1)  # (B, d, L)
+        return y.transpose(1, 2)
 
-        # One gather undoes every direction's permutation; the K outputs are summed.
-        ys = torch.gather(ys.view(batch, k, d, length), 3,
-                          inverse.view(1, k, 1, length).expand(batch, k, d, length))  # (B, K, d, L)
-        y = ys.sum(dim=1).transpose(1, 2).reshape(batch, height, width, d)  # (B, H, W, d)
-        y = self.out_norm(y) * F.silu(z)
-        return self.out_proj(y)  # (B, H, W, C)
+    def _scan_fused(self, x: Tensor) -> Tensor:
+        """Fused path: (B, d, H, W) after conv and SiLU -> summed scan outputs (B, H*W, d)."""
+        batch, d, height, width = x.shape
+        k, n, r = self.directions, self.d_state, self.dt_rank
+        length = height * width
+        orders, _ = self._scan_indices(height, width, x.device)
+        tokens = x.permute(0, 2, 3, 1).reshape(batch, length, d)  # (B, L, d); a view when channels-last
+        # x_proj of every direction in one matrix product, in token order: (B, L, K, r+2n).
+        x_dbl = F.linear(tokens, self.x_proj_weight.reshape(k * (r + 2 * n), d)).view(batch, length, k, r + 2 * n)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
+        # dt_proj happens in the kernel: it forms each block's step sizes from the rank-r factors.
+        return selective_scan_directions(tokens, dts, B=Bs, C=Cs, orders=orders, delta_weight=self.dt_projs_weight,
+                                         backend=self.scan_backend, **self._scan_parameters())
 
     def extra_repr(self) -> str:
         return (f"scan={dict(self.scan_spec)}, directions={self.directions}, d_inner={self.d_inner}, "

@@ -1,8 +1,12 @@
-"""Compile the fused CPU scan at first use and cache the build.
+"""Compile the CPU kernels (fused scan, InstanceNorm + SiLU) at first use and cache the build.
 
-The build is specialised for this CPU (``-march=native``), so the cache key covers
-everything that changes the binary: the C++ source, the compiler flags, the compiler,
-torch's version and the CPU's instruction-set flags. Builds live under
+The build is specialised for this CPU (``-march=native``: the scan's hand-vectorised AVX-512
+recurrences where the CPU has AVX-512, the portable C++ loops, which the compiler vectorises
+for whatever the CPU has, elsewhere). ``$MAMBAAD_CPU_MARCH`` names another target (e.g.
+``x86-64-v3``, AVX2 without AVX-512: the portable path on any machine, or a build for older
+CPUs sharing a cache). The cache key covers everything that changes the binary: the C++
+sources and header, the compiler flags, the compiler, torch's version and the CPU's
+instruction-set flags. Builds live under
 ``$MAMBAAD_CACHE_DIR`` (default ``~/.cache/mambaad_lib``) in ``torch_extensions/<key>``.
 """
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -17,9 +22,11 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("selective_scan_cpu.cpp", "instance_norm_silu_cpu.cpp"))
+HEADERS = (Path(__file__).with_name("vector_math.h"),)
 CACHE_ENV = "MAMBAAD_CACHE_DIR"
-CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
+MARCH_ENV = "MAMBAAD_CPU_MARCH"
+CXX_FLAGS = ("-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
              "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math")
 LD_FLAGS = ("-fopenmp",)
 
@@ -41,6 +48,18 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+def cxx_flags() -> tuple[str, ...]:
+    """The compiler flags: CXX_FLAGS and ``-march`` (``$MAMBAAD_CPU_MARCH``, default native).
+
+    Raises:
+        RuntimeError: a ``$MAMBAAD_CPU_MARCH`` that is not a plain target name.
+    """
+    march = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", march):
+        raise RuntimeError(f"${MARCH_ENV}={march!r} is not a compiler target name (e.g. native, x86-64-v3)")
+    return (*CXX_FLAGS, f"-march={march}")
+
+
 def _compiler() -> str:
     return os.environ.get("CXX", "c++")
 
@@ -48,8 +67,8 @@ def _compiler() -> str:
 def build_key() -> str:
     """A short hash of everything that determines the compiled binary."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CXX_FLAGS + LD_FLAGS).encode(), _compiler().encode(),
-                 torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (*(source.read_bytes() for source in SOURCES + HEADERS), " ".join(cxx_flags() + LD_FLAGS).encode(),
+                 _compiler().encode(), torch.__version__.encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -57,7 +76,8 @@ def build_key() -> str:
 
 @lru_cache(maxsize=None)
 def load_extension() -> ModuleType:
-    """The compiled module (with ``forward`` and ``backward``), built once per cache key.
+    """The compiled module (the scan's ``forward`` / ``backward`` and
+    ``instance_norm_silu_forward`` / ``_backward``), built once per cache key.
 
     Raises:
         RuntimeError: no C++ compiler, no ninja, or the compilation failed (with the reason).
@@ -72,7 +92,8 @@ def load_extension() -> ModuleType:
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
-            name=name, sources=[str(SOURCE)], extra_cflags=list(CXX_FLAGS),
+            name=name, sources=[str(source) for source in SOURCES], extra_cflags=list(cxx_flags()),
             extra_ldflags=list(LD_FLAGS), build_directory=str(build_dir), verbose=False)
     except Exception as error:  # compiler errors arrive as several exception types
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {type(error).__name__}: {error}") from error
+        names = " and ".join(source.name for source in SOURCES)
+        raise RuntimeError(f"compiling {names} failed: {type(error).__name__}: {error}") from error

@@ -1,304 +1,737 @@
 // Fused selective scan (Mamba S6) for CPU tensors: forward and backward, float32 and float64.
 //
-// One task walks one (batch, channel) sequence with its state of n values kept in registers:
-// softplus(delta + bias), exp(delta * A), the recurrence, the C contraction, the D skip and
-// the z gate happen in a single pass over memory. B and C are read in a (L, n) layout so
-// that the inner loop over the state dimension is contiguous and vectorises.
+// Layout: token-major. A call scans K "directions"; direction k reads its sequence position t
+// from token l = order[k][t] (identity without an order), so the permutation of SS2D's scan
+// directions happens in this kernel's loads and stores instead of in gathered copies:
 //
-// The backward recomputes each sequence's states into a per-task (L + 1) x n buffer and
-// runs the adjoint recurrence backwards in time. Everything summed over channels or batch
-// (dA, dD, ddelta_bias, grouped dB / dC) is accumulated per task in a fixed order and then
-// reduced in a fixed order, with a task split that does not depend on the thread count:
-// gradients are bit-identical run to run and for any torch.set_num_threads value.
+//   u      (b, L, d) shared by every direction, or (b, L, K, d) one per direction
+//   delta  (b, L, K, d)        B, C (b, L, K, n)        (any strides, unit stride last)
+//   A      (K*d, n)            D, delta_bias (K*d)      row k*d + c = direction k, channel c
+//   out    (b, L, d) = sum over directions (summed), or (b, L, K, d) one per direction
+//
+// With dt_weight (K, d, r), delta holds low-rank factors (b, L, K, r) and the step sizes are
+// delta_full[b, l, k, c] = sum_j dt_weight[k, c, j] delta[b, l, k, j] (SS2D's dt_proj), formed
+// here per block: the (b, L, K, d) step sizes and their gradient are never stored.
+//
+// Vectorisation runs over channels: a block of kLanes consecutive channels of one direction is
+// scanned together, one SIMD lane per channel. A block's inputs are first gathered into
+// cache-resident scratch in sequence order (tokens read in memory order, so DRAM sees
+// sequential streams); the recurrences then run over contiguous memory, and results go back to
+// token order the same way. On AVX-512 machines float scans with n % 4 == 0 run hand-vectorised
+// recurrences (namespace avx512); everything else runs the generic loops.
+//
+// The backward recomputes the states chunk by chunk (kChunk steps), keeping each chunk's states
+// and decays in cache for the adjoint recurrence. It starts each chunk from a checkpoint: the
+// state entering the chunk, saved by a training forward (save_checkpoints; memory: 1/kChunk of
+// the states) or recomputed by a first sweep.
+//
+// Reproducibility: the forward's task is (batch, channel block) and walks the K directions in
+// order, adding their outputs; the backward's task is (batch, direction) and walks the channel
+// blocks in order, adding their dB / dC. Everything summed across tasks (du over directions, dA,
+// dD, ddelta_bias over the batch) is reduced afterwards in a fixed order. The task split depends
+// on the shapes only, so results are bit-identical run to run and for any torch.set_num_threads
+// value; tasks are handed out dynamically, which only changes who runs them.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "vector_math.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
-// Channels of one group handled sequentially by one backward task: fixed, so the summation
-// order of grouped dB / dC never depends on how many threads run.
-constexpr int64_t kBackwardChannelBlock = 32;
+// Channels per forward task and SIMD lanes per step: fixed, so no summation order depends on threads.
+constexpr int kLanes = 16;
+// Steps per checkpoint and backward recompute chunk (whose states and decays are kept in cache).
+constexpr int64_t kChunk = 64;
 
-#define MAMBAAD_INLINE inline __attribute__((always_inline))
+using mambaad::scan_exp;
+using mambaad::sigmoid;
+using mambaad::softplus;
 
-// exp for float that the compiler vectorises over the state dimension: Cody-Waite range
-// reduction and a degree-6 polynomial (about 1 ulp on the reduced range). Arguments below
-// -87.3 give exactly 0, as exp underflows; arguments above 88.7 are clamped (finite).
-MAMBAAD_INLINE float scan_exp(float x) {
-  const float clamped = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = std::floor(clamped * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
-  const float r = (clamped - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t exponent = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
-  float scale;
-  std::memcpy(&scale, &exponent, sizeof(float));
-  return x < -87.3f ? 0.0f : p * scale;
-}
-
-MAMBAAD_INLINE double scan_exp(double x) { return std::exp(x); }
-
-// log1p for w in [0, 1] that the compiler vectorises: log1p(w) = 2 atanh(w / (2 + w)), an
-// odd series in s = w / (2 + w) <= 1/3 (truncation below 1e-9 relative). It never forms
-// 1 + w, so tiny w keep their relative accuracy.
-MAMBAAD_INLINE float scan_log1p_unit(float w) {
-  const float s = w / (2.0f + w);
-  const float s2 = s * s;
-  float series = 1.0f / 15.0f;
-  series = series * s2 + 1.0f / 13.0f;
-  series = series * s2 + 1.0f / 11.0f;
-  series = series * s2 + 1.0f / 9.0f;
-  series = series * s2 + 1.0f / 7.0f;
-  series = series * s2 + 1.0f / 5.0f;
-  series = series * s2 + 1.0f / 3.0f;
-  series = series * s2 + 1.0f;
-  return 2.0f * s * series;
-}
-
-MAMBAAD_INLINE double scan_log1p_unit(double w) { return std::log1p(w); }
-
-// out[t] = sigmoid(x[t] + offset), vectorised and without overflow.
+// A (b, L, K, inner) operand with unit stride along inner; stride k is 0 for a shared operand.
 template <typename T>
-void sigmoids(const T* x, T offset, int64_t length, T* out) {
-#pragma omp simd
-  for (int64_t t = 0; t < length; ++t) {
-    const T v = x[t] + offset;
-    const T w = scan_exp(-std::abs(v));
-    out[t] = (v >= T(0) ? T(1) : w) / (T(1) + w);
-  }
+struct Operand {
+  T* data;
+  int64_t sb, sl, sk;
+  MAMBAAD_INLINE T* at(int64_t b, int64_t l, int64_t k) const { return data + b * sb + l * sl + k * sk; }
+};
+
+template <typename T>
+Operand<T> operand(const torch::Tensor& x) {
+  // 3-D (b, L, inner) tensors are shared by every direction: stride 0 along k.
+  if (x.dim() == 3) return {x.data_ptr<T>(), x.stride(0), x.stride(1), 0};
+  return {x.data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2)};
 }
 
-// Per-time-step quantities of one sequence, computed in vectorised loops before the
-// recurrence so that no scalar exp or log sits on the recurrence's path:
-//   dt[t]  = softplus(delta + bias) (or delta + bias)
-//   ddt[t] = d dt / d(delta + bias), backward only (null in the forward)
-template <typename T>
-void step_sizes(const T* delta, T bias, bool softplus, int64_t length, T* dt, T* ddt) {
-  if (!softplus) {
-#pragma omp simd
-    for (int64_t t = 0; t < length; ++t) dt[t] = delta[t] + bias;
-    if (ddt) std::fill(ddt, ddt + length, T(1));
-    return;
-  }
-#pragma omp simd
-  for (int64_t t = 0; t < length; ++t) {
-    // torch's softplus (threshold 20), as max(v, 0) + log1p(exp(-|v|)) to avoid overflow.
-    const T v = delta[t] + bias;
-    dt[t] = v > T(20) ? v : std::max(v, T(0)) + scan_log1p_unit(scan_exp(-std::abs(v)));
-  }
-  if (ddt) {
-    sigmoids(delta, bias, length, ddt);
-    for (int64_t t = 0; t < length; ++t)
-      if (delta[t] + bias > T(20)) ddt[t] = T(1);  // the threshold's branch is the identity
-  }
-}
 // Raw pointers and sizes of one call; optional tensors are null pointers.
 template <typename T>
 struct ScanArgs {
-  const T* u;      // (b, d, L)
-  const T* delta;  // (b, d, L)
-  const T* A;      // (d, n)
-  const T* B;      // (b, g, L, n)
-  const T* C;      // (b, g, L, n)
-  const T* D;      // (d) or null
-  const T* z;      // (b, d, L) or null
-  const T* bias;   // (d) or null
-  bool softplus;
-  int64_t batch, channels, length, state, groups;
+  Operand<T> u, delta, B, C;
+  const T* dt_weight;       // (K, d, r) or null (delta holds the step sizes themselves)
+  int64_t rank;             // r, or 0
+  const T* A;               // (K*d, n)
+  const T* D;               // (K*d) or null
+  const T* bias;            // (K*d) or null
+  const int64_t* order;     // (K, L) or null (identity)
+  bool softplus, summed;    // summed: out is (b, L, d), the sum over directions
+  bool shared_u;            // u is (b, L, d): du sums over directions
+  int64_t batch, length, dirs, channels, state;
 
-  int64_t row(int64_t b, int64_t c) const { return (b * channels + c) * length; }
-  int64_t bc_offset(int64_t b, int64_t c) const {
-    return (b * groups + c / (channels / groups)) * length * state;
+  MAMBAAD_INLINE int64_t token(int64_t k, int64_t t) const { return order ? order[k * length + t] : t; }
+  int64_t blocks() const { return (channels + kLanes - 1) / kLanes; }
+  // Offset of (b, l, k, c) in a dense (b, L, d) or (b, L, K, d) tensor.
+  MAMBAAD_INLINE int64_t dense(bool per_direction, int64_t b, int64_t l, int64_t k, int64_t c) const {
+    return per_direction ? ((b * length + l) * dirs + k) * channels + c : (b * length + l) * channels + c;
   }
-  T bias_of(int64_t c) const { return bias ? bias[c] : T(0); }
-  T D_of(int64_t c) const { return D ? D[c] : T(0); }
 };
 
-// Runs x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t over one (b, c) sequence from x_{-1} = 0
-// and writes y[t] = <x_t, C_t> + D u_t. When states is not null, x_t goes to its row t + 1
-// and row 0 is zeroed. NS > 0 fixes the state size at compile time.
-template <typename T, int NS>
-void recurrence(const ScanArgs<T>& a, int64_t b, int64_t c, const T* dt, T* y, T* states) {
-  const int64_t n = NS > 0 ? NS : a.state;
-  const T* u = a.u + a.row(b, c);
-  const T* A = a.A + c * n;
-  const T* B = a.B + a.bc_offset(b, c);
-  const T* C = a.C + a.bc_offset(b, c);
-  const T Dc = a.D_of(c);
-  T x_fixed[NS > 0 ? NS : 1];
-  std::vector<T> x_heap(NS > 0 ? 0 : n);
-  T* x = NS > 0 ? x_fixed : x_heap.data();
-  std::fill(x, x + n, T(0));
-  if (states) std::fill(states, states + n, T(0));
+// Per-worker buffers, reused across tasks: every entry a task reads, it has written first.
+// Rows are in sequence order (row t = step t of the current direction).
+template <typename T>
+struct Scratch {
+  std::vector<int64_t> step;                        // step[l]: the step at which the direction visits token l
+  std::vector<T> dt, u, dtu, ys;                    // (L, kLanes)
+  std::vector<T> Bs, Cs;                            // (L, n)
+  std::vector<T> Ds, dDs;                           // low-rank step sizes and their gradient, (L, r)
+  std::vector<T> ddt, gy, gdt, gu;                  // backward: (L, kLanes)
+  std::vector<T> dB_rows, dC_rows;                  // backward: (L, n), sums over the direction's channels
+  std::vector<T> checkpoints, states, decays;       // backward chunking
+  Scratch(int64_t length, int64_t state, int64_t rank, bool backward)
+      : step(length), dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), ys(length * kLanes),
+        Bs(length * state), Cs(length * state), Ds(length * rank) {
+    if (!backward) return;
+    dDs.resize(length * rank);
+    for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
+    for (auto* v : {&dB_rows, &dC_rows}) v->resize(length * state);
+    checkpoints.resize((length + kChunk - 1) / kChunk * state * kLanes);
+    states.resize((kChunk + 1) * state * kLanes);
+    decays.resize(kChunk * state * kLanes);
+  }
+};
 
-  for (int64_t t = 0; t < a.length; ++t) {
-    const T step = dt[t];
-    const T drive = step * u[t];
-    const T* Bt = B + t * n;
-    const T* Ct = C + t * n;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = 0; k < n; ++k) {
-      const T xk = scan_exp(step * A[k]) * x[k] + drive * Bt[k];
-      x[k] = xk;
-      acc += xk * Ct[k];
+// One direction's constants for a block of lanes; lanes past the last channel hold zeros, which
+// keep their states, adjoints and every contribution of theirs exactly zero.
+template <typename T, int NS>
+struct BlockConstants {
+  T A[NS > 0 ? NS : 1][kLanes];
+  std::vector<T> A_heap;
+  std::vector<T> W;  // (r, kLanes): dt_weight of the block's channels, transposed
+  T D[kLanes], bias[kLanes];
+  T* A_row(int64_t s) { return NS > 0 ? A[s] : A_heap.data() + s * kLanes; }
+
+  BlockConstants(const ScanArgs<T>& a, int64_t k, int64_t c0, int valid)
+      : A_heap(NS > 0 ? 0 : a.state * kLanes), W(a.rank * kLanes) {
+    const int64_t n = NS > 0 ? NS : a.state;
+    for (int64_t s = 0; s < n; ++s)
+      for (int j = 0; j < kLanes; ++j) A_row(s)[j] = j < valid ? a.A[(k * a.channels + c0 + j) * n + s] : T(0);
+    for (int64_t r = 0; r < a.rank; ++r)
+      for (int j = 0; j < kLanes; ++j)
+        W[r * kLanes + j] = j < valid ? a.dt_weight[(k * a.channels + c0 + j) * a.rank + r] : T(0);
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t row = k * a.channels + c0 + j;
+      D[j] = (j < valid && a.D) ? a.D[row] : T(0);
+      bias[j] = (j < valid && a.bias) ? a.bias[row] : T(0);
     }
-    if (states) std::memcpy(states + (t + 1) * n, x, n * sizeof(T));
-    y[t] = acc + Dc * u[t];
+  }
+};
+
+// Copies `valid` values of src (plus offset) to dst and zeroes the rest of its kLanes.
+template <typename T>
+MAMBAAD_INLINE void copy_lanes(const T* src, const T* offset, int valid, T* dst) {
+  if (valid == kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) dst[j] = src[j] + (offset ? offset[j] : T(0));
+  } else {
+    for (int j = 0; j < kLanes; ++j) dst[j] = j < valid ? src[j] + (offset ? offset[j] : T(0)) : T(0);
   }
 }
 
-// Forward of one (b, c) sequence into out; scratch holds 2 L values.
-template <typename T, int NS>
-void forward_sequence(const ScanArgs<T>& a, int64_t b, int64_t c, T* out, T* scratch) {
-  const int64_t row = a.row(b, c), L = a.length;
-  T* dt = scratch;
-  step_sizes(a.delta + row, a.bias_of(c), a.softplus, L, dt, static_cast<T*>(nullptr));
-  recurrence<T, NS>(a, b, c, dt, out + row, nullptr);
-  if (a.z) {
-    T* gate = scratch + L;
-    const T* z = a.z + row;
-    sigmoids(z, T(0), L, gate);
+// In place over m values: x -> dt = softplus(x) (or x), and ddt = d dt / dx when ddt is not null.
+// Flat loops over contiguous memory, so that the compiler vectorises exp and log1p.
+template <typename T>
+void step_sizes(T* x, bool softplus_dt, int64_t m, T* ddt) {
+  if (!softplus_dt) {
+    if (ddt) std::fill(ddt, ddt + m, T(1));
+    return;
+  }
+  if (ddt) {
 #pragma omp simd
-    for (int64_t t = 0; t < L; ++t) out[row + t] *= z[t] * gate[t];
+    for (int64_t i = 0; i < m; ++i) ddt[i] = x[i] > T(20) ? T(1) : sigmoid(x[i]);  // the threshold's branch is the identity
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
+}
+
+// s.step = the inverse of direction k's order, and its B, C rows in sequence order. Tokens are
+// read in memory order (sequential streams for the prefetcher) and written to their step's row.
+template <typename T>
+void gather_direction(const ScanArgs<T>& a, int64_t b, int64_t k, Scratch<T>& s) {
+  const int64_t n = a.state;
+  int64_t* step = s.step.data();
+  for (int64_t t = 0; t < a.length; ++t) step[a.token(k, t)] = t;
+  for (int64_t l = 0; l < a.length; ++l) {
+    const T* B = a.B.at(b, l, k);
+    const T* C = a.C.at(b, l, k);
+    T* B_row = s.Bs.data() + step[l] * n;
+    T* C_row = s.Cs.data() + step[l] * n;
+    for (int64_t st = 0; st < n; ++st) {  // a loop, not memcpy: rows are short
+      B_row[st] = B[st];
+      C_row[st] = C[st];
+    }
+    if (a.rank) {
+      const T* factors = a.delta.at(b, l, k);
+      T* D_row = s.Ds.data() + step[l] * a.rank;
+      for (int64_t r = 0; r < a.rank; ++r) D_row[r] = factors[r];
+    }
+  }
+}
+
+// dt[t] = bias + sum_j W[j] factors[t, j] over a block's lanes: W (r, kLanes), factors (L, r).
+template <typename T>
+void low_rank_steps(int64_t rank, int64_t L, const T* W, const T* bias, const T* factors, T* dt) {
+  for (int64_t t = 0; t < L; ++t) {
+    T v[kLanes];
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) v[j] = bias[j];
+    for (int64_t r = 0; r < rank; ++r) {
+      const T f = factors[t * rank + r];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) v[j] += W[r * kLanes + j] * f;
+    }
+    std::memcpy(dt + t * kLanes, v, kLanes * sizeof(T));
+  }
+}
+
+// One block's lanes in sequence order (after gather_direction): dt = softplus(delta + bias) (or
+// delta + bias), u, dt * u, and in the backward (dout not null) ddt = d dt / d(delta + bias) and
+// the output gradient gy. Low-rank step sizes are formed here from the gathered factors.
+template <typename T, int NS>
+void gather_lanes(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0, int valid,
+                  Scratch<T>& s, const T* dout) {
+  const int64_t L = a.length;
+  const int64_t* step = s.step.data();
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t row = step[l] * kLanes;
+    if (!a.rank) copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + row);
+    copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + row);
+    if (dout) copy_lanes(dout + a.dense(!a.summed, b, l, k, c0), static_cast<const T*>(nullptr), valid, s.gy.data() + row);
+  }
+  T* dt = s.dt.data();
+  if (a.rank) low_rank_steps(a.rank, L, K.W.data(), K.bias, s.Ds.data(), dt);
+  step_sizes(dt, a.softplus, L * kLanes, dout ? s.ddt.data() : nullptr);
+  if (valid < kLanes) {
+    // Lanes past the last channel get dt = 0: decay 1 and no input, their states stay 0.
+    for (int64_t t = 0; t < L; ++t) std::fill(dt + t * kLanes + valid, dt + (t + 1) * kLanes, T(0));
+  }
+  const T* u = s.u.data();
+  T* dtu = s.dtu.data();
+#pragma omp simd
+  for (int64_t i = 0; i < L * kLanes; ++i) dtu[i] = dt[i] * u[i];
+}
+
+// x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t for one block, steps [t0, t1), states in x (n, kLanes).
+// With decays / states not null, stores exp(dt A) per step and x_t at row t - t0 + 1.
+template <typename T, int NS>
+MAMBAAD_INLINE void advance(int64_t n, BlockConstants<T, NS>& K, const Scratch<T>& s, int64_t t0, int64_t t1, T* x,
+                            T* decays, T* states) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* Bt = s.Bs.data() + t * n;
+    const T* dt = s.dt.data() + t * kLanes;
+    const T* dtu = s.dtu.data() + t * kLanes;
+    for (int64_t st = 0; st < n; ++st) {
+      const T Bs = Bt[st];
+      const T* A = K.A_row(st);
+      T* xs = x + st * kLanes;
+      T* dec = decays ? decays + ((t - t0) * n + st) * kLanes : nullptr;
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const T decay = scan_exp(dt[j] * A[j]);
+        xs[j] = decay * xs[j] + dtu[j] * Bs;
+        if (dec) dec[j] = decay;
+      }
+    }
+    if (states) std::memcpy(states + (t - t0 + 1) * n * kLanes, x, n * kLanes * sizeof(T));
+  }
+}
+
+// Writes (or, summing directions, adds) the block's outputs s.ys, in sequence order, to their
+// tokens' rows of out, walking the tokens in memory order.
+template <typename T>
+void store_outputs(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t c0, int valid, bool accumulate,
+                   const Scratch<T>& s, T* out) {
+  for (int64_t l = 0; l < a.length; ++l) {
+    const T* y = s.ys.data() + s.step[l] * kLanes;
+    T* o = out + a.dense(!a.summed, b, l, k, c0);
+    if (valid == kLanes && accumulate) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) o[j] += y[j];
+    } else if (valid == kLanes) {
+      std::memcpy(o, y, kLanes * sizeof(T));
+    } else {
+      for (int j = 0; j < valid; ++j) o[j] = accumulate ? o[j] + y[j] : y[j];
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+#define MAMBAAD_AVX512 1
+// Hand-vectorised recurrences for float with 16 lanes and a state size that is a multiple of 4
+// (n = 16 in every MambaAD model), used where the compiler's code is exp- and store-bound:
+// - exp(dt A) = 2^(dt A log2 e), with vscalefps doing the 2^k scaling (11 instructions);
+// - states are walked 4 at a time, so their recurrences, adjoints and accumulators live in
+//   registers; the per-step sums over states go to memory once per 4 states;
+// - the backward's sums over lanes (dB, dC) of 4 states use one shuffle tree for 8 rows.
+// Every sum has a fixed order, so results do not depend on threads.
+namespace avx512 {
+
+constexpr int kBlock = 4;  // states per register block
+
+MAMBAAD_INLINE __m512 exp2(__m512 y) {
+  // Below 2^-125.95 (exp below e^-87.3) the result is exactly 0, as in scan_exp; NaN stays NaN.
+  const __mmask16 keep = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-125.95f), _CMP_NLT_UQ);
+  const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(127.0f), y);
+  const __m512 k = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(clamped, k);  // [-0.5, 0.5]
+  // 2^f, near-minimax degree 6 (relative error 1e-7 in float32 evaluation).
+  __m512 p = _mm512_set1_ps(1.5345764405e-04f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930904e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184890717e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503286421e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718246e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, p, k);
+}
+
+MAMBAAD_INLINE __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+MAMBAAD_INLINE __m512 splat(float v) { return _mm512_set1_ps(v); }
+
+// A block's 4 (natural) A rows and their log2 e multiples.
+struct StateBlock {
+  __m512 A[kBlock], A2[kBlock];
+  StateBlock(const float* A_rows, int64_t s0) {
+    for (int i = 0; i < kBlock; ++i) {
+      A[i] = load(A_rows + (s0 + i) * 16);
+      A2[i] = _mm512_mul_ps(A[i], splat(1.44269504088896341f));
+    }
+  }
+};
+
+// y[t] (16 lanes, holding D u on entry) += sum over states of x_t C_t, for one block of lanes.
+// A_rows (n, 16); dt, dtu (L, 16); Bs, Cs (L, n). When checkpoints is not null, the state
+// entering every chunk goes there, (L / kChunk, n, 16).
+inline void forward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* Bs,
+                    const float* Cs, float* y, float* checkpoints) {
+  for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
+    const StateBlock S(A_rows, s0);
+    __m512 x[kBlock];
+    for (auto& v : x) v = _mm512_setzero_ps();
+    for (int64_t t = 0; t < L; ++t) {
+      if (checkpoints && t % kChunk == 0)
+        for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * n + s0 + i) * 16, x[i]);
+      const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+      const float* B = Bs + t * n + s0;
+      const float* C = Cs + t * n + s0;
+      __m512 acc = load(y + t * 16);
+      for (int i = 0; i < kBlock; ++i) {
+        x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(B[i])));
+        acc = _mm512_fmadd_ps(x[i], splat(C[i]), acc);
+      }
+      _mm512_storeu_ps(y + t * 16, acc);
+    }
+  }
+}
+
+// The 8 sums over lanes of rows r[0..7]: rows 0-3 to lo[0..3], rows 4-7 to hi[0..3] (added to
+// what they hold when accumulate).
+MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi, bool accumulate) {
+  const __m512i pair_lo = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i pair_hi = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+  const __m512i quad_lo = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2, 1, 0);
+  const __m512i quad_hi = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 23, 22, 21, 20, 7, 6, 5, 4);
+  const __m512i oct_lo = _mm512_set_epi32(29, 28, 13, 12, 25, 24, 9, 8, 21, 20, 5, 4, 17, 16, 1, 0);
+  const __m512i oct_hi = _mm512_set_epi32(31, 30, 15, 14, 27, 26, 11, 10, 23, 22, 7, 6, 19, 18, 3, 2);
+  __m512 h[4], q[2];
+  for (int i = 0; i < 4; ++i)  // lanes 0-7: row 2i, 8-15: row 2i+1
+    h[i] = _mm512_add_ps(_mm512_permutex2var_ps(r[2 * i], pair_lo, r[2 * i + 1]),
+                         _mm512_permutex2var_ps(r[2 * i], pair_hi, r[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)  // quarters: rows 4i, 4i+2, 4i+1, 4i+3
+    q[i] = _mm512_add_ps(_mm512_permutex2var_ps(h[2 * i], quad_lo, h[2 * i + 1]),
+                         _mm512_permutex2var_ps(h[2 * i], quad_hi, h[2 * i + 1]));
+  // lane pairs: rows 0, 4, 2, 6, 1, 5, 3, 7
+  const __m512 w = _mm512_add_ps(_mm512_permutex2var_ps(q[0], oct_lo, q[1]),
+                                 _mm512_permutex2var_ps(q[0], oct_hi, q[1]));
+  const __m512 sums = _mm512_add_ps(w, _mm512_permute_ps(w, 0xB1));  // lane 2m: the pair's total
+  const __m512 rows = _mm512_permutexvar_ps(
+      _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 6, 10, 2, 12, 4, 8, 0), sums);  // rows 0..7 in lanes 0..7
+  __m128 first = _mm512_castps512_ps128(rows), second = _mm512_extractf32x4_ps(rows, 1);
+  if (accumulate) {
+    first = _mm_add_ps(_mm_loadu_ps(lo), first);
+    second = _mm_add_ps(_mm_loadu_ps(hi), second);
+  }
+  _mm_storeu_ps(lo, first);
+  _mm_storeu_ps(hi, second);
+}
+
+// Backward of one block of lanes over one direction. In: A_rows (n, 16); dt, dtu, gy (L, 16);
+// Bs, Cs (L, n). Out: hB[t] = sum_s h_t B_t and qA[t] = sum_s q_t A (L, 16); dA (n, 16), the
+// sums over time; dB_rows / dC_rows (L, n), the sums over the block's lanes (added to what the
+// rows hold when accumulate). checkpoints (L / kChunk, n, 16): the states entering the chunks,
+// computed here unless saved (a first sweep). Buffers for one chunk: states x_t and decays,
+// (kChunk * 4, 16) each.
+inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* gy,
+                     const float* Bs, const float* Cs, bool accumulate, float* hB, float* qA, float* dA,
+                     float* dB_rows, float* dC_rows, float* checkpoints, bool saved, float* states, float* decays) {
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
+    const StateBlock S(A_rows, s0);
+    const bool first = s0 == 0;
+    __m512 x[kBlock];
+    if (!saved) {  // sweep 1: the states entering every chunk
+      for (auto& v : x) v = _mm512_setzero_ps();
+      for (int64_t t = 0; t < L; ++t) {
+        if (t % kChunk == 0)
+          for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * n + s0 + i) * 16, x[i]);
+        const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+        for (int i = 0; i < kBlock; ++i)
+          x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+      }
+    }
+    // Sweep 2, chunks last to first: recompute the chunk's states and decays, then the adjoint.
+    __m512 carry[kBlock], dA_acc[kBlock];
+    for (int i = 0; i < kBlock; ++i) carry[i] = dA_acc[i] = _mm512_setzero_ps();
+    for (int64_t c = chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+      for (int i = 0; i < kBlock; ++i) x[i] = load(checkpoints + (c * n + s0 + i) * 16);
+      for (int64_t t = t0; t < t1; ++t) {
+        const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
+        const int64_t row = (t - t0) * kBlock;
+        for (int i = 0; i < kBlock; ++i) {
+          const __m512 decay = exp2(_mm512_mul_ps(d, S.A2[i]));
+          x[i] = _mm512_fmadd_ps(decay, x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+          _mm512_storeu_ps(decays + (row + i) * 16, decay);
+          _mm512_storeu_ps(states + (row + i) * 16, x[i]);
+        }
+      }
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const __m512 g = load(gy + t * 16), d = load(dt + t * 16), du = load(dtu + t * 16);
+        const int64_t row = (t - t0) * kBlock;
+        const float* B = Bs + t * n + s0;
+        const float* C = Cs + t * n + s0;
+        __m512 sums[8];  // dC terms of the 4 states, then their dB terms
+        __m512 hB_t = _mm512_setzero_ps(), qA_t = _mm512_setzero_ps();
+        for (int i = 0; i < kBlock; ++i) {
+          const __m512 h = _mm512_fmadd_ps(g, splat(C[i]), carry[i]);
+          const __m512 decay = load(decays + (row + i) * 16);
+          const __m512 cur = load(states + (row + i) * 16);
+          const __m512 input = _mm512_mul_ps(du, splat(B[i]));
+          sums[i] = _mm512_mul_ps(g, cur);
+          sums[kBlock + i] = _mm512_mul_ps(h, du);
+          hB_t = _mm512_fmadd_ps(h, splat(B[i]), hB_t);
+          // dLoss/d(dt A) = h decay x_{t-1}, with decay x_{t-1} = x_t - dt u B (exact up to x_t's
+          // rounding): the recurrence's step undone instead of reloading x_{t-1}.
+          const __m512 q = _mm512_mul_ps(h, _mm512_sub_ps(cur, input));
+          dA_acc[i] = _mm512_fmadd_ps(q, d, dA_acc[i]);
+          qA_t = _mm512_fmadd_ps(q, S.A[i], qA_t);
+          carry[i] = _mm512_mul_ps(decay, h);
+        }
+        if (!first) {
+          hB_t = _mm512_add_ps(load(hB + t * 16), hB_t);
+          qA_t = _mm512_add_ps(load(qA + t * 16), qA_t);
+        }
+        _mm512_storeu_ps(hB + t * 16, hB_t);
+        _mm512_storeu_ps(qA + t * 16, qA_t);
+        sum_lanes8(sums, dC_rows + t * n + s0, dB_rows + t * n + s0, accumulate);
+      }
+    }
+    for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(dA + (s0 + i) * 16, dA_acc[i]);
+  }
+}
+
+}  // namespace avx512
+#endif
+
+// Where the checkpoints of (b, direction k, channel block) live in a (b, K, blocks, L / kChunk, n,
+// kLanes) tensor.
+template <typename T>
+MAMBAAD_INLINE int64_t checkpoint_offset(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block) {
+  return ((b * a.dirs + k) * a.blocks() + block) * ((a.length + kChunk - 1) / kChunk) * a.state * kLanes;
+}
+
+// Forward of one (b, channel block) task over every direction, adding their outputs when summed;
+// with checkpoints not null, also the states entering every chunk.
+template <typename T, int NS>
+void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, T* checkpoints, Scratch<T>& s) {
+  const int64_t n = NS > 0 ? NS : a.state;
+  const int64_t c0 = block * kLanes;
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
+  T x_fixed[NS > 0 ? NS * kLanes : 1];
+  std::vector<T> x_heap(NS > 0 ? 0 : n * kLanes);
+  T* x = NS > 0 ? x_fixed : x_heap.data();
+  for (int64_t k = 0; k < a.dirs; ++k) {
+    BlockConstants<T, NS> K(a, k, c0, valid);
+    gather_direction(a, b, k, s);
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, nullptr);
+    T* y = s.ys.data();
+    T* cp = checkpoints ? checkpoints + checkpoint_offset(a, b, k, block) : nullptr;
+    bool vectorised = false;
+#ifdef MAMBAAD_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (n % avx512::kBlock == 0) {
+        const T* u = s.u.data();
+        for (int64_t t = 0; t < a.length; ++t)
+          for (int j = 0; j < kLanes; ++j) y[t * kLanes + j] = K.D[j] * u[t * kLanes + j];
+        avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y, cp);
+        vectorised = true;
+      }
+    }
+#endif
+    if (!vectorised) {
+      std::fill(x, x + n * kLanes, T(0));
+      for (int64_t t = 0; t < a.length; ++t) {
+        if (cp && t % kChunk == 0) std::memcpy(cp + (t / kChunk) * n * kLanes, x, n * kLanes * sizeof(T));
+        const T* Bt = s.Bs.data() + t * n;
+        const T* Ct = s.Cs.data() + t * n;
+        const T* dt = s.dt.data() + t * kLanes;
+        const T* dtu = s.dtu.data() + t * kLanes;
+        const T* u = s.u.data() + t * kLanes;
+        T* yt = y + t * kLanes;
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) yt[j] = K.D[j] * u[j];
+        for (int64_t st = 0; st < n; ++st) {
+          const T Bs = Bt[st], Cs = Ct[st];
+          const T* A = K.A_row(st);
+          T* xs = x + st * kLanes;
+#pragma omp simd
+          for (int j = 0; j < kLanes; ++j) {
+            const T xv = scan_exp(dt[j] * A[j]) * xs[j] + dtu[j] * Bs;
+            xs[j] = xv;
+            yt[j] += xv * Cs;
+          }
+        }
+      }
+    }
+    store_outputs(a, b, k, c0, valid, a.summed && k > 0, s, out);
+  }
+}
+
+// out[st] (+)= sum over lanes of rows[st][0..kLanes), for st < n.
+template <typename T>
+MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out, bool accumulate) {
+  for (int64_t st = 0; st < n; ++st) {
+    T acc = T(0);
+    for (int j = 0; j < kLanes; ++j) acc += rows[st * kLanes + j];
+    out[st] = accumulate ? out[st] + acc : acc;
   }
 }
 
 // Gradient buffers of one backward call.
 template <typename T>
 struct GradArgs {
-  const T* dout;      // (b, d, L)
-  T* du;              // (b, d, L)
-  T* ddelta;          // (b, d, L)
-  T* dz;              // (b, d, L) or null
-  T* dA_part;         // (b, d, n): per-sequence sums over time
-  T* dD_part;         // (b, d)
-  T* dbias_part;      // (b, d)
-  T* dB_part;         // (b, g, blocks, L, n): per channel-block sums
-  T* dC_part;         // (b, g, blocks, L, n)
+  const T* dout;      // like out, dense
+  Operand<T> du;      // like u (its strides when u is dense); per direction (b, L, K, d) when u is shared
+  Operand<T> ddelta;  // like delta (its strides when delta is dense)
+  T* dW_part;         // (b, K*d, r): per-channel sums over time of the low-rank weight's gradient
+  T* dA_part;         // (b, K*d, n): per-channel sums over time
+  T* dD_part;         // (b, K*d)
+  T* dbias_part;      // (b, K*d)
+  T* dB;              // (b, L, K, n)
+  T* dC;              // (b, L, K, n)
+  T* checkpoints;     // the forward's, or null
 };
 
-// Per-thread scratch of the backward, reused across sequences.
-template <typename T>
-struct BackwardScratch {
-  std::vector<T> states, y, dt, ddt, gate, gy;
-  BackwardScratch(int64_t length, int64_t state)
-      : states((length + 1) * state), y(length), dt(length), ddt(length), gate(length), gy(length) {}
-};
-
-// Backward of one (b, c) sequence; adds its dB / dC contributions to dB_acc / dC_acc (L, n).
+// The generic backward recurrences of one block over direction k (any dtype and state size):
+// dA (n, kLanes) sums over time, the block's dB / dC rows (added when accumulate), and per step
+// gdt = dLoss/d dt and gu = dLoss/du through dt u, into the scratch.
 template <typename T, int NS>
-void backward_sequence(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t c,
-                       T* dB_acc, T* dC_acc, BackwardScratch<T>& s) {
-  const int64_t n = NS > 0 ? NS : a.state;
-  const int64_t row = a.row(b, c), L = a.length;
-  const T* u = a.u + row;
-  const T* A = a.A + c * n;
-  const T* B = a.B + a.bc_offset(b, c);
-  const T* C = a.C + a.bc_offset(b, c);
-  const T* dout = g.dout + row;
-  const T Dc = a.D_of(c);
-  T* dt = s.dt.data();
-  T* gy = s.gy.data();
-  const T* states = s.states.data();
-
-  step_sizes(a.delta + row, a.bias_of(c), a.softplus, L, dt, s.ddt.data());
-  recurrence<T, NS>(a, b, c, dt, s.y.data(), s.states.data());
-  if (a.z) {  // out = y * silu(z)
-    const T* z = a.z + row;
-    const T* y = s.y.data();
-    T* gate = s.gate.data();
-    sigmoids(z, T(0), L, gate);
+void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>& s, bool accumulate, T* dA,
+                     T* checkpoints, bool saved) {
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  std::vector<T> heap(NS > 0 ? 0 : 4 * n * kLanes);
+  T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
+  T pB_fixed[NS > 0 ? NS * kLanes : 1], pC_fixed[NS > 0 ? NS * kLanes : 1];
+  T* x = NS > 0 ? x_fixed : heap.data();
+  T* carry = NS > 0 ? carry_fixed : heap.data() + n * kLanes;
+  T* pB = NS > 0 ? pB_fixed : heap.data() + 2 * n * kLanes;
+  T* pC = NS > 0 ? pC_fixed : heap.data() + 3 * n * kLanes;
+  if (!saved) {  // sweep 1: the state entering every chunk
+    std::fill(x, x + n * kLanes, T(0));
+    for (int64_t c = 0; c < chunks; ++c) {
+      std::memcpy(checkpoints + c * n * kLanes, x, n * kLanes * sizeof(T));
+      if (c + 1 < chunks) advance<T, NS>(n, K, s, c * kChunk, (c + 1) * kChunk, x, nullptr, nullptr);
+    }
+  }
+  // Sweep 2, chunks last to first: recompute the chunk's states and decays, then run the adjoint
+  // h_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1} backwards through it; carry holds the second term.
+  std::fill(carry, carry + n * kLanes, T(0));
+  std::fill(dA, dA + n * kLanes, T(0));
+  for (int64_t c = chunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+    T* states = s.states.data();
+    std::memcpy(states, checkpoints + c * n * kLanes, n * kLanes * sizeof(T));
+    std::memcpy(x, states, n * kLanes * sizeof(T));
+    advance<T, NS>(n, K, s, t0, t1, x, s.decays.data(), states);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const T* Bt = s.Bs.data() + t * n;
+      const T* Ct = s.Cs.data() + t * n;
+      const T* dt = s.dt.data() + t * kLanes;
+      const T* dtu = s.dtu.data() + t * kLanes;
+      const T* gy = s.gy.data() + t * kLanes;
+      const T* prev = states + (t - t0) * n * kLanes;
+      const T* cur = prev + n * kLanes;
+      const T* dec = s.decays.data() + (t - t0) * n * kLanes;
+      T hB[kLanes], qA[kLanes];
 #pragma omp simd
-    for (int64_t t = 0; t < L; ++t) {
-      g.dz[row + t] = dout[t] * y[t] * gate[t] * (T(1) + z[t] * (T(1) - gate[t]));
-      gy[t] = dout[t] * z[t] * gate[t];
+      for (int j = 0; j < kLanes; ++j) { hB[j] = T(0); qA[j] = T(0); }
+      for (int64_t st = 0; st < n; ++st) {
+        const T Bs = Bt[st], Cs = Ct[st];
+        const T* A = K.A_row(st);
+        const int64_t o = st * kLanes;
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const T h = carry[o + j] + gy[j] * Cs;
+          pC[o + j] = gy[j] * cur[o + j];
+          pB[o + j] = h * dtu[j];
+          hB[j] += h * Bs;
+          const T q = h * prev[o + j] * dec[o + j];  // dLoss/d(dt_t A)
+          dA[o + j] += q * dt[j];
+          qA[j] += q * A[j];
+          carry[o + j] = dec[o + j] * h;
+        }
+      }
+      sum_lanes(pC, n, s.dC_rows.data() + t * n, accumulate);
+      sum_lanes(pB, n, s.dB_rows.data() + t * n, accumulate);
+      T* gdt = s.gdt.data() + t * kLanes;
+      T* gu = s.gu.data() + t * kLanes;
+      const T* u = s.u.data() + t * kLanes;
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        gdt[j] = qA[j] + hB[j] * u[j];  // dLoss/d dt_t
+        gu[j] = hB[j] * dt[j];
+      }
     }
-  } else {
-    std::memcpy(gy, dout, L * sizeof(T));
   }
-
-  // Adjoint recurrence backwards in time: h_t = dLoss/dx_t = gy_t C_t + exp(dt_{t+1} A) h_{t+1};
-  // carry[k] holds the second term.
-  T carry_fixed[NS > 0 ? NS : 1], dA_fixed[NS > 0 ? NS : 1];
-  std::vector<T> heap(NS > 0 ? 0 : 2 * n);
-  T* __restrict__ carry = NS > 0 ? carry_fixed : heap.data();
-  T* __restrict__ dA_acc = NS > 0 ? dA_fixed : heap.data() + n;
-  std::fill(carry, carry + n, T(0));
-  std::fill(dA_acc, dA_acc + n, T(0));
-  T* ddelta = g.ddelta + row;
-  T* du = g.du + row;
-  for (int64_t t = L - 1; t >= 0; --t) {
-    const T step = dt[t];
-    const T gyt = gy[t];
-    const T drive = step * u[t];
-    const T* __restrict__ Bt = B + t * n;
-    const T* __restrict__ Ct = C + t * n;
-    const T* __restrict__ prev = states + t * n;
-    const T* __restrict__ cur = states + (t + 1) * n;
-    T* __restrict__ dBt = dB_acc + t * n;
-    T* __restrict__ dCt = dC_acc + t * n;
-    T sum_hB = T(0), sum_decay = T(0);
-#pragma omp simd reduction(+ : sum_hB, sum_decay)
-    for (int64_t k = 0; k < n; ++k) {
-      const T h = carry[k] + gyt * Ct[k];
-      dCt[k] += gyt * cur[k];
-      dBt[k] += h * drive;
-      sum_hB += h * Bt[k];
-      const T decay = scan_exp(step * A[k]);
-      const T q = h * prev[k] * decay;  // dLoss/d(dt_t A_k)
-      dA_acc[k] += q * step;
-      sum_decay += q * A[k];
-      carry[k] = decay * h;
-    }
-    ddelta[t] = sum_decay + sum_hB * u[t];  // dLoss/d dt_t; the chain to delta follows
-    du[t] = step * sum_hB;
-  }
-  const T* ddt = s.ddt.data();
-  T dD_acc = T(0), dbias_acc = T(0);
-  for (int64_t t = 0; t < L; ++t) {  // sequential: these sums must be reproducible
-    ddelta[t] *= ddt[t];
-    du[t] += gy[t] * Dc;
-    dD_acc += gy[t] * u[t];
-    dbias_acc += ddelta[t];
-  }
-  for (int64_t k = 0; k < n; ++k) g.dA_part[(b * a.channels + c) * n + k] = dA_acc[k];
-  g.dD_part[b * a.channels + c] = dD_acc;
-  g.dbias_part[b * a.channels + c] = dbias_acc;
 }
 
-template <typename T>
-ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                      const torch::Tensor& B, const torch::Tensor& C,
-                      const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& z,
-                      const c10::optional<torch::Tensor>& bias, bool softplus) {
-  ScanArgs<T> a;
-  a.u = u.data_ptr<T>();
-  a.delta = delta.data_ptr<T>();
-  a.A = A.data_ptr<T>();
-  a.B = B.data_ptr<T>();
-  a.C = C.data_ptr<T>();
-  a.D = D.has_value() ? D->data_ptr<T>() : nullptr;
-  a.z = z.has_value() ? z->data_ptr<T>() : nullptr;
-  a.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-  a.softplus = softplus;
-  a.batch = u.size(0);
-  a.channels = u.size(1);
-  a.length = u.size(2);
-  a.state = A.size(1);
-  a.groups = B.size(1);
-  return a;
+// Backward of one (b, direction k) task over every channel block: its blocks add their dB / dC
+// in order into the task's rows, so no partial sums leave the task.
+template <typename T, int NS>
+void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_t k, Scratch<T>& s) {
+  const bool saved = g.checkpoints != nullptr;
+  const int64_t n = NS > 0 ? NS : a.state;
+  const int64_t L = a.length;
+  T dA_fixed[NS > 0 ? NS * kLanes : 1];
+  std::vector<T> dA_heap(NS > 0 ? 0 : n * kLanes);
+  T* dA = NS > 0 ? dA_fixed : dA_heap.data();
+  gather_direction(a, b, k, s);
+  for (int64_t block = 0; block < a.blocks(); ++block) {
+    const int64_t c0 = block * kLanes;
+    const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
+    BlockConstants<T, NS> K(a, k, c0, valid);
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, g.dout);
+    const bool accumulate = block > 0;
+    T* checkpoints = saved ? g.checkpoints + checkpoint_offset(a, b, k, block) : s.checkpoints.data();
+    bool vectorised = false;
+#ifdef MAMBAAD_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (n % avx512::kBlock == 0) {
+        T* hB = s.gu.data();
+        T* qA = s.gdt.data();
+        avx512::backward(n, L, K.A_row(0), s.dt.data(), s.dtu.data(), s.gy.data(), s.Bs.data(), s.Cs.data(),
+                         accumulate, hB, qA, dA, s.dB_rows.data(), s.dC_rows.data(), checkpoints, saved,
+                         s.states.data(), s.decays.data());
+        const T* u = s.u.data();
+        const T* dt = s.dt.data();
+#pragma omp simd
+        for (int64_t i = 0; i < L * kLanes; ++i) {
+          qA[i] += hB[i] * u[i];  // dLoss/d dt_t, into gdt
+          hB[i] *= dt[i];         // dLoss/du_t through dt_t u_t, into gu
+        }
+        vectorised = true;
+      }
+    }
+#endif
+    if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA, checkpoints, saved);
+
+    // Chain to delta and the skip term, tokens in memory order (a fixed order: the per-channel
+    // sums are reproducible). With low-rank step sizes, dLoss/d factors goes to the task's dDs
+    // rows (the blocks add up in order) and the weight's gradient to dW.
+    T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
+    std::vector<T> dW(a.rank * kLanes, T(0));
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t row = s.step[l] * kLanes;
+      const T* gdt = s.gdt.data() + row;
+      const T* ddt = s.ddt.data() + row;
+      const T* gu = s.gu.data() + row;
+      const T* gy = s.gy.data() + row;
+      const T* u = s.u.data() + row;
+      T dd[kLanes], du_t[kLanes];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        dd[j] = gdt[j] * ddt[j];
+        du_t[j] = gu[j] + gy[j] * K.D[j];
+        dD_acc[j] += gy[j] * u[j];
+        dbias_acc[j] += dd[j];
+      }
+      if (a.rank) {
+        const T* factors = s.Ds.data() + s.step[l] * a.rank;
+        T* d_factors = s.dDs.data() + s.step[l] * a.rank;
+        for (int64_t r = 0; r < a.rank; ++r) {
+          const T* W = K.W.data() + r * kLanes;
+          T* dW_r = dW.data() + r * kLanes;
+          T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+          for (int j = 0; j < kLanes; ++j) {
+            acc += dd[j] * W[j];
+            dW_r[j] += dd[j] * factors[r];
+          }
+          d_factors[r] = block > 0 ? d_factors[r] + acc : acc;
+        }
+      } else {
+        std::memcpy(g.ddelta.at(b, l, k) + c0, dd, valid * sizeof(T));
+      }
+      std::memcpy(g.du.at(b, l, k) + c0, du_t, valid * sizeof(T));
+    }
+    for (int j = 0; j < valid; ++j) {
+      const int64_t row = (b * a.dirs + k) * a.channels + c0 + j;
+      for (int64_t st = 0; st < n; ++st) g.dA_part[row * n + st] = dA[st * kLanes + j];
+      g.dD_part[row] = dD_acc[j];
+      g.dbias_part[row] = dbias_acc[j];
+      for (int64_t r = 0; r < a.rank; ++r) g.dW_part[row * a.rank + r] = dW[r * kLanes + j];
+    }
+  }
+  // The direction's dB / dC (and low-rank factor) rows back to token order.
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t at = ((b * L + l) * a.dirs + k) * n;
+    std::memcpy(g.dB + at, s.dB_rows.data() + s.step[l] * n, n * sizeof(T));
+    std::memcpy(g.dC + at, s.dC_rows.data() + s.step[l] * n, n * sizeof(T));
+    if (a.rank) std::memcpy(g.ddelta.at(b, l, k), s.dDs.data() + s.step[l] * a.rank, a.rank * sizeof(T));
+  }
+}
+
+// Runs fn(task, scratch) for every task in [0, tasks) on torch's intra-op threads. Workers take
+// the next task from a shared counter, so a thread that the OS deschedules (another job on the
+// machine) holds up one task, not a fixed share of them. Results do not depend on which worker
+// runs which task.
+template <typename T, typename Fn>
+void for_each_task(int64_t tasks, int64_t length, int64_t state, int64_t rank, bool backward, Fn&& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    Scratch<T> scratch(length, state, rank, backward);
+    for (int64_t task = next.fetch_add(1); task < tasks; task = next.fetch_add(1)) fn(task, scratch);
+  });
 }
 
 // Runs `body<NS>()` with NS the compile-time state size when it is a common one.
@@ -309,155 +742,266 @@ void dispatch_state(int64_t n, Body&& body) {
     case 8: body(std::integral_constant<int, 8>()); break;
     case 16: body(std::integral_constant<int, 16>()); break;
     case 32: body(std::integral_constant<int, 32>()); break;
-    case 64: body(std::integral_constant<int, 64>()); break;
     default: body(std::integral_constant<int, 0>()); break;
   }
 }
 
-void check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                  const torch::Tensor& B, const torch::Tensor& C,
-                  const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& z,
-                  const c10::optional<torch::Tensor>& bias) {
+void check_operand(const torch::Tensor& x, const char* name, torch::ScalarType dtype, bool allow_shared,
+                   int64_t batch, int64_t length, int64_t dirs, int64_t inner) {
+  TORCH_CHECK(x.device().is_cpu(), "selective_scan_cpu: ", name, " must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == dtype, "selective_scan_cpu: ", name, " must have u's dtype");
+  const bool shared = allow_shared && x.dim() == 3;
+  TORCH_CHECK(shared || x.dim() == 4, "selective_scan_cpu: ", name, " must be (b, L, K, inner)",
+              allow_shared ? " or (b, L, inner)" : "");
+  const std::vector<int64_t> expected = shared ? std::vector<int64_t>{batch, length, inner}
+                                               : std::vector<int64_t>{batch, length, dirs, inner};
+  TORCH_CHECK(x.sizes().vec() == expected, "selective_scan_cpu: ", name, " has shape ", x.sizes(),
+              ", expected ", c10::IntArrayRef(expected));
+  TORCH_CHECK(x.stride(-1) == 1 || inner == 1, "selective_scan_cpu: ", name, " needs unit stride in its last dim");
+}
+
+void check_vector(const c10::optional<torch::Tensor>& x, const char* name, torch::ScalarType dtype, int64_t size) {
+  if (!x.has_value()) return;
+  TORCH_CHECK(x->device().is_cpu() && x->scalar_type() == dtype && x->is_contiguous() && x->dim() == 1 &&
+                  x->size(0) == size,
+              "selective_scan_cpu: ", name, " must be a contiguous (K*d,) CPU tensor of u's dtype");
+}
+
+// Shapes (b, L, K, d, n) of a call, after checking every input.
+// Shapes (b, L, K, d, n, r) of a call (r = 0 without dt_weight), after checking every input.
+std::vector<int64_t> check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                  const torch::Tensor& B, const torch::Tensor& C,
+                                  const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& bias,
+                                  const c10::optional<torch::Tensor>& dt_weight,
+                                  const c10::optional<torch::Tensor>& order) {
   const auto dtype = u.scalar_type();
   TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64,
               "selective_scan_cpu: u must be float32 or float64, got ", dtype);
-  std::vector<torch::Tensor> all = {u, delta, A, B, C};
-  for (const auto* opt : {&D, &z, &bias})
-    if (opt->has_value()) all.push_back(opt->value());
-  for (const auto& tensor : all) {
-    TORCH_CHECK(tensor.device().is_cpu(), "selective_scan_cpu: every tensor must be on the CPU");
-    TORCH_CHECK(tensor.scalar_type() == dtype, "selective_scan_cpu: every tensor must have u's dtype");
-    TORCH_CHECK(tensor.is_contiguous(), "selective_scan_cpu: tensors must be contiguous");
+  TORCH_CHECK(delta.dim() == 4, "selective_scan_cpu: delta must be (b, L, K, d) or, with dt_weight, (b, L, K, r)");
+  TORCH_CHECK(u.dim() == 3 || u.dim() == 4, "selective_scan_cpu: u must be (b, L, d) or (b, L, K, d)");
+  const int64_t batch = delta.size(0), length = delta.size(1), dirs = delta.size(2), channels = u.size(-1);
+  const int64_t rank = dt_weight.has_value() ? delta.size(3) : 0;
+  if (dt_weight.has_value()) {
+    TORCH_CHECK(dt_weight->dim() == 3 && dt_weight->size(0) == dirs && dt_weight->size(1) == channels &&
+                    dt_weight->size(2) == rank && dt_weight->is_contiguous() && dt_weight->scalar_type() == dtype &&
+                    dt_weight->device().is_cpu(),
+                "selective_scan_cpu: dt_weight must be a contiguous (K, d, r) CPU tensor of u's dtype");
   }
-  TORCH_CHECK(B.dim() == 4 && C.dim() == 4 && B.size(2) == u.size(2) && B.size(3) == A.size(1),
-              "selective_scan_cpu: B and C must be (b, g, L, n)");
-  TORCH_CHECK(u.size(1) % B.size(1) == 0, "selective_scan_cpu: groups must divide channels");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dirs * channels && A.is_contiguous() && A.scalar_type() == dtype,
+              "selective_scan_cpu: A must be a contiguous (K*d, n) tensor of u's dtype");
+  const int64_t state = A.size(1);
+  check_operand(u, "u", dtype, true, batch, length, dirs, channels);
+  check_operand(delta, "delta", dtype, false, batch, length, dirs, rank ? rank : channels);
+  check_operand(B, "B", dtype, false, batch, length, dirs, state);
+  check_operand(C, "C", dtype, false, batch, length, dirs, state);
+  check_vector(D, "D", dtype, dirs * channels);
+  check_vector(bias, "delta_bias", dtype, dirs * channels);
+  if (order.has_value()) {
+    TORCH_CHECK(order->scalar_type() == torch::kInt64 && order->is_contiguous() && order->dim() == 2 &&
+                    order->size(0) == dirs && order->size(1) == length,
+                "selective_scan_cpu: order must be a contiguous int64 (K, L) tensor");
+    // Every direction must visit every token once: outputs and dB / dC rows are written, not summed.
+    const int64_t* index = order->data_ptr<int64_t>();
+    std::vector<char> seen(length);
+    for (int64_t k = 0; k < dirs; ++k) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int64_t t = 0; t < length; ++t) {
+        const int64_t l = index[k * length + t];
+        TORCH_CHECK(l >= 0 && l < length && !seen[l], "selective_scan_cpu: order row ", k,
+                    " is not a permutation of 0..L-1");
+        seen[l] = 1;
+      }
+    }
+  }
+  return {batch, length, dirs, channels, state, rank};
 }
 
-torch::Tensor scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                           const torch::Tensor& B, const torch::Tensor& C,
-                           const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& z,
-                           const c10::optional<torch::Tensor>& bias, bool softplus) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
-  auto out = torch::empty_like(u);
+template <typename T>
+ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                      const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
+                      const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& dt_weight,
+                      const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
+                      const std::vector<int64_t>& shape) {
+  ScanArgs<T> a;
+  a.u = operand<T>(u);
+  a.delta = operand<T>(delta);
+  a.dt_weight = dt_weight.has_value() ? dt_weight->data_ptr<T>() : nullptr;
+  a.rank = shape[5];
+  a.B = operand<T>(B);
+  a.C = operand<T>(C);
+  a.A = A.data_ptr<T>();
+  a.D = D.has_value() ? D->data_ptr<T>() : nullptr;
+  a.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  a.order = order.has_value() ? order->data_ptr<int64_t>() : nullptr;
+  a.softplus = softplus;
+  a.summed = summed;
+  a.shared_u = u.dim() == 3;
+  a.batch = shape[0];
+  a.length = shape[1];
+  a.dirs = shape[2];
+  a.channels = shape[3];
+  a.state = shape[4];
+  return a;
+}
+
+// du[b, l, :] = sum over k of parts[b, l, k, :], k in order.
+template <typename T>
+void sum_directions(const T* parts, const Operand<T>& du, int64_t batch, int64_t length, int64_t dirs,
+                    int64_t channels) {
+  at::parallel_for(0, batch * length, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bl = begin; bl < end; ++bl) {
+      T* row = du.at(bl / length, bl % length, 0);
+      const T* part = parts + bl * dirs * channels;
+      std::memcpy(row, part, channels * sizeof(T));
+      for (int64_t k = 1; k < dirs; ++k) {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) row[c] += part[k * channels + c];
+      }
+    }
+  });
+}
+
+// Returns out and, with save_checkpoints, the states entering every chunk for the backward
+// ((b, K, blocks, L / kChunk, n, kLanes); an empty tensor otherwise).
+std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                        const torch::Tensor& B, const torch::Tensor& C,
+                                        const c10::optional<torch::Tensor>& D, const c10::optional<torch::Tensor>& bias,
+                                        const c10::optional<torch::Tensor>& dt_weight,
+                                        const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
+                                        bool save_checkpoints) {
+  const auto shape = check_inputs(u, delta, A, B, C, D, bias, dt_weight, order);
+  const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
+  auto out = summed ? torch::empty({batch, length, channels}, u.options())
+                    : torch::empty({batch, length, dirs, channels}, u.options());
+  const int64_t blocks = (channels + kLanes - 1) / kLanes, chunks = (length + kChunk - 1) / kChunk;
+  auto checkpoints = save_checkpoints ? torch::empty({batch, dirs, blocks, chunks, state, kLanes}, u.options())
+                                      : torch::empty({0}, u.options());
+  if (out.numel() == 0 || state == 0) return {out.zero_(), checkpoints.zero_()};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
-    const auto args = make_args<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    const auto args = make_args<scalar_t>(u, delta, A, B, C, D, bias, dt_weight, order, softplus, summed, shape);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    scalar_t* cp = save_checkpoints ? checkpoints.data_ptr<scalar_t>() : nullptr;
     dispatch_state(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
-      at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(2 * args.length);
-        for (int64_t task = begin; task < end; ++task)
-          forward_sequence<scalar_t, NS>(args, task / args.channels, task % args.channels, out_ptr,
-                                         scratch.data());
+      for_each_task<scalar_t>(batch * blocks, length, args.state, args.rank, false,
+                              [&](int64_t task, Scratch<scalar_t>& s) {
+        forward_task<scalar_t, NS>(args, task / blocks, task % blocks, out_ptr, cp, s);
       });
     });
   });
-  return out;
+  return {out, checkpoints};
 }
 
-// Returns du, ddelta, dA, dB (b, g, L, n), dC (b, g, L, n), dD, ddelta_bias, dz; the optional
-// ones are undefined tensors when their input is absent.
-std::vector<torch::Tensor> scan_backward(
-    const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-    const torch::Tensor& B, const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
-    const c10::optional<torch::Tensor>& z, const c10::optional<torch::Tensor>& bias, bool softplus,
-    const torch::Tensor& dout) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
-  TORCH_CHECK(dout.sizes() == u.sizes() && dout.scalar_type() == u.scalar_type() && dout.is_contiguous(),
-              "selective_scan_cpu: dout must be a contiguous tensor like u");
-  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2);
-  const int64_t state = A.size(1), groups = B.size(1);
-  const int64_t per_group = channels / groups;
-  const int64_t blocks = (per_group + kBackwardChannelBlock - 1) / kBackwardChannelBlock;
-
-  auto du = torch::empty_like(u);
-  auto ddelta = torch::empty_like(u);
-  auto dz = z.has_value() ? torch::empty_like(u) : torch::Tensor();
+// Returns du (like u), ddelta (like delta), dA, dB (b, L, K, n), dC, dD, ddelta_bias, ddt_weight;
+// the optional ones are undefined tensors when their input is absent.
+std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                         const torch::Tensor& B, const torch::Tensor& C,
+                                         const c10::optional<torch::Tensor>& D,
+                                         const c10::optional<torch::Tensor>& bias,
+                                         const c10::optional<torch::Tensor>& dt_weight,
+                                         const c10::optional<torch::Tensor>& order, bool softplus, bool summed,
+                                         const c10::optional<torch::Tensor>& checkpoints, const torch::Tensor& dout) {
+  const auto shape = check_inputs(u, delta, A, B, C, D, bias, dt_weight, order);
+  const int64_t batch = shape[0], length = shape[1], dirs = shape[2], channels = shape[3], state = shape[4];
+  const int64_t rank = shape[5];
+  const int64_t blocks = (channels + kLanes - 1) / kLanes, chunks = (length + kChunk - 1) / kChunk;
+  const bool saved = checkpoints.has_value() && checkpoints->numel() > 0;
+  TORCH_CHECK(!saved || (checkpoints->sizes().vec() == std::vector<int64_t>{batch, dirs, blocks, chunks, state, kLanes} &&
+                         checkpoints->is_contiguous() && checkpoints->scalar_type() == u.scalar_type()),
+              "selective_scan_cpu: checkpoints must be the forward's");
+  const std::vector<int64_t> out_shape = summed ? std::vector<int64_t>{batch, length, channels}
+                                                : std::vector<int64_t>{batch, length, dirs, channels};
+  TORCH_CHECK(dout.sizes().vec() == out_shape && dout.scalar_type() == u.scalar_type() && dout.is_contiguous(),
+              "selective_scan_cpu: dout must be a contiguous tensor shaped like the output");
   auto options = u.options();
-  auto dA_part = torch::empty({batch, channels, state}, options);
-  auto dD_part = torch::empty({batch, channels}, options);
-  auto dbias_part = torch::empty({batch, channels}, options);
-  auto dB_part = torch::empty({batch, groups, blocks, length, state}, options);
-  auto dC_part = torch::empty({batch, groups, blocks, length, state}, options);
+  // Gradients keep their inputs' strides where those are dense (e.g. delta from an einsum), so that
+  // the ops that consume them need no copy.
+  auto du = u.is_non_overlapping_and_dense() ? torch::empty_like(u) : torch::empty(u.sizes(), options);
+  auto ddelta = delta.is_non_overlapping_and_dense() ? torch::empty_like(delta) : torch::empty(delta.sizes(), options);
+  // A shared u gets one gradient per direction first, summed over directions in a fixed order below.
+  const bool shared_u = u.dim() == 3;
+  auto du_dirs = shared_u ? torch::empty({batch, length, dirs, channels}, options) : du;
+  auto dA_part = torch::empty({batch, dirs * channels, state}, options);
+  auto dD_part = torch::empty({batch, dirs * channels}, options);
+  auto dbias_part = torch::empty({batch, dirs * channels}, options);
   auto dA = torch::empty_like(A);
-  auto dB = torch::empty_like(B);
-  auto dC = torch::empty_like(C);
-  auto dD = torch::empty({channels}, options);
-  auto dbias = torch::empty({channels}, options);
-
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    using T = scalar_t;
-    const auto args = make_args<T>(u, delta, A, B, C, D, z, bias, softplus);
-    GradArgs<T> grads{dout.data_ptr<T>(), du.data_ptr<T>(), ddelta.data_ptr<T>(),
-                      z.has_value() ? dz.data_ptr<T>() : nullptr, dA_part.data_ptr<T>(),
-                      dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB_part.data_ptr<T>(),
-                      dC_part.data_ptr<T>()};
-    const int64_t plane = length * state;
-    dispatch_state(state, [&](auto ns) {
-      constexpr int NS = decltype(ns)::value;
-      // One task = (batch, group, block of channels); its dB / dC partial is its own plane.
-      at::parallel_for(0, batch * groups * blocks, 1, [&](int64_t begin, int64_t end) {
-        BackwardScratch<T> scratch(length, state);
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t b = task / (groups * blocks);
-          const int64_t group = (task / blocks) % groups;
-          const int64_t block = task % blocks;
-          T* dB_acc = grads.dB_part + task * plane;
-          T* dC_acc = grads.dC_part + task * plane;
-          std::fill(dB_acc, dB_acc + plane, T(0));
-          std::fill(dC_acc, dC_acc + plane, T(0));
-          const int64_t first = group * per_group + block * kBackwardChannelBlock;
-          const int64_t last = std::min(first + kBackwardChannelBlock, (group + 1) * per_group);
-          for (int64_t c = first; c < last; ++c)
-            backward_sequence<T, NS>(args, grads, b, c, dB_acc, dC_acc, scratch);
-        }
+  auto dB = torch::empty({batch, length, dirs, state}, options);
+  auto dC = torch::empty({batch, length, dirs, state}, options);
+  auto dD = torch::empty({dirs * channels}, options);
+  auto dbias = torch::empty({dirs * channels}, options);
+  auto dW_part = torch::empty({batch, dirs * channels, rank}, options);
+  auto dW = torch::empty({dirs, channels, rank}, options);
+  if (du.numel() == 0 || state == 0) {
+    for (auto* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dbias, &dW}) t->zero_();
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+      using T = scalar_t;
+      const auto args = make_args<T>(u, delta, A, B, C, D, bias, dt_weight, order, softplus, summed, shape);
+      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du_dirs), operand<T>(ddelta), dW_part.data_ptr<T>(),
+                        dA_part.data_ptr<T>(), dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(),
+                        dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr};
+      dispatch_state(state, [&](auto ns) {
+        constexpr int NS = decltype(ns)::value;
+        for_each_task<T>(batch * dirs, length, state, rank, true, [&](int64_t task, Scratch<T>& s) {
+          backward_task<T, NS>(args, grads, task / dirs, task % dirs, s);
+        });
       });
-    });
-
-    // Fixed-order reductions: blocks for dB / dC, batch for dA / dD / ddelta_bias.
-    T* dB_out = dB.data_ptr<T>();
-    T* dC_out = dC.data_ptr<T>();
-    at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bg = begin; bg < end; ++bg) {
-        for (int64_t i = 0; i < plane; ++i) {
-          T sb = T(0), sc = T(0);
-          for (int64_t block = 0; block < blocks; ++block) {
-            sb += grads.dB_part[(bg * blocks + block) * plane + i];
-            sc += grads.dC_part[(bg * blocks + block) * plane + i];
-          }
-          dB_out[bg * plane + i] = sb;
-          dC_out[bg * plane + i] = sc;
+      // Fixed-order reductions: directions for a shared u, the batch for dA / dD / ddelta_bias.
+      if (shared_u) sum_directions(du_dirs.data_ptr<T>(), operand<T>(du), batch, length, dirs, channels);
+      const int64_t rows = dirs * channels;
+      T* dA_out = dA.data_ptr<T>();
+      T* dD_out = dD.data_ptr<T>();
+      T* dbias_out = dbias.data_ptr<T>();
+      for (int64_t i = 0; i < rows * state; ++i) {
+        T acc = T(0);
+        for (int64_t b = 0; b < batch; ++b) acc += grads.dA_part[b * rows * state + i];
+        dA_out[i] = acc;
+      }
+      T* dW_out = dW.data_ptr<T>();
+      for (int64_t i = 0; i < rows * rank; ++i) {
+        T acc = T(0);
+        for (int64_t b = 0; b < batch; ++b) acc += grads.dW_part[b * rows * rank + i];
+        dW_out[i] = acc;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        T sd = T(0), sbias = T(0);
+        for (int64_t b = 0; b < batch; ++b) {
+          sd += grads.dD_part[b * rows + r];
+          sbias += grads.dbias_part[b * rows + r];
         }
+        dD_out[r] = sd;
+        dbias_out[r] = sbias;
       }
     });
-    T* dA_out = dA.data_ptr<T>();
-    T* dD_out = dD.data_ptr<T>();
-    T* dbias_out = dbias.data_ptr<T>();
-    for (int64_t i = 0; i < channels * state; ++i) {
-      T s = T(0);
-      for (int64_t b = 0; b < batch; ++b) s += grads.dA_part[b * channels * state + i];
-      dA_out[i] = s;
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      T sd = T(0), sbias = T(0);
-      for (int64_t b = 0; b < batch; ++b) {
-        sd += grads.dD_part[b * channels + c];
-        sbias += grads.dbias_part[b * channels + c];
-      }
-      dD_out[c] = sd;
-      dbias_out[c] = sbias;
-    }
-  });
-  return {du, ddelta, dA, dB, dC,
-          D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor(), dz};
+  }
+  return {du, ddelta, dA, dB, dC, D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor(),
+          dt_weight.has_value() ? dW : torch::Tensor()};
 }
 
 }  // namespace
 
+// instance_norm_silu_cpu.cpp: silu(instance_norm(x)) on a channels-last (b, C, H, W) map; the
+// forward returns y, mean (b, C), rstd (b, C), the backward dLoss/dx.
+std::vector<torch::Tensor> instance_norm_silu_forward(const torch::Tensor& x, double eps);
+torch::Tensor instance_norm_silu_backward(const torch::Tensor& grad, const torch::Tensor& x,
+                                          const torch::Tensor& mean, const torch::Tensor& rstd);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused selective scan (Mamba S6) for CPU tensors";
-  m.def("forward", &scan_forward, "selective scan forward: u, delta, A, B, C, D, z, delta_bias, softplus");
+  m.doc() = "MambaAD's CPU kernels: the fused selective scan (token-major, optional scan orders) and "
+            "InstanceNorm + SiLU on channels-last maps";
+  m.def("forward", &scan_forward,
+        "selective scan forward: u, delta, A, B, C, D, delta_bias, dt_weight, order, softplus, summed, "
+        "save_checkpoints -> out, checkpoints");
   m.def("backward", &scan_backward,
-        "selective scan backward: u, delta, A, B, C, D, z, delta_bias, softplus, dout");
+        "selective scan backward: u, delta, A, B, C, D, delta_bias, dt_weight, order, softplus, summed, "
+        "checkpoints, dout");
+  m.def("has_avx512", []() {
+#ifdef MAMBAAD_AVX512
+    return true;
+#else
+    return false;
+#endif
+  }, "whether this build has the hand-vectorised AVX-512 recurrences (else the portable loops)");
+  m.def("instance_norm_silu_forward", &instance_norm_silu_forward, "silu(instance_norm(x)): x, eps -> y, mean, rstd");
+  m.def("instance_norm_silu_backward", &instance_norm_silu_backward, "grad, x, mean, rstd -> dx");
 }
