@@ -283,20 +283,42 @@ def tiny_dataset(tmp_path_factory):
     return root
 
 
+def test_smoke_training_ranks_las_defects_above_normal(tiny_dataset):
+    # The inversion of the earlier version: with patch labels "more than half of the cell" and
+    # the focal loss averaged over all LAS patches, most defect-touched cells were taught as
+    # normal and the trained discriminator scored LAS defects *below* normal patches (0.05 vs
+    # 0.41 here). Any-pixel labels and the hardest-half focal loss (the release) fix it.
+    from mambaad_lib.data import AnomalyDataset
+
+    train = AnomalyDataset(tiny_dataset, "tiny", "train", classes=["brick"], image_size=64, crop_size=64)
+    images = torch.stack([train[i]["image"] for i in range(len(train))])  # (4, 3, 64, 64)
+    torch.manual_seed(0)
+    method = prepared_method(images, epochs=20)
+    for _ in range(20):
+        method.training_step(images)
+    las_images, masks = method.las(images, np.random.default_rng(100), None)  # fresh LAS, whole images
+    method.train(False)
+    las_scores, normal_scores = method.net.patch_scores(las_images), method.net.patch_scores(images)
+    defect = F.adaptive_max_pool2d(masks, las_scores.shape[-2:])[:, 0] > 0.5  # cells with a defect pixel
+    assert defect.any()
+    assert las_scores[defect].mean() > normal_scores.mean()
+
+
 @pytest.mark.slow
-def test_smoke_run_writes_results_with_finite_metrics(tiny_dataset, tmp_path, registered):
+@pytest.mark.parametrize("classes", [["brick"], ["brick", "coin"]], ids=["one_class", "unified"])
+def test_smoke_run_writes_results_with_finite_metrics(tiny_dataset, tmp_path, registered, classes):
     from mambaad_lib.engine import runner
     from mambaad_lib.engine.evaluate import predict_dataset
 
     config = load_config(None, base={
         "experiment": "glass_smoke", "profile": "test", "method": "glass", "seed": 0, "device": "cpu",
-        "data": {"root": str(tiny_dataset), "name": "tiny", "image_size": 64, "classes": ["brick"]},
+        "data": {"root": str(tiny_dataset), "name": "tiny", "image_size": 64, "classes": classes},
         "model": SMALL, "train": {"epochs": 2, "batch_size": 4, "checkpoint_every": 1},
         "eval": {"batch_size": 8, "num_examples": 1},
         "paths": {"results_dir": str(tmp_path / "results"), "runs_dir": str(tmp_path / "runs")}})
     outcome = runner.train(config, progress=False)
     record = json.loads(outcome.results_file.read_text())
-    assert record["method"] == "glass" and record["training"]["steps"] == 2
+    assert record["method"] == "glass" and record["training"]["steps"] == 2 * len(classes)
     for protocol in ("standard", "ader"):
         mean = record["metrics"][protocol]["mean"]
         assert all(mean[key] is not None and 0.0 <= mean[key] <= 1.0 for key in ("i_auroc", "p_auroc", "p_aupro"))

@@ -303,12 +303,20 @@ class GLASSMethod(AnomalyMethod):
                 self.center = self.net.adaptor(self.feature_mean.to(self.device))  # (h*w, D)
         return self.center.repeat(n_images, 1)
 
+    def _warn_about_unused_options(self, foregrounds: Tensor | None) -> None:
+        """Say so when a configured option cannot take effect (logged at the first step)."""
+        if self.class_names is None and self.config.distribution == "table":
+            logger.warning("GLASS: class names were not set (set_class_names); distribution 'table' uses "
+                           "distribution_default=%s", self.config.distribution_default)
+        if foregrounds is None and self.config.foreground_dir is not None:
+            logger.warning("GLASS: model.foreground_dir is set but no foreground masks were handed to "
+                           "training_step; LAS uses the '%s' rule", self.config.foreground)
+
     def loss(self, images: Tensor, foregrounds: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """GLASS loss on normal images (B, 3, H, W) and its terms; ``foregrounds`` (B, 1, H, W)
         restrict the LAS masks (default: ``model.foreground``'s rule)."""
-        if self.class_names is None and self.config.distribution == "table" and self.step == 0:
-            logger.warning("GLASS: class names were not set (set_class_names); distribution 'table' uses "
-                           "distribution_default=%s", self.config.distribution_default)
+        if self.step == 0:
+            self._warn_about_unused_options(foregrounds)
         cpu_images = images.detach().cpu()
         if foregrounds is None:
             foregrounds = self._foregrounds(denormalize(cpu_images))
