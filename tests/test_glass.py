@@ -284,10 +284,11 @@ def tiny_dataset(tmp_path_factory):
 
 
 def test_smoke_training_ranks_las_defects_above_normal(tiny_dataset):
-    # The inversion of the earlier version: with patch labels "more than half of the cell" and
-    # the focal loss averaged over all LAS patches, most defect-touched cells were taught as
-    # normal and the trained discriminator scored LAS defects *below* normal patches (0.05 vs
-    # 0.41 here). Any-pixel labels and the hardest-half focal loss (the release) fix it.
+    # The inversion of the earlier version: with patch labels "more than half of the cell" most
+    # defect-touched cells were taught as normal, and one discriminator pass over [normal, GAS,
+    # LAS] (ascent in eval mode) searched GAS on another function than the trained one; the
+    # trained discriminator scored LAS defects *below* normal patches (0.05 vs 0.41 here). The
+    # release's any-pixel labels and separate passes (methods/glass.py docstring) fix it.
     from mambaad_lib.data import AnomalyDataset
 
     train = AnomalyDataset(tiny_dataset, "tiny", "train", classes=["brick"], image_size=64, crop_size=64)

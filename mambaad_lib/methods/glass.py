@@ -22,17 +22,25 @@ One training step on a batch of normal images (B, 3, H, W), as the release's
    0.01) the discriminator at twice the learning rate.
 
 Why the earlier version inverted (discriminator lower on LAS defects than on normal
-patches): it labelled a patch defective only when more than half of its cell was covered and
-averaged the focal loss over all LAS patches. On the synthetic demo only about 2% of LAS
-cells passed that rule while about 15% contain defect pixels, so some 85% of the defect-touched
-cells -- and with them the whole LAS image, whose texture also leaks into neighbouring cells
-through the 3x3 descriptor -- were taught as *normal*, and this large, easily separable set
-dominated the averaged focal term. Clean normal patches, which the discriminator cannot push
-far from their GAS neighbours (label 1), stayed near 0.4, while everything that looked like a
-LAS image was driven towards 0: LAS defect cells ended below normal ones. Any-pixel labels
-and the hardest-half selection (both the release's) teach the defect cells as anomalous and
-balance the term; ``tests/test_glass.py::test_smoke_training_ranks_las_defects_above_normal``
-fails with the old rule and passes with the release's.
+patches). Two departures from the release, each enough to invert it on its own:
+
+- *Patch labels.* A patch was labelled defective only when more than half of its cell was
+  covered. Perlin defects are thin: on the synthetic demo about 2% of LAS cells passed that
+  rule while 15-20% contain defect pixels, so most defect-touched cells (and, through the 3x3
+  descriptor, their neighbours) were taught as *normal*. LAS-looking features were pushed
+  below clean normal patches, which the discriminator cannot push far down without also
+  pushing down their GAS neighbours (label 1).
+- *One pass over [normal, GAS, LAS].* The discriminator scored all three sets in one
+  BatchNorm batch, and the gradient ascent read it in eval mode (running statistics), so GAS
+  was searched on a different function from the one being trained.
+
+Measured at smoke size (4 brick images, 64 px, 20 steps, 6 seeds), mean of (output on LAS
+defect cells - output on normal cells): earlier code -0.16 (inverted on 6/6 seeds); with only
+the any-pixel labels -0.00 (2/6 still inverted); the release's step +0.11 (0/6); the
+release's step with the old labels -0.02 (3/6), with the old single pass -0.02 (3/6). The
+hardest-half selection, the descriptor and the augmentation list do not change the sign.
+``tests/test_glass.py::test_smoke_training_ranks_las_defects_above_normal`` fails on the
+earlier code and passes now.
 
 The release keeps the best of its 640 epochs by image+pixel AUROC on the test set; the engine
 evaluates the final model instead (never select on the test set). GLASS trains one model per
