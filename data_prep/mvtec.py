@@ -20,10 +20,11 @@ MVTEC_CLASSES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "le
 
 
 def convert(src: str | os.PathLike, root: str | os.PathLike, name: str = "mvtec", link: bool = False,
-            dry_run: bool = False, mask_mode: str = "binary") -> dict:
+            dry_run: bool = False, mask_mode: str = "binary", missing_mask: str = "error") -> dict:
     """Convert MVTec-AD at ``src`` into ``ROOT/<name>``; returns the counts per class and split."""
     entries = list_mvtec_layout(src, mask_suffixes=("_mask",))
-    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode)
+    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode,
+                           missing_mask=missing_mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,13 +13,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.common import (ConversionError, Entry, convert_entries, converter_parser, list_images,
-                              require_dir, run_converter)
+from data_prep.common import (VALIDATION_MODES, ConversionError, Entry, add_validation_option, convert_entries,
+                              converter_parser, list_images, normal_train_entries, require_dir, run_converter)
 from mambaad_lib.data.meta import NORMAL_SPECIE
 
 __all__ = ["VALIDATION_MODES", "list_mvtec3d", "convert", "main"]
-
-VALIDATION_MODES = ("ignore", "merge")
 
 
 def _rgb_images(specie_dir: Path) -> list[Path]:
@@ -39,12 +37,10 @@ def list_mvtec3d(src: str | os.PathLike, validation: str = "ignore") -> list[Ent
         raise ConversionError(f"no class folders (with train/ inside) under {str(src)!r}")
     entries = []
     for cls_dir in classes:
-        train_sources = [("train", "")] + ([("validation", "val_")] if validation == "merge" else [])
-        for folder, prefix in train_sources:
-            good = cls_dir / folder / NORMAL_SPECIE
-            if good.is_dir():
-                entries += [Entry(cls_dir.name, "train", NORMAL_SPECIE, image, target_name=prefix + image.name)
-                            for image in _rgb_images(good)]
+        train, validation_good = cls_dir / "train" / NORMAL_SPECIE, cls_dir / "validation" / NORMAL_SPECIE
+        entries += normal_train_entries(
+            cls_dir.name, _rgb_images(train) if train.is_dir() else [],
+            _rgb_images(validation_good) if validation == "merge" and validation_good.is_dir() else [], validation)
         test = cls_dir / "test"
         if not test.is_dir():
             continue
@@ -59,16 +55,17 @@ def list_mvtec3d(src: str | os.PathLike, validation: str = "ignore") -> list[Ent
 
 
 def convert(src: str | os.PathLike, root: str | os.PathLike, name: str = "mvtec3d", link: bool = False,
-            dry_run: bool = False, mask_mode: str = "binary", validation: str = "ignore") -> dict:
+            dry_run: bool = False, mask_mode: str = "binary", missing_mask: str = "error",
+            validation: str = "ignore") -> dict:
     """Convert MVTec-3D-AD (RGB) at ``src`` into ``ROOT/<name>``; returns the counts."""
     entries = list_mvtec3d(src, validation)
-    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode)
+    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode,
+                           missing_mask=missing_mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = converter_parser("mvtec3d", __doc__.splitlines()[0], default_name="mvtec3d")
-    parser.add_argument("--validation", choices=VALIDATION_MODES, default="ignore",
-                        help="what to do with validation/good: ignore it or merge it into train")
+    add_validation_option(parser)
     return run_converter(convert, parser, argv, extra=lambda args: {"validation": args.validation})
 
 

@@ -23,14 +23,14 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
-from data_prep.common import ConversionError, Entry, convert_entries, converter_parser, require_dir, run_converter
+from data_prep.common import (MISSING_MASK_HINT, MISSING_MASK_MODES, ConversionError, Entry, convert_entries,
+                              converter_parser, require_dir, run_converter)
 from mambaad_lib.data.meta import NORMAL_SPECIE, SPLITS
 
-__all__ = ["IMAGE_ROOT_CANDIDATES", "MISSING_MASK_MODES", "list_realiad", "convert", "main"]
+__all__ = ["IMAGE_ROOT_CANDIDATES", "list_realiad", "convert", "main"]
 
 IMAGE_ROOT_CANDIDATES = ("realiad_1024", "realiad_512", "realiad_256", "realiad_raw")
 DEFAULT_JSON_DIR = "realiad_jsons_sv"
-MISSING_MASK_MODES = ("error", "skip")
 IMAGE_KEYS = ("image_path", "img_path", "image")
 MASK_KEYS = ("mask_path", "mask")
 ANOMALY_KEYS = ("anomaly_class", "defect_type", "anomaly_type")
@@ -60,20 +60,25 @@ def _resolve(relative: str, bases: Sequence[Path]) -> Path | None:
     return None
 
 
-def _entries_of_json(path: Path, image_root: Path, missing_mask: str,
-                     problems: list[str]) -> tuple[list[Entry], int]:
-    """Entries of one class JSON; appends problems; returns the entries and the number skipped."""
+def _entries_of_json(path: Path, image_root: Path, missing_mask: str, problems: list[str],
+                     missing: list[str]) -> list[Entry]:
+    """Entries of one class JSON; appends problems.
+
+    An anomalous item whose mask is absent (no path, or a path to no file) goes to
+    ``missing``, naming the JSON item, under ``missing_mask="error"``; otherwise it is an
+    entry without a mask that :func:`~data_prep.common.convert_entries` skips or keeps.
+    """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         problems.append(f"{path}: not readable JSON ({error})")
-        return [], 0
+        return []
     if not isinstance(document, dict) or not all(isinstance(document.get(s), list) for s in SPLITS):
         problems.append(f"{path}: expected an object with 'train' and 'test' lists")
-        return [], 0
+        return []
     meta = document.get("meta") if isinstance(document.get("meta"), dict) else {}
     normal_names = NORMAL_NAMES | {str(meta.get("normal_class", "OK")).lower()}
-    entries, skipped = [], 0
+    entries = []
     for split in SPLITS:
         for index, item in enumerate(document[split]):
             where = f"{path} {split}[{index}]"
@@ -101,22 +106,20 @@ def _entries_of_json(path: Path, image_root: Path, missing_mask: str,
             mask = None
             if specie != NORMAL_SPECIE:
                 mask = _resolve(str(mask_rel), bases) if mask_rel is not None else None
-                if mask is None and missing_mask == "skip":
-                    skipped += 1
-                    continue
-                if mask is None:
-                    problems.append(f"{where}: anomalous image {image_rel!r} has no mask "
+                if mask is None and missing_mask == "error":
+                    missing.append(f"{where}: anomalous image {image_rel!r} has no mask "
                                     f"({'path ' + repr(mask_rel) + ' not found' if mask_rel else 'no mask path'})")
                     continue
             entries.append(Entry(cls_name, split, specie, image, mask))
-    return entries, skipped
+    return entries
 
 
 def list_realiad(src: str | os.PathLike, json_dir: str | os.PathLike | None = None,
                  image_root: str | os.PathLike | None = None, missing_mask: str = "error") -> list[Entry]:
     """Entries of every class JSON in ``json_dir`` (relative paths are taken under ``src``).
 
-    ``missing_mask="skip"`` drops anomalous items without a mask instead of failing.
+    ``missing_mask="error"`` reports anomalous items without a mask by their JSON item;
+    otherwise they are listed without a mask, for ``convert_entries`` to skip or keep.
     """
     if missing_mask not in MISSING_MASK_MODES:
         raise ValueError(f"missing_mask must be one of {MISSING_MASK_MODES}, got {missing_mask!r}")
@@ -126,24 +129,23 @@ def list_realiad(src: str | os.PathLike, json_dir: str | os.PathLike | None = No
     json_files = sorted(json_folder.glob("*.json"))
     if not json_files:
         raise ConversionError(f"no *.json split files in {str(json_folder)!r}")
-    entries, problems, skipped = [], [], 0
+    entries, problems, missing = [], [], []
     for path in json_files:
-        found, dropped = _entries_of_json(path, images, missing_mask, problems)
-        entries += found
-        skipped += dropped
-    if problems:
-        raise ConversionError(f"{len(problems)} problem(s) in the split files:\n  " + "\n  ".join(problems[:50]))
-    if skipped:
-        print(f"skipped {skipped} anomalous image(s) without a mask")
+        entries += _entries_of_json(path, images, missing_mask, problems, missing)
+    if problems or missing:
+        listed = "\n  ".join((problems + missing)[:50])
+        raise ConversionError(f"{len(problems) + len(missing)} problem(s) in the split files:\n  {listed}"
+                              + (MISSING_MASK_HINT if missing else ""))
     return entries
 
 
 def convert(src: str | os.PathLike, root: str | os.PathLike, name: str = "realiad", link: bool = False,
-            dry_run: bool = False, mask_mode: str = "binary", json_dir: str | None = None,
-            image_root: str | None = None, missing_mask: str = "error") -> dict:
+            dry_run: bool = False, mask_mode: str = "binary", missing_mask: str = "error",
+            json_dir: str | None = None, image_root: str | None = None) -> dict:
     """Convert Real-IAD at ``src`` into ``ROOT/<name>``; returns the counts per class and split."""
     entries = list_realiad(src, json_dir, image_root, missing_mask)
-    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode)
+    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode,
+                           missing_mask=missing_mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,10 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"folder of per-class split JSONs, relative to --src (default {DEFAULT_JSON_DIR})")
     parser.add_argument("--image-root", default=None,
                         help=f"image folder relative to --src (default: first of {IMAGE_ROOT_CANDIDATES}, else --src)")
-    parser.add_argument("--missing-mask", choices=MISSING_MASK_MODES, default="error",
-                        help="what to do with anomalous images that have no mask")
     return run_converter(convert, parser, argv, extra=lambda args: {
-        "json_dir": args.json_dir, "image_root": args.image_root, "missing_mask": args.missing_mask})
+        "json_dir": args.json_dir, "image_root": args.image_root})
 
 
 if __name__ == "__main__":

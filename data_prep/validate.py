@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mambaad_lib.data.validate import validate_dataset
+from mambaad_lib.data.validate import check_dataset, validate_dataset
 
-__all__ = ["validate_dataset", "main"]
+__all__ = ["check_dataset", "validate_dataset", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,9 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path, help="dataset root")
     parser.add_argument("--name", required=True, help="dataset name (meta_<name>.json)")
     args = parser.parse_args(argv)
-    problems = validate_dataset(args.root, args.name)
+    report = check_dataset(args.root, args.name)
+    problems = report.problems
     for problem in problems:
         print(problem, file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"{args.name}: {len(problems)} problem(s)" if problems else f"{args.name}: OK")
     return 1 if problems else 0
 

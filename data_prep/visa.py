@@ -56,10 +56,8 @@ def list_visa(src: str | os.PathLike, split_csv: str = SPLIT_CSV) -> list[Entry]
                             f"on normal images only")
             continue
         mask_field = (row["mask"] or "").strip()
-        if specie != NORMAL_SPECIE and not mask_field:
-            problems.append(f"{csv_path}:{line}: anomalous image {row['image']!r} has no mask")
-            continue
-        mask = src / mask_field if specie != NORMAL_SPECIE else None
+        # An anomalous row without a mask is left to --missing-mask (error, skip or keep).
+        mask = src / mask_field if specie != NORMAL_SPECIE and mask_field else None
         entries.append(Entry(row["object"].strip(), split, specie, src / row["image"].strip(), mask))
     if problems:
         raise ConversionError(f"{len(problems)} bad row(s):\n  " + "\n  ".join(problems[:50]))
@@ -67,10 +65,12 @@ def list_visa(src: str | os.PathLike, split_csv: str = SPLIT_CSV) -> list[Entry]
 
 
 def convert(src: str | os.PathLike, root: str | os.PathLike, name: str = "visa", link: bool = False,
-            dry_run: bool = False, mask_mode: str = "nonzero", split_csv: str = SPLIT_CSV) -> dict:
+            dry_run: bool = False, mask_mode: str = "nonzero", missing_mask: str = "error",
+            split_csv: str = SPLIT_CSV) -> dict:
     """Convert VisA at ``src`` into ``ROOT/<name>``; returns the counts per class and split."""
     entries = list_visa(src, split_csv)
-    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode)
+    return convert_entries(entries, src, root, name, link=link, dry_run=dry_run, mask_mode=mask_mode,
+                           missing_mask=missing_mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

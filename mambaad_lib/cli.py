@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-DATASETS = ("mvtec", "visa", "mvtec3d", "realiad", "folder")
+DATASETS = ("mvtec", "visa", "mvtec3d", "realiad", "btad", "mvtec_loco", "mvtec_ad2", "mpdd", "folder")
 
 # Short options -> config keys.
 ALIASES: dict[str, tuple[str, str]] = {
@@ -60,14 +58,16 @@ def _config_epilog() -> str:
              "those of a config without profile):"]
     for key, type_name, value in config_keys(load_config(None)):
         lines.append(f"  --{key:<32} {type_name:<22} {value!r}")
-    lines.append(f"profiles: {', '.join(available_profiles())} (configs/*.yaml) or any YAML path")
+    lines.append("profiles: smoke, demo or paper (the chosen method's own settings of that size), a packaged "
+                 f"profile ({', '.join(available_profiles())}) or any YAML path")
     return "\n".join(lines)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, profile_required: bool) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument("--profile", "--config", dest="profile", metavar="NAME|YAML", required=profile_required,
-                       help="profile in configs/ (smoke, demo, paper) or a YAML file")
+                       help="smoke, demo or paper (the size; with --model, that method's own settings), "
+                            "a packaged profile name, or a YAML file")
     for name, (key, text) in ALIASES.items():
         if name == "model":
             from mambaad_lib.methods import METHODS
@@ -79,6 +79,13 @@ def _add_config_options(parser: argparse.ArgumentParser, profile_required: bool)
                                help=text if same else f"{text} (= --{key})")
     group.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="DANGEROUS: unpickle checkpoint files fully, which runs any code they contain; only for "
+                             "files you made yourself. By default a file is read as tensors and plain data only, and "
+                             "one that names anything else is refused")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -103,9 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.",
         epilog=_config_epilog())
     _add_config_options(train, profile_required=False)
-    train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>)")
+    train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>-<random>)")
     train.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
-                       help="continue an interrupted run: a run id, run folder or last.pt (default: the newest)")
+                       help="continue an interrupted run: a run id, run folder or last.pt (default: the newest "
+                            "unfinished run of this experiment with the same config)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a finished run of the same --run-id (its checkpoints and results file)")
+    train.add_argument("--allow-empty-classes", action="store_true",
+                       help="train although some selected classes have no normal training images "
+                            "(= --set data.allow_empty_classes=true); by default that stops the run before training")
     _add_common(train)
 
     evaluate = commands.add_parser(
@@ -114,13 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "and write a results file. Without --profile the checkpoint's own config is used; "
                     "options still override it (e.g. --data-root).",
         epilog=_config_epilog())
-    evaluate.add_argument("--checkpoint", metavar="FILE", help="final.pt / last.pt (or a bare state dict)")
+    evaluate.add_argument("--checkpoint", metavar="FILE|RUN",
+                          help="final.pt / last.pt (or a bare state dict), or the run folder of a per-class method")
     evaluate.add_argument("--release-checkpoint", metavar="PTH",
                           help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
                                "see book/release_checkpoints.md")
     evaluate.add_argument("--non-strict", action="store_true",
                           help="with --release-checkpoint: load what matches and list the rest")
     _add_config_options(evaluate, profile_required=False)
+    _add_trust(evaluate)
     evaluate.add_argument("--run-id", help="name of the results file (default: eval-<run>-<time>)")
     _add_common(evaluate)
 
@@ -129,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write <name>_map.npy, <name>_overlay.png and scores.csv for image files or folders. "
                     "Images are resized like the training images; RGB or greyscale only.")
     predict.add_argument("inputs", nargs="+", metavar="IMG|DIR", help="image files and/or folders of images")
-    predict.add_argument("--checkpoint", metavar="FILE", help="a checkpoint written by train")
+    predict.add_argument("--checkpoint", metavar="FILE", help="a checkpoint written by train (one model)")
     predict.add_argument("--release-checkpoint", metavar="PTH",
                           help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
                                "see book/release_checkpoints.md")
@@ -140,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-resize", dest="resize", action="store_false",
                          help="require images of exactly the model's input size instead of resizing")
     _add_config_options(predict, profile_required=False)
+    _add_trust(predict)
     _add_common(predict)
 
     synth = commands.add_parser(
@@ -151,15 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(synth)
 
     prep = commands.add_parser(
-        "prep", help="convert a downloaded dataset to the standard layout", allow_abbrev=False,
-        description="Convert MVTec-AD, VisA, MVTec-3D (RGB), Real-IAD or any MVTec-style folder into "
-                    "ROOT/meta_<name>.json + images, as the engine reads them.")
+        "prep", help="convert a downloaded dataset to the standard layout", allow_abbrev=False, formatter_class=raw,
+        description="Convert MVTec-AD, VisA, MVTec-3D (RGB), Real-IAD, BTAD, MVTec LOCO AD, MVTec AD 2, MPDD or "
+                    "any MVTec-style folder into ROOT/meta_<name>.json + images, as the engine reads them.",
+        epilog="Other options go to the converter (python -m data_prep.<converter> --help):\n"
+               "  --mask-mode binary|nonzero (all)   --validation ignore|merge (mvtec3d, mvtec_loco, mvtec_ad2)\n"
+               "  --private include|ignore (mvtec_ad2)   --normal-name, --ground-truth-name, --mask-suffix (folder)\n"
+               "  --json-dir, --image-root (realiad)   --split-csv (visa)")
     prep.add_argument("dataset", choices=DATASETS, help="which converter")
     prep.add_argument("source", help="the dataset as downloaded and extracted")
     prep.add_argument("--root", default="data", help="output root (default: data)")
     prep.add_argument("--name", help="dataset name (default: the converter's)")
-    prep.add_argument("--link", action="store_true", help="symlink images instead of copying")
+    prep.add_argument("--link", action="store_true", help="hard-link images instead of copying (same file system)")
     prep.add_argument("--dry-run", action="store_true", help="report what would be written, write nothing")
+    prep.add_argument("--missing-mask", choices=("error", "skip", "keep"), default="error",
+                      help="anomalous images without a mask: error (default), skip (drop them) or keep (image "
+                           "metrics only; their classes get no pixel metrics)")
     _add_common(prep)
 
     validate = commands.add_parser(
@@ -193,13 +216,22 @@ def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]
     from mambaad_lib.engine.config import parse_override
 
     overrides: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def put(key: str, value: Any, given_as: str) -> None:
+        if key in overrides and overrides[key] != value:
+            raise CLIError(f"{origin[key]} and {given_as} set {key} to different values "
+                           f"({overrides[key]!r} and {value!r}); give it once")
+        overrides[key], origin[key] = value, given_as
+
     for name, (key, _) in ALIASES.items():
         value = getattr(args, f"alias_{name}", None)
         if value is not None:
-            overrides[key] = value if name == "model" else parse_override(f"{key}={value}")[1]
+            flag = "--" + name.replace("_", "-")
+            put(key, value if name == "model" else parse_override(f"{key}={value}")[1], f"{flag} {value}")
     for text in args.sets:
         key, value = parse_override(text)
-        overrides[key] = value
+        put(key, value, f"--set {text}")
     tokens = list(extra)
     while tokens:
         token = tokens.pop(0)
@@ -211,27 +243,17 @@ def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]
             if not tokens or tokens[0].startswith("--"):
                 raise CLIError(f"{token} needs a value")
             key, value = parse_override(f"{token[2:]}={tokens.pop(0)}")
-        overrides[key] = value
+        put(key, value, f"--{key}")
     return overrides
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str], base: dict[str, Any] | None = None):
-    from mambaad_lib.engine.config import load_config, read_yaml, resolve_profile
+    """The run config of a command: :func:`mambaad_lib.engine.config.load_config`'s one rule."""
+    from mambaad_lib.engine.config import load_config
 
-    overrides = _overrides(args, extra)
-    method = overrides.get("method")
     if args.profile is None and base is None:
         raise CLIError("choose a profile: --profile smoke|demo|paper or --profile path/to/config.yaml")
-    if method is not None:
-        values = read_yaml(resolve_profile(args.profile)) if args.profile else dict(base)
-        if values.get("method", "mambaad") != method:
-            # The profile's model section belongs to the other method: start from defaults.
-            logging.getLogger("mambaad_lib").info("--model %s: using %s's default model options", method, method)
-            values.pop("model", None)
-            if args.profile:
-                values.setdefault("profile", Path(args.profile).stem)
-            return load_config(None, overrides, base=values)
-    return load_config(args.profile, overrides, base=base)
+    return load_config(args.profile, _overrides(args, extra), base=base)
 
 
 # ---- commands --------------------------------------------------------------------------
@@ -242,40 +264,55 @@ def _cmd_train(args, extra) -> int:
 
     base = None
     if args.resume is not None and args.profile is None:
-        base = _config_from_checkpoint_for_resume(args)
+        base = _stored_config_for_resume(args.resume)
+    if args.allow_empty_classes:
+        args.sets.append("data.allow_empty_classes=true")
     config = _config(args, extra, base=base)
-    outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet)
+    outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet,
+                           overwrite=args.overwrite)
     _print_summary(outcome.record, outcome.results_file)
     return 0
 
 
-def _config_from_checkpoint_for_resume(args) -> dict[str, Any]:
+def _stored_config_for_resume(resume: str) -> dict[str, Any]:
     """``--resume`` without ``--profile``: the interrupted run's stored config."""
-    from mambaad_lib.engine.checkpoint import load_checkpoint
+    from mambaad_lib.engine.runner import stored_config
 
-    candidate = Path(args.resume)
-    checkpoint = candidate if candidate.is_file() else candidate / "last.pt"
-    if not checkpoint.is_file():
-        raise CLIError("--resume with a run id or 'latest' needs --profile (to know the experiment); "
-                       "or pass the run folder or its last.pt")
-    return load_checkpoint(checkpoint).get("config") or {}
+    candidate = Path(resume)
+    folder = candidate.parent if candidate.is_file() else candidate
+    for path in (folder, folder.parent):
+        if (path / "config.yaml").is_file():
+            return stored_config(path)
+    raise CLIError("--resume with a run id or 'latest' needs --profile (to know the experiment); "
+                   "or pass the run folder or a checkpoint inside it")
 
 
 def _release_checkpoint(args, extra):
     """Convert the authors' weights into one of our checkpoints; (config, checkpoint path)."""
-    from mambaad_lib.models.release import release_checkpoint_for_engine
+    from mambaad_lib.engine.release import release_checkpoint_for_engine
 
     if args.checkpoint is not None:
         raise CLIError("--checkpoint and --release-checkpoint exclude each other")
     config = _config(args, extra)
-    checkpoint, report = release_checkpoint_for_engine(args.release_checkpoint, config, strict=not args.non_strict)
+    checkpoint, report = release_checkpoint_for_engine(args.release_checkpoint, config, strict=not args.non_strict,
+                                                       trust=args.trust_checkpoint)
     print(report.summary())
     return config, checkpoint
 
 
+def _checkpoint_config(args, extra, checkpoint: Path):
+    """The config for evaluating or predicting with ``checkpoint``: its stored one, with the
+    command's options on top (a profile is needed only for bare weights)."""
+    from mambaad_lib.engine.runner import stored_config
+
+    stored = stored_config(checkpoint, trust=args.trust_checkpoint)
+    if args.profile is None and not stored:
+        raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model and data it is for")
+    return _config(args, extra, base=stored if args.profile is None else None)
+
+
 def _cmd_evaluate(args, extra) -> int:
     from mambaad_lib.engine import runner
-    from mambaad_lib.engine.checkpoint import load_checkpoint
 
     if args.release_checkpoint is not None:
         config, checkpoint = _release_checkpoint(args, extra)
@@ -285,31 +322,25 @@ def _cmd_evaluate(args, extra) -> int:
         logging.getLogger("mambaad_lib").info("evaluating the newest finished run: %s", checkpoint)
     else:
         checkpoint = Path(args.checkpoint)
-        stored = load_checkpoint(checkpoint).get("config")
-        if args.profile is None and not stored:
-            raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model and data it is for")
-        config = _config(args, extra, base=stored)
-    outcome = runner.evaluate(config, checkpoint, run_id=args.run_id, progress=not args.quiet)
+        config = _checkpoint_config(args, extra, checkpoint)
+    outcome = runner.evaluate(config, checkpoint, run_id=args.run_id, progress=not args.quiet,
+                              trust=args.trust_checkpoint)
     _print_summary(outcome.record, outcome.results_file)
     return 0
 
 
 def _cmd_predict(args, extra) -> int:
-    from mambaad_lib.engine import runner
-    from mambaad_lib.engine.checkpoint import load_checkpoint
+    from mambaad_lib.engine.predict import predict
 
     if args.release_checkpoint is not None:
         config, checkpoint = _release_checkpoint(args, extra)
     elif args.checkpoint is None:
         raise CLIError("pass --checkpoint (a run of ours) or --release-checkpoint (the authors' weights)")
     else:
-        checkpoint = args.checkpoint
-        stored = load_checkpoint(checkpoint).get("config")
-        if args.profile is None and not stored:
-            raise CLIError(f"{checkpoint} holds weights only; pass --profile to say which model it is")
-        config = _config(args, extra, base=stored)
-    csv_path = runner.predict(config, checkpoint, args.inputs, args.out, resize=args.resize,
-                              progress=not args.quiet)
+        checkpoint = Path(args.checkpoint)
+        config = _checkpoint_config(args, extra, checkpoint)
+    csv_path = predict(config, checkpoint, args.inputs, args.out, resize=args.resize, progress=not args.quiet,
+                       trust=args.trust_checkpoint)
     print(f"wrote {csv_path} and one map + overlay per image in {csv_path.parent}")
     return 0
 
@@ -331,24 +362,25 @@ def _cmd_synth(args, extra) -> int:
 def _cmd_prep(args, extra) -> int:
     import importlib
 
-    if extra:
-        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
     converter = importlib.import_module(f"data_prep.{args.dataset}")
-    options = {"link": args.link, "dry_run": args.dry_run}
-    summary = converter.convert(args.source, args.root, args.name, **options) if args.name else \
-        converter.convert(args.source, args.root, **options)
-    print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=None).rstrip())
-    return 0
+    # The converter's own command line parses its options, so every converter option works here too.
+    argv = ["--src", args.source, "--root", args.root, "--missing-mask", args.missing_mask,
+            *(["--name", args.name] if args.name else []), *(["--link"] if args.link else []),
+            *(["--dry-run"] if args.dry_run else []), *extra]
+    return converter.main(argv)
 
 
 def _cmd_validate(args, extra) -> int:
-    from mambaad_lib.data.validate import validate_dataset
+    from mambaad_lib.data.validate import check_dataset
 
     if extra:
         raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
-    problems = validate_dataset(args.root, args.name)
+    report = check_dataset(args.root, args.name)
+    problems = report.problems
     for problem in problems:
         print(problem)
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"{args.root}/meta_{args.name}.json: " + (f"{len(problems)} problem(s)" if problems else "OK"))
     return 1 if problems else 0
 
@@ -360,7 +392,7 @@ def _cmd_info(args, extra) -> int:
 
     import mambaad_lib
     from mambaad_lib.engine.config import available_profiles
-    from mambaad_lib.methods import METHODS
+    from mambaad_lib.methods import METHODS, get_method_class
     from mambaad_lib.ops import AUTO_ORDER, backend_status, resolve_backend
 
     if extra:
@@ -384,8 +416,12 @@ def _cmd_info(args, extra) -> int:
             chosen = f"none ({error})"
         if chosen:
             print(f"  auto on {device}: {chosen} (preference {', '.join(order)})")
-    print(f"methods: {', '.join(sorted(METHODS))}")
-    print(f"profiles: {', '.join(available_profiles())}")
+    print("methods (learning type, one model per class?, sizes with a profile):")
+    for name in sorted(METHODS):
+        traits = get_method_class(name).traits()
+        print(f"  {name:<17} {traits['learning_type']}, {'per class' if traits['per_class'] else 'unified'}"
+              f"{', one pass' if traits['one_pass'] else ''}; profiles: {', '.join(traits['profiles']) or 'none'}")
+    print(f"packaged profiles: {', '.join(available_profiles())}")
     print("ImageNet encoder weights: not checked (no network calls); use --encoder-weights PATH offline")
     return 0
 
@@ -434,13 +470,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"mambaad: {interrupt or 'interrupted'}", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
-            KeyError, ImportError) as error:
+    except (CLIError, ValueError, OSError, RuntimeError, KeyError, ImportError) as error:
         if args.debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mambaad: error: {message}", file=sys.stderr)
+        print(f"mambaad: error: {_error_message(error)}", file=sys.stderr)
         return 2
+
+
+def _error_message(error: Exception) -> str:
+    """The message of an expected error; operating-system errors (disk full, permissions) as
+    one line naming the path."""
+    from mambaad_lib.utils.errors import os_error_message
+
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and error.errno is not None:
+        return os_error_message(error)
+    return str(error)
 
 
 if __name__ == "__main__":

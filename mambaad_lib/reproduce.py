@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mambaad_lib.utils.resources import PACKAGE_DIR
+from mambaad_lib.engine.results import environment
+from mambaad_lib.utils.files import atomic_write_json, atomic_write_text
+from mambaad_lib.utils.resources import PACKAGE_DIR, require_repository
 
 REPO_ROOT = PACKAGE_DIR.parent  # the checkout when run from one (see require_repository)
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.py$")
@@ -70,13 +72,14 @@ def discover_notebooks(notebooks_dir: str | Path = REPO_ROOT / "notebooks",
 
 
 def notebook_parameters(profile: str, dataset_root: str | None = None, dataset_name: str | None = None,
-                        device: str | None = None, seed: int | None = None,
+                        device: str | None = None, seeds: Sequence[int] | None = None,
                         results_root: str | None = None, runs_root: str | None = None) -> dict[str, Any]:
     """The papermill parameters: ``profile`` and whichever of the others were given."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
-    given = {"dataset_root": dataset_root, "dataset_name": dataset_name, "device": device, "seed": seed,
-             "results_root": results_root, "runs_root": runs_root}
+    given = {"dataset_root": dataset_root, "dataset_name": dataset_name, "device": device,
+             "seeds": list(seeds) if seeds is not None else None, "results_root": results_root,
+             "runs_root": runs_root}
     return {"profile": profile, **{key: value for key, value in given.items() if value is not None}}
 
 
@@ -108,7 +111,7 @@ def execute_notebook(source: Path, output: Path, parameters: dict[str, Any], cwd
 
 
 def run_notebooks(profile: str, only: Sequence[str] | None = None, *, dataset_root: str | None = None,
-                  dataset_name: str | None = None, device: str | None = None, seed: int | None = None,
+                  dataset_name: str | None = None, device: str | None = None, seeds: Sequence[int] | None = None,
                   results_root: str | None = None, runs_root: str | None = None,
                   notebooks_dir: str | Path = REPO_ROOT / "notebooks",
                   out_dir: str | Path = REPO_ROOT / "book" / "experiments", cwd: str | Path = REPO_ROOT,
@@ -122,7 +125,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, *, dataset_ro
     """
     from tqdm.auto import tqdm
 
-    parameters = notebook_parameters(profile, dataset_root, dataset_name, device, seed, results_root, runs_root)
+    parameters = notebook_parameters(profile, dataset_root, dataset_name, device, seeds, results_root, runs_root)
     sources = discover_notebooks(notebooks_dir, only)
     runs: list[NotebookRun] = []
     log_dir = Path(results_root) if results_root else Path(cwd) / "results"
@@ -160,9 +163,6 @@ def write_run_log(path: Path, profile: str, parameters: dict[str, Any], runs: Se
     A notebook run again replaces its entry, so ``--only`` runs add up to one log per profile.
     """
     import json
-
-    from mambaad_lib.utils.files import atomic_write_json
-    from mambaad_lib.engine.results import environment
 
     entries: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -206,8 +206,6 @@ def toc_text(root: str | Path = REPO_ROOT, experiments_dir: str = "book/experime
 
 def write_toc(root: str | Path = REPO_ROOT) -> Path:
     """Regenerate ``<root>/_toc.yml`` (atomically) from what exists; returns its path."""
-    from mambaad_lib.utils.files import atomic_write_text
-
     return atomic_write_text(Path(root) / "_toc.yml", toc_text(root))
 
 
@@ -256,19 +254,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset-root", help="dataset root (default: the notebooks' own, data/)")
     parser.add_argument("--dataset-name", help="dataset name, e.g. mvtec (default: synthetic)")
     parser.add_argument("--device", help="cpu or cuda (default: the notebooks' own, cpu)")
-    parser.add_argument("--seed", type=int, help="seed of every run (default: the notebooks' own, 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="seeds of every compared row (default: the notebooks' own)")
     parser.add_argument("--timeout", type=int, help="seconds a single cell may run (default: no limit)")
-    parser.add_argument("--no-build", action="store_true", help="execute the notebooks but do not build the book")
-    parser.add_argument("--build-only", action="store_true", help="only build the book from executed notebooks")
+    steps = parser.add_mutually_exclusive_group()  # together they would do nothing
+    steps.add_argument("--no-build", action="store_true", help="execute the notebooks but do not build the book")
+    steps.add_argument("--build-only", action="store_true", help="only build the book from executed notebooks")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """What ``mambaad reproduce`` does with parsed arguments."""
+    require_repository("mambaad reproduce (it executes the notebooks and writes the book)")
     if not args.build_only:
         started = time.perf_counter()
         runs = run_notebooks(args.profile, args.only, dataset_root=args.dataset_root,
-                             dataset_name=args.dataset_name, device=args.device, seed=args.seed,
+                             dataset_name=args.dataset_name, device=args.device, seeds=args.seeds,
                              timeout=args.timeout, progress=not getattr(args, "quiet", False))
         print(f"{len(runs)} notebook(s) executed in {time.perf_counter() - started:.0f} s")
     if not args.no_build:

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
+from torch.utils.data import Dataset
+
+from mambaad_lib.data import denormalize
+from mambaad_lib.scan import DIRECTION_NAMES, SCAN_METHODS, scan_directions, scan_order
+from mambaad_lib.synthesis.las import LASSample, LocalAnomalySynthesizer, estimate_foreground
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    from torch.utils.data import Dataset
-
-    from mambaad_lib.synthesis.las import LASSample, LocalAnomalySynthesizer
 
 
 def _to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -42,8 +45,6 @@ def las_examples(dataset: "Dataset", synthesizer: "LocalAnomalySynthesizer", cla
     With ``estimate_foregrounds`` the mask is restricted by
     :func:`~mambaad_lib.synthesis.las.estimate_foreground` (the GLASS method's default rule).
     """
-    from mambaad_lib.data import denormalize
-    from mambaad_lib.synthesis.las import estimate_foreground
 
     first_index = {}
     for index, item in enumerate(getattr(dataset, "items", [])):
@@ -109,7 +110,6 @@ def plot_scan_paths(methods: Sequence[str] | None = None, sizes: Sequence[int] =
     """
     from matplotlib.figure import Figure
 
-    from mambaad_lib.scan import SCAN_METHODS, scan_order
 
     methods = list(methods or SCAN_METHODS)
     figure = Figure(figsize=(panel_size * len(methods), panel_size * len(sizes) + 0.3), layout="constrained")
@@ -124,7 +124,6 @@ def plot_scan_directions(scan: str = "hilbert", size: int = 8, panel_size: float
     """The eight directions of one scan order on a ``size`` x ``size`` grid (paper order)."""
     from matplotlib.figure import Figure
 
-    from mambaad_lib.scan import DIRECTION_NAMES, scan_directions
 
     sequences = scan_directions(scan, size, size, 8).numpy()
     figure = Figure(figsize=(panel_size * 4, panel_size * 2 + 0.3), layout="constrained")

@@ -32,38 +32,36 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed
 results_root = "results"
 runs_root = "runs"
 model = {}                   # model.* options to change, e.g. {"scan": "sweep"}
 paper_dataset = "MVTec-AD"   # which of the paper's datasets to show beside ours
 
 # %%
-import pandas as pd
-from IPython.display import Markdown, display
-
 from mambaad_lib import experiments as ex
 from mambaad_lib import viz
 
-NOTEBOOK = "01_main_results"
+ctx = ex.Context.from_parameters("01_main_results", globals())
 settings = ex.training_settings("main", profile)
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
-ex.ensure_dataset(dataset_root, dataset_name, settings.base_profile)
+
+# %%
+from IPython.display import Markdown, display
+
+ctx.ensure_dataset()
 display(Markdown(f"**Run here (profile `{profile}`):** one MambaAD model on `{dataset_name}`: "
                  f"{settings.describe()}." + (f" Model changes: `{model}`." if model else "")))
 
 # %% [markdown]
 # ## Train and evaluate
-# `run_row` trains through the engine (`mambaad_lib.engine.runner.train`), which writes the
+# `ex.run_row` trains through the engine (`mambaad_lib.engine.runner.train`), which writes the
 # results file (metrics of both protocols, parameter and FLOP counts, timing, provenance)
 # under `results/01_main_results/<profile>/`. A finished run with the same config is reused.
 
 # %%
-config = ex.row_config(settings, model, notebook=NOTEBOOK, profile=profile, dataset_root=dataset_root,
-                       dataset_name=dataset_name, device=device, seed=seed, results_root=results_root,
-                       runs_root=runs_root)
-row = ex.run_row(config, "mambaad")
-record = ex.load_record(row["results_file"])
+rows = [ex.run_row(ctx.config(settings=settings, model=model, seed=seed), "mambaad") for seed in ctx.seeds]
+row = rows[0]
+record = ex.read_record(row["results_file"])
 print(f"{row['architecture']}\nencoder: {row['encoder']}; scan backend {row['scan_backend']}; "
       f"training {row['train_time_s']:.0f} s; final loss {row['final_loss']:.4f}")
 
@@ -98,7 +96,7 @@ paper_per_category
 predictions, test_set = ex.predict_run(row["results_file"])
 curves = ex.roc_pr_curves(predictions.scores, predictions.labels, predictions.class_names)
 viz.save_figure(viz.plot_roc_pr(curves, f"image-level curves ({profile} profile, {dataset_name})"),
-                figures / "roc_pr.png")
+                ctx.figures / "roc_pr.png")
 
 # %% [markdown]
 # ## Anomaly maps
@@ -108,12 +106,12 @@ viz.save_figure(viz.plot_roc_pr(curves, f"image-level curves ({profile} profile,
 # %%
 examples = ex.map_examples(predictions, test_set, per_class=1)
 viz.save_figure(viz.plot_anomaly_grid(examples["images"], examples["masks"], examples["maps"],
-                                      examples["titles"]), figures / "anomaly_maps.png")
+                                      examples["titles"]), ctx.figures / "anomaly_maps.png")
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
-    "settings": settings.describe(), "dataset": dataset_name, "model_changes": model,
-    "results_file": row["results_file"], "row": row, "mean": mean_table.reset_index().to_dict("records"),
+summary = ctx.write_summary({
+    "settings": settings.describe(), "model_changes": model, "results_file": row["results_file"], "row": row,
+    "seed_rows": rows, "mean": mean_table.reset_index().to_dict("records"),
     "per_class": per_class.reset_index().to_dict("records"), "curves": curves})
 print(f"summary written to {summary}")
 
@@ -122,7 +120,7 @@ print(f"summary written to {summary}")
 # - `profile = "demo"` trains the CPU-sized model for minutes; compare the `untrained` and
 #   `trained` rows: pixel AUROC should rise well above chance.
 # - `model = {"scan": "sweep", "directions": 2}` trains the same model with plain raster
-#   scans in two directions; does the mean change beyond what `seed = 1` changes?
+#   scans in two directions; does the mean change beyond what `seeds = [1]` changes?
 # - On a GPU with MVTec-AD converted (`mambaad prep mvtec ...`): `profile = "paper"`,
 #   `dataset_name = "mvtec"`, `device = "cuda"`; the `ader` row is the one to compare with
 #   the paper's Table 1.

@@ -31,7 +31,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed of every trained row
 results_root = "results"
 runs_root = "runs"
 # The Table 2 grid: row label -> backbone and decoder depths.
@@ -54,16 +54,17 @@ throughput_size = {"smoke": 64, "demo": 128, "paper": 256}   # image side of the
 timed_rows = {"smoke": ["R18 [2,2,2,2]"], "demo": [row["label"] for row in grid], "paper": [row["label"] for row in grid]}
 
 # %%
-import pandas as pd
-from IPython.display import Markdown, display
-
 from mambaad_lib import experiments as ex
 from mambaad_lib import viz
 
-NOTEBOOK = "02_backbones_depths"
+ctx = ex.Context.from_parameters("02_backbones_depths", globals())
 settings = ex.training_settings("ablation", profile)
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
-ex.ensure_dataset(dataset_root, dataset_name, settings.base_profile)
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+ctx.ensure_dataset()
 trained = trained_rows[profile]
 display(Markdown(
     f"**Run here (profile `{profile}`):** trained and evaluated: {', '.join(trained)}; "
@@ -77,15 +78,9 @@ display(Markdown(
 # Each row's model options replace the base model's (`backbone`, `depths`).
 
 # %%
-rows = ex.run_grid(grid, settings, trained, notebook=NOTEBOOK, profile=profile, dataset_root=dataset_root,
-                   dataset_name=dataset_name, device=device, seed=seed, results_root=results_root,
-                   runs_root=runs_root)
-for row in rows:
-    if row["label"] in timed_rows[profile]:
-        timing = ex.time_inference(throughput_size[profile], device=device, seed=seed, **row["model"])
-        row["throughput_images_per_s"] = timing["images_per_s"]
-    else:
-        row["throughput_images_per_s"] = None
+rows = ex.run_grid(ctx, grid, settings, trained)
+throughput = {row["label"]: ex.time_inference(throughput_size[profile], device=device, **row["model"])["images_per_s"]
+              for row in rows if row["label"] in timed_rows[profile]}
 
 # %% [markdown]
 # ## Costs: ours vs the paper (256x256)
@@ -101,10 +96,10 @@ costs = pd.DataFrame([{
     "row": r["label"], "trained here": r["trained"],
     "params (M) ours": round(r["params_m_256"], 2), "params (M) paper": paper[r["label"]]["params_m"],
     "GFLOPs ours": round(r["flops_g_256"], 2), "GFLOPs paper": paper[r["label"]]["flops_g"],
-    f"images/s here ({throughput_size[profile]}px, batch 1)":
-        None if r["throughput_images_per_s"] is None else round(r["throughput_images_per_s"], 2),
-} for r in rows]).set_index("row")
-costs
+    f"images/s here ({throughput_size[profile]}px, batch 1)": round(throughput[r["label"]], 2)
+    if r["label"] in throughput else None,
+} for r in rows]).drop_duplicates("row").set_index("row")
+ex.for_display(costs)
 
 # %% [markdown]
 # ## Metrics of the trained rows beside the paper's (percent)
@@ -113,18 +108,17 @@ costs
 
 # %%
 metrics = ex.ours_vs_paper(rows, {label: paper[label] for label in paper}, keys=("i_auroc", "p_auroc", "p_aupro", "mAD"))
-metrics
+ex.for_display(metrics)
 
 # %%
 viz.save_figure(viz.plot_ours_vs_paper(
-    [r["label"] for r in rows], [ex.pct(r.get("ader.i_auroc")) for r in rows],
-    [paper[r["label"]]["i_auroc"] for r in rows], "image AUROC (%)",
-    f"image AUROC: ours ({profile}, ader protocol; gaps = not trained) vs paper",
-    ours_name=f"ours ({profile})"), figures / "i_auroc_bars.png")
+    list(metrics.index), list(metrics[("i_auroc", "ours (ader)")]), list(metrics[("i_auroc", "paper")]),
+    "image AUROC (%)", f"image AUROC: ours ({profile}, ader protocol; gaps = not trained) vs paper",
+    ours_name=f"ours ({profile})"), ctx.figures / "i_auroc_bars.png")
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
-    "settings": settings.describe(), "dataset": dataset_name, "trained_rows": trained, "rows": rows,
+summary = ctx.write_summary({
+    "settings": settings.describe(), "trained_rows": trained, "rows": rows, "throughput": throughput,
     "throughput_size": throughput_size[profile]})
 print(f"summary written to {summary}")
 

@@ -31,7 +31,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed of every trained row
 results_root = "results"
 runs_root = "runs"
 # Table 3's rows: a scan method and a direction count (mixed rows: a mapping method -> count).
@@ -58,23 +58,23 @@ trained_rows = {
 path_grids = [8, 16]         # grid sides of the scan-path figure
 
 # %%
-import pandas as pd
-from IPython.display import Markdown, display
-
 from mambaad_lib import experiments as ex
 from mambaad_lib import viz
 
-NOTEBOOK = "03_scan_methods"
+ctx = ex.Context.from_parameters("03_scan_methods", globals())
 settings = ex.training_settings("ablation", profile)
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
-ex.ensure_dataset(dataset_root, dataset_name, settings.base_profile)
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+ctx.ensure_dataset()
 trained = trained_rows[profile]
 display(Markdown(
     f"**Run here (profile `{profile}`):** trained and evaluated: {', '.join(trained)}; paper values only: "
     f"{', '.join(r['label'] for r in grid if r['label'] not in trained)}. Training settings: "
-    f"{settings.describe()}. The mixed rows are not trained in any profile: the engine's "
-    "`model.scan` option takes one method name (a mapping of methods is available in "
-    "`mambaad_lib.models.build_mambaad(scan={...})` but not yet in run configs)."))
+    f"{settings.describe()}. A mixed row sets `model.scan` to a mapping of methods to direction counts, "
+    "e.g. `{\"zigzag\": 4, \"hilbert\": 4}`."))
 
 # %% [markdown]
 # ## The five scan paths
@@ -82,7 +82,7 @@ display(Markdown(
 # from the green circle to the red square.
 
 # %%
-viz.save_figure(viz.plot_scan_paths(sizes=path_grids), figures / "scan_paths.png")
+viz.save_figure(viz.plot_scan_paths(sizes=path_grids), ctx.figures / "scan_paths.png")
 
 # %% [markdown]
 # ## The eight directions
@@ -92,19 +92,17 @@ viz.save_figure(viz.plot_scan_paths(sizes=path_grids), figures / "scan_paths.png
 # sequences, as in the release.
 
 # %%
-viz.save_figure(viz.plot_scan_directions("hilbert", path_grids[0]), figures / "hilbert_directions.png")
+viz.save_figure(viz.plot_scan_directions("hilbert", path_grids[0]), ctx.figures / "hilbert_directions.png")
 
 # %%
-viz.save_figure(viz.plot_scan_directions("zigzag", path_grids[0]), figures / "zigzag_directions.png")
+viz.save_figure(viz.plot_scan_directions("zigzag", path_grids[0]), ctx.figures / "zigzag_directions.png")
 
 # %% [markdown]
 # ## Train the chosen rows
 # Scans change no parameter: every row has the same parameter and FLOP count.
 
 # %%
-rows = ex.run_grid(grid, settings, trained, notebook=NOTEBOOK, profile=profile, dataset_root=dataset_root,
-                   dataset_name=dataset_name, device=device, seed=seed, results_root=results_root,
-                   runs_root=runs_root)
+rows = ex.run_grid(ctx, grid, settings, trained)
 
 # %% [markdown]
 # ## Ours beside Table 3 (percent)
@@ -114,19 +112,17 @@ rows = ex.run_grid(grid, settings, trained, notebook=NOTEBOOK, profile=profile, 
 # %%
 paper = {ex.scan_row_label(r): r for r in ex.paper_rows("scan_methods")}
 table = ex.ours_vs_paper(rows, paper, keys=("i_auroc", "p_auroc", "p_aupro", "mAD"))
-table
+ex.for_display(table)
 
 # %%
-trained_results = [r for r in rows if r["trained"]]
+shown = table.loc[trained]
 viz.save_figure(viz.plot_ours_vs_paper(
-    [r["label"] for r in trained_results], [ex.pct(r.get("ader.p_auroc")) for r in trained_results],
-    [paper[r["label"]]["p_auroc"] for r in trained_results], "pixel AUROC (%)",
+    trained, list(shown[("p_auroc", "ours (ader)")]), list(shown[("p_auroc", "paper")]), "pixel AUROC (%)",
     f"pixel AUROC per scan: ours ({profile}, ader protocol) vs paper", ours_name=f"ours ({profile})"),
-    figures / "p_auroc_bars.png")
+    ctx.figures / "p_auroc_bars.png")
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
-    "settings": settings.describe(), "dataset": dataset_name, "trained_rows": trained, "rows": rows})
+summary = ctx.write_summary({"settings": settings.describe(), "trained_rows": trained, "rows": rows})
 print(f"summary written to {summary}")
 
 # %% [markdown]
@@ -136,5 +132,5 @@ print(f"summary written to {summary}")
 # - Train `hilbert x1` (add `{"label": "hilbert x1", "scan": "hilbert", "directions": 1}`
 #   to `grid` and to `trained_rows`): does a single direction hurt pixel metrics more than
 #   image metrics?
-# - Change `seed` and rerun the demo rows: how large is the seed-to-seed spread compared
+# - Set `seeds = [0, 1, 2]` and rerun the demo rows: how large is the seed-to-seed spread compared
 #   with the spread between scan methods?

@@ -32,7 +32,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed of every trained row
 results_root = "results"
 runs_root = "runs"
 # The grid is the paper's LSS table (mambaad_lib.experiments.lss_grid()); labels are
@@ -46,18 +46,19 @@ trained_rows = {
 demo_depths = [2, 2, 2, 2]   # decoder depths of the demo rows: 2 blocks per stage, so HSS per LSS matters
 
 # %%
-import pandas as pd
-from IPython.display import Markdown, display
-
 from mambaad_lib import experiments as ex
 from mambaad_lib import viz
 
-NOTEBOOK = "04_lss_design"
+ctx = ex.Context.from_parameters("04_lss_design", globals())
 settings = ex.training_settings("ablation", profile)
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
 if profile == "demo":
-    settings = ex.replace_settings(settings, model={"depths": tuple(demo_depths)})
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
-ex.ensure_dataset(dataset_root, dataset_name, settings.base_profile)
+    settings = settings.replace(architecture={"depths": tuple(demo_depths)})
+ctx.ensure_dataset()
 grid = ex.lss_grid()
 trained = [row["label"] for row in grid] if trained_rows[profile] == "all" else trained_rows[profile]
 display(Markdown(
@@ -66,18 +67,16 @@ display(Markdown(
     f"Training settings: {settings.describe()}."))
 
 # %%
-rows = ex.run_grid(grid, settings, trained, notebook=NOTEBOOK, profile=profile, dataset_root=dataset_root,
-                   dataset_name=dataset_name, device=device, seed=seed, results_root=results_root,
-                   runs_root=runs_root)
+rows = ex.run_grid(ctx, grid, settings, trained)
 
 # %% [markdown]
 # ## What each option costs
-# Parameters (M) and GFLOPs at 256x256 of the row's model (base model of this profile with
-# the row's LSS options).
+# Parameters (M) and GFLOPs at 256x256 of the row's options on the paper's model (ResNet34,
+# [3,4,6,3]), the size of the paper's table.
 
 # %%
 costs = pd.DataFrame([{"row": r["label"], "trained here": r["trained"], "params (M)": round(r["params_m_256"], 2),
-                       "GFLOPs": round(r["flops_g_256"], 2)} for r in rows]).set_index("row")
+                       "GFLOPs": round(r["flops_g_256"], 2)} for r in rows]).drop_duplicates("row").set_index("row")
 costs
 
 # %% [markdown]
@@ -87,19 +86,17 @@ costs
 # %%
 paper = {ex.lss_row_label(r): r for r in ex.paper_rows("lss_design")}
 table = ex.ours_vs_paper(rows, paper, keys=("i_auroc", "p_auroc", "p_aupro"))
-table
+ex.for_display(table)
 
 # %%
-trained_results = [r for r in rows if r["trained"]]
+shown = table.loc[trained]
 viz.save_figure(viz.plot_ours_vs_paper(
-    [r["label"] for r in trained_results], [ex.pct(r.get("ader.p_aupro")) for r in trained_results],
-    [paper[r["label"]]["p_aupro"] for r in trained_results], "pixel AU-PRO (%)",
+    trained, list(shown[("p_aupro", "ours (ader)")]), list(shown[("p_aupro", "paper")]), "pixel AU-PRO (%)",
     f"AU-PRO per LSS design: ours ({profile}, ader protocol) vs paper", ours_name=f"ours ({profile})"),
-    figures / "aupro_bars.png")
+    ctx.figures / "aupro_bars.png")
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
-    "settings": settings.describe(), "dataset": dataset_name, "trained_rows": trained, "rows": rows})
+summary = ctx.write_summary({"settings": settings.describe(), "trained_rows": trained, "rows": rows})
 print(f"summary written to {summary}")
 
 # %% [markdown]

@@ -34,40 +34,36 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed of every method
 results_root = "results"
 runs_root = "runs"
-# Methods compared: label -> (engine method, one model per class?)
-methods = {
-    "GLASS": ["glass", True],
-    "nearest neighbour": ["nearest_neighbor", True],
-    "MambaAD": ["mambaad", False],
-    "MambaAD + LAS": ["mambaad_las", False],
-}
+# Methods compared: label -> engine method (GLASS and the baseline train one model per class)
+methods = {"GLASS": "glass", "nearest neighbour": "nearest_neighbor", "MambaAD": "mambaad",
+           "MambaAD + LAS": "mambaad_las"}
 las_classes = None                # classes shown in the LAS figure (None: the first two)
+
+# %%
+from mambaad_lib import experiments as ex
+from mambaad_lib import viz
+
+ctx = ex.Context.from_parameters("05_glass_synthesis", globals())
+settings = ex.training_settings("synthesis", profile)
 
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mambaad_lib import experiments as ex
-from mambaad_lib import viz
 from mambaad_lib.data import AnomalyDataset
-from mambaad_lib.methods.per_class import defect_type_comparison
 from mambaad_lib.synthesis.las import build_las
 
-NOTEBOOK = "05_glass_synthesis"
-settings = ex.training_settings("synthesis", profile)
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
-ex.ensure_dataset(dataset_root, dataset_name, settings.base_profile)
-available = {label: spec for label, spec in methods.items() if ex.method_available(spec[0])}
-missing = sorted(set(methods) - set(available))
+ctx.ensure_dataset()
+# MambaAD rows take the notebook's schedule and base model; GLASS and the baseline keep their
+# own profile's (model and schedule of that size) and share the data.
+own_schedule = ("glass", "nearest_neighbor")
 display(Markdown(
-    f"**Run here (profile `{profile}`):** {', '.join(available)} on `{dataset_name}`: {settings.describe()}. "
-    "GLASS and the nearest-neighbour baseline keep the model options of their own profiles "
-    f"(`configs/glass_{profile}.yaml`, `configs/glass_nearest_neighbor_{profile}.yaml`: random ResNet18 "
-    "features offline)." + (f" Not run (method not registered with the engine): {', '.join(missing)}."
-                            if missing else "")))
+    f"**Run here (profile `{profile}`):** {', '.join(methods)} on `{dataset_name}`: {settings.describe()}. "
+    "GLASS and the nearest-neighbour baseline keep the model options and schedule of their own profiles of "
+    f"this size (`mambaad train --profile {profile} --model glass`: random ResNet18 features offline)."))
 
 # %% [markdown]
 # ## LAS: what the synthetic defects look like
@@ -77,23 +73,21 @@ display(Markdown(
 # %%
 train_images = AnomalyDataset(dataset_root, dataset_name, "train", image_size=settings.image_size,
                               crop_size=settings.image_size)
-examples = viz.las_examples(train_images, build_las(None), las_classes or train_images.classes[:2], seed=seed)
-viz.save_figure(viz.plot_las_examples(examples), figures / "las_examples.png")
+examples = viz.las_examples(train_images, build_las(None), las_classes or train_images.classes[:2], seed=ctx.seeds[0])
+viz.save_figure(viz.plot_las_examples(examples), ctx.figures / "las_examples.png")
 
 # %% [markdown]
 # ## Train every method
 
 # %%
-outcomes, configs = {}, {}
-for label, (method, per_class) in available.items():
-    configs[label] = ex.method_config(method, settings, profile, notebook=NOTEBOOK, dataset_root=dataset_root,
-                                      dataset_name=dataset_name, device=device, seed=seed,
-                                      results_root=results_root, runs_root=runs_root)
-    outcomes[label] = ex.train_method(method, configs[label], per_class)
-means = pd.DataFrame({label: {key: ex.pct(value) for key, value in ex.method_means(runs).items()}
-                      for label, runs in outcomes.items()}).T
-means.index.name = "class mean, standard protocol (%)"
-means
+runs = {(label, seed): ex.run_row(ctx.config(method, settings, seed=seed, schedule=method not in own_schedule,
+                                               architecture=method not in own_schedule), label)
+        for label, method in methods.items() for seed in ctx.seeds}
+records = {label: [ex.read_record(runs[label, seed]["results_file"]) for seed in ctx.seeds] for label in methods}
+means = pd.DataFrame({label: {key: ex.pct(value) for key, value in ex.method_means(records[label]).items()}
+                      for label in methods}).T
+means.index.name = f"class mean over {len(ctx.seeds)} seed(s), standard protocol (%)"
+ex.for_display(means)
 
 # %% [markdown]
 # ## GAS: where the synthetic features sit
@@ -103,14 +97,14 @@ means
 # of the table below gives the discriminator's mean output per set (1 = anomalous).
 
 # %%
-if "GLASS" in outcomes:
-    projection = ex.gas_projection(outcomes["GLASS"][0].results_file, seed=seed)
+if "GLASS" in methods:
+    projection = ex.gas_projection(runs["GLASS", ctx.seeds[0]]["results_file"], seed=ctx.seeds[0])
     display(pd.Series(projection["scores"], name="mean discriminator output").to_frame())
     display(viz.save_figure(viz.plot_feature_projection(projection["points"], "GLASS feature space"),
-                            figures / "gas_projection.png"))
+                            ctx.figures / "gas_projection.png"))
 else:
     projection = None
-    print("GLASS is not available here")
+    print("GLASS is not among the compared methods")
 
 # %% [markdown]
 # ## Per defect type
@@ -119,8 +113,8 @@ else:
 # structural defects.
 
 # %%
-comparison = defect_type_comparison({label: (configs[label], outcomes[label]) for label in outcomes},
-                                    figures / "defect_types.json", progress=False)
+comparison = ex.defect_type_comparison({label: runs[label, ctx.seeds[0]]["results_file"] for label in methods},
+                                       ctx.figures / "defect_types.json")
 per_type = ex.defect_type_table(comparison)
 per_type
 
@@ -131,22 +125,21 @@ groups
 # %%
 types = list(per_type.index)
 viz.save_figure(viz.plot_grouped_bars(
-    types, {label: [per_type.loc[t, (label, "image AUROC")] for t in types] for label in outcomes},
-    "image AUROC (%)", f"image AUROC per defect type ({profile} profile)"), figures / "defect_types.png")
+    types, {label: [per_type.loc[t, (label, "image AUROC")] for t in types] for label in methods},
+    "image AUROC (%)", f"image AUROC per defect type ({profile} profile)"), ctx.figures / "defect_types.png")
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
-    "settings": settings.describe(), "dataset": dataset_name, "methods": list(outcomes),
-    "not_run": missing, "means": means.reset_index().to_dict("records"),
-    "per_defect_type": comparison, "gas_projection_scores": projection["scores"] if projection else None,
-    "results_files": {label: [str(o.results_file) for o in runs] for label, runs in outcomes.items()}})
+summary = ctx.write_summary({
+    "settings": settings.describe(), "methods": list(methods), "runs": list(runs.values()),
+    "means": means.reset_index().to_dict("records"), "per_defect_type": comparison,
+    "gas_projection_scores": projection["scores"] if projection else None})
 print(f"summary written to {summary}")
 
 # %% [markdown]
 # ## Try it yourself
 # - `las_classes = ["grass", "logo"]` (synthetic benchmark) and rerun the first figure: where does the
 #   foreground estimate confine the defects on an object class?
-# - Give LAS real textures: download DTD once and set `model.texture_dir` in
-#   `configs/glass_demo.yaml`; do the synthetic defects look more like the real ones?
+# - Give LAS real textures: download DTD once and pass `model={"texture_dir": "/path/to/dtd"}`
+#   to the GLASS rows; do the synthetic defects look more like the real ones?
 # - Compare `MambaAD` and `MambaAD + LAS` on the thin/structural group: does learning to
 #   undo blobs help with scratches?

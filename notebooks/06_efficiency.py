@@ -34,7 +34,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # the first seeds the random-weight models
 results_root = "results"
 runs_root = "runs"
 # Timed model and image sides, per profile.
@@ -52,16 +52,19 @@ repeats = {"smoke": 1, "demo": 2, "paper": 5}
 backends = {"smoke": ["cpu", "reference"], "demo": ["cpu", "reference"], "paper": None}
 
 # %%
+from mambaad_lib import experiments as ex
+from mambaad_lib import viz
+
+ctx = ex.Context.from_parameters("06_efficiency", globals())
+model = timed_model[profile]
+
+# %%
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mambaad_lib import experiments as ex
-from mambaad_lib import viz
 from mambaad_lib.ops import available_backends
 
-NOTEBOOK = "06_efficiency"
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
-model = timed_model[profile]
+
 timed_backends = [name for name in available_backends(device) if backends[profile] is None or name in backends[profile]]
 display(Markdown(
     f"**Run here (profile `{profile}`):** random-weight model {model} on `{device}`, batch 1, best of "
@@ -75,7 +78,8 @@ display(Markdown(
 # machine and versions recorded in each file.
 
 # %%
-bench_tables = ex.benchmark_tables()
+bench_model = ex.load_benchmark("bench_model")
+bench_tables = ex.benchmark_tables(ex.load_benchmark("bench_scan"), bench_model)
 for title, table in bench_tables.items():
     display(Markdown(f"**{title}**"))
     display(table)
@@ -83,27 +87,26 @@ if not bench_tables:
     print("no benchmark files in results/benchmarks/ yet: run python benchmarks/bench_scan.py")
 
 # %%
-bench_model = ex.load_benchmark("bench_model")
 if bench_model:
     names = list(bench_model["backends"])
     display(viz.save_figure(viz.plot_bars(
         names, [bench_model["backends"][name]["inference_images_per_s"] for name in names], "images / s",
         f"benchmarks/bench_model.py: inference, {bench_model['image_size']}px, batch {bench_model['batch']}"),
-        figures / "bench_model.png"))
+        ctx.figures / "bench_model.png"))
 
 # %% [markdown]
 # ## Model throughput per scan backend (measured here)
 
 # %%
 backend_rows = [ex.time_inference(backend_size[profile], repeats=repeats[profile], scan_backend=name,
-                                  device=device, seed=seed, **model) for name in timed_backends]
+                                  device=device, seed=ctx.seeds[0], **model) for name in timed_backends]
 by_backend = pd.DataFrame(backend_rows).set_index("scan_backend")
 by_backend
 
 # %%
 viz.save_figure(viz.plot_bars(list(by_backend.index), list(by_backend["images_per_s"]), "images / s (batch 1)",
                               f"inference throughput per scan backend, {backend_size[profile]}px, {device}"),
-                figures / "backends.png")
+                ctx.figures / "backends.png")
 
 # %% [markdown]
 # ## Cost growth with the image side
@@ -112,7 +115,7 @@ viz.save_figure(viz.plot_bars(list(by_backend.index), list(by_backend["images_pe
 
 # %%
 counted = [ex.cost_row(f"{size}px", size, **model) for size in flops_sizes]
-timed = [ex.time_inference(size, repeats=repeats[profile], device=device, seed=seed, **model) for size in sizes[profile]]
+timed = [ex.time_inference(size, repeats=repeats[profile], device=device, seed=ctx.seeds[0], **model) for size in sizes[profile]]
 scaling = pd.concat([
     pd.DataFrame({"GFLOPs (dense)": [r["flops_g"] for r in counted],
                   "GFLOPs (scan recurrence)": [r["scan_flops_g"] for r in counted]}, index=flops_sizes),
@@ -123,12 +126,12 @@ scaling
 # %%
 viz.save_figure(viz.plot_scaling(flops_sizes, {"dense GFLOPs": [r["flops_g"] for r in counted],
                                                "scan GFLOPs": [r["scan_flops_g"] for r in counted]},
-                                 "GFLOPs per image", "counted FLOPs vs image side"), figures / "flops_scaling.png")
+                                 "GFLOPs per image", "counted FLOPs vs image side"), ctx.figures / "flops_scaling.png")
 
 # %%
 viz.save_figure(viz.plot_scaling(sizes[profile], {"seconds / image": [r["seconds"] for r in timed]},
                                  "seconds per image (batch 1)", f"measured time vs image side ({device})"),
-                figures / "time_scaling.png")
+                ctx.figures / "time_scaling.png")
 
 # %% [markdown]
 # ## Parameters and FLOPs against AUROC
@@ -136,17 +139,21 @@ viz.save_figure(viz.plot_scaling(sizes[profile], {"seconds / image": [r["seconds
 # been run: our AUROC comes from the training settings stated there, not the paper's.
 
 # %%
-points = ex.cost_vs_auroc_points(results_root, profile)
+try:
+    backbones = ctx.read_summary("02_backbones_depths")
+except FileNotFoundError:
+    backbones = None  # notebook 02 has not run at this profile: the paper's points only
+points = ex.cost_vs_auroc_points(backbones, profile)
 viz.save_figure(viz.plot_cost_vs_metric(points, "flops_g", "i_auroc", "GFLOPs at 256x256 (log)",
-                                        "image AUROC (%)", "FLOPs vs image AUROC"), figures / "flops_vs_auroc.png")
+                                        "image AUROC (%)", "FLOPs vs image AUROC"), ctx.figures / "flops_vs_auroc.png")
 
 # %%
 viz.save_figure(viz.plot_cost_vs_metric(points, "params_m", "i_auroc", "parameters (M, log)",
                                         "image AUROC (%)", "parameters vs image AUROC"),
-                figures / "params_vs_auroc.png")
+                ctx.figures / "params_vs_auroc.png")
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
+summary = ctx.write_summary({
     "model": model, "backends": backend_rows, "scaling_counted": counted, "scaling_timed": timed,
     "benchmarks": list(bench_tables), "cost_vs_auroc": points})
 print(f"summary written to {summary}")

@@ -25,8 +25,8 @@
 # MVTec-AD and 77.8 on VisA (MambaAD: 86.0 and 78.7).
 #
 # **What this notebook does.** There is no MMAD paper text and no weights; our model is
-# rebuilt from the released code (`mambaad_lib.models.build_mmad`, facts in
-# `mmad_facts.md`). We first count its parameters and FLOPs against the published and the
+# rebuilt from the released code (`mambaad_lib.models.build_mmad`, following the MMAD
+# repository's `model/mmad.py`). We first count its parameters and FLOPs against the published and the
 # analytic figures, then train MMAD and MambaAD **on the same data with the same
 # settings** through the engine, evaluate both in both metric protocols, and time them.
 #
@@ -42,7 +42,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed of each method
 results_root = "results"
 runs_root = "runs"
 methods = ["mmad", "mambaad"]   # trained on the same data with the same settings
@@ -52,69 +52,34 @@ gumbel_draws = 5             # repeated inferences for the last section
 paper_dataset = "MVTec-AD"   # which published rows to show beside ours
 
 # %%
-import json
+from mambaad_lib import experiments as ex
+from mambaad_lib import viz
 
+ctx = ex.Context.from_parameters("07_mmad", globals())
+settings = ex.training_settings("mmad", profile)
+
+# %%
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from mambaad_lib import experiments as ex
-from mambaad_lib import viz
-from mambaad_lib.engine.config import config_from_dict, config_to_dict
-from mambaad_lib.engine.runner import build_datasets, load_for_inference
-from mambaad_lib.methods.mmad import compare_inference_speed
 from mambaad_lib.metrics import METRIC_KEYS
 from mambaad_lib.models import build_mambaad, build_mmad
-from mambaad_lib.models.mmad import repeated_image_scores
 from mambaad_lib.models.costs import count_flops, count_parameters
+from mambaad_lib.models.mmad import repeated_image_scores
 
 if threads is not None:
     # On a shared 2-core machine one thread per process avoids OpenMP threads spinning at
     # barriers while other jobs hold the cores (measured: ~20x slower MMAD steps at 2 threads).
     torch.set_num_threads(threads)
-
-NOTEBOOK = "07_mmad"
-ANALYTIC_MMAD_PARAMS = 24_898_254  # mmad_facts.md section 6 (equal to the instantiated release)
-# Each method's own YAML profile; the data and schedule below override both alike.
-BASE_PROFILES = {"mmad": {"smoke": "mmad_smoke", "demo": "mmad_demo", "paper": "mmad_paper"},
-                 "mambaad": {"smoke": "smoke", "demo": "demo", "paper": "paper"}}
-SMALL_MODEL = {"backbone": "resnet18", "depths": [1, 1, 1, 1], "encoder_weights": "none"}
-SETTINGS = {
-    "smoke": ex.TrainingSettings(
-        base_profile="", image_size=64, classes=("brick", "coin"), train_per_class=4, test_per_class=None,
-        epochs=1, batch_size=4, num_examples=0, note="checks the pipeline only: the numbers mean nothing"),
-    "demo": ex.TrainingSettings(
-        base_profile="", image_size=128, classes=("brick", "grass", "retina", "logo"), train_per_class=10,
-        test_per_class=None, epochs=6, batch_size=8, num_examples=2, evaluate_untrained=True,
-        note="random encoder, ResNet18 and one HSS/LSS unit per decoder stage for both methods; MMAD's "
-             "batch 8 for both; fits the book's CPU budget (~5-10 minutes for the two)"),
-    "paper": None,  # each method's published protocol: configs/mmad_paper.yaml, configs/paper.yaml
-}
-if profile not in SETTINGS:
-    raise ValueError(f"profile must be one of {list(SETTINGS)}, got {profile!r}")
-unknown = [m for m in methods if m not in BASE_PROFILES]
-if unknown:
-    raise ValueError(f"methods must be taken from {list(BASE_PROFILES)}, got {unknown}")
-ex.ensure_dataset(dataset_root, dataset_name, BASE_PROFILES["mambaad"][profile])
-
-
-def run_config(method: str):
-    """The run config of ``method`` under this profile (shared data and schedule unless paper)."""
-    model = {"release_compat": release_compat} if method == "mmad" else {}
-    # Checkpoints per profile: run ids (method + seed) repeat across profiles.
-    options = dict(notebook=NOTEBOOK, profile=profile, dataset_root=dataset_root, dataset_name=dataset_name,
-                   device=device, seed=seed, results_root=results_root, runs_root=f"{runs_root}/{profile}",
-                   method=method)
-    if SETTINGS[profile] is None:
-        base = ex.TrainingSettings(base_profile=BASE_PROFILES[method]["paper"], image_size=256, classes=None,
-                                   train_per_class=None, test_per_class=None, epochs=500,
-                                   batch_size=8 if method == "mmad" else 16, num_examples=8)
-        return ex.row_config(base, model, **options)
-    settings = ex.replace_settings(SETTINGS[profile], base_profile=BASE_PROFILES[method][profile])
-    return ex.row_config(settings, {**SMALL_MODEL, **model}, **options)
-
-
-configs = {method: run_config(method) for method in methods}
+ANALYTIC_MMAD_PARAMS = 24_898_254  # MMAD's released code, counted module by module (equal to the instantiated release)
+ctx.ensure_dataset()
+# Same data for both; the same schedule and small architecture except under `paper`, where
+# each method keeps its published protocol (its own paper profile).
+shared = profile != "paper"
+configs = {method: ctx.config(method, settings, model={"release_compat": release_compat} if method == "mmad" else {},
+                              schedule=shared, architecture=shared)
+           for method in methods}
 lines = [f"**Run here (profile `{profile}`, dataset `{dataset_name}`, {threads or 'default'} torch thread(s)):**"]
 for method, config in configs.items():
     m = config.model
@@ -123,8 +88,7 @@ for method, config in configs.items():
                  f"per class, {config.train.epochs} epochs at batch {config.train.batch_size} "
                  f"(lr {config.train.scaled_lr:g}), {m.backbone} encoder ({m.encoder_weights}), depths "
                  f"{list(m.depths)}" + (f", release_compat={m.release_compat}" if method == "mmad" else ""))
-if SETTINGS[profile] is not None:
-    lines.append(f"- why: {SETTINGS[profile].note}")
+lines.append(f"- why: {settings.note}")
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]
@@ -171,7 +135,7 @@ cost_table
 
 # %%
 rows = {method: ex.run_row(config, method) for method, config in configs.items()}
-records = {method: ex.load_record(row["results_file"]) for method, row in rows.items()}
+records = {method: ex.read_record(row["results_file"]) for method, row in rows.items()}
 for method, row in rows.items():
     print(f"{method}: {row['architecture']}\n  encoder: {row['encoder']}; scan backend {row['scan_backend']}; "
           f"training {row['train_time_s']:.0f} s; final loss {row['final_loss']:.4f}")
@@ -181,7 +145,7 @@ for method, row in rows.items():
 # Class means in percent. **Ours are offline results** (random encoder with re-estimated
 # BatchNorm, synthetic data) except under the `paper` profile; the published rows are
 # MVTec-AD/VisA with ImageNet weights. Only the `paper` profile makes the two comparable.
-# One seed per method: rerun with `seed = 1` before reading a difference of a few points
+# One seed per method by default: rerun with `seeds = [1]` before reading a difference of a few points
 # between MMAD and MambaAD as a ranking.
 
 # %%
@@ -201,13 +165,12 @@ metrics_table = pd.DataFrame.from_dict(metric_rows, orient="index")
 metrics_table
 
 # %%
-figures = ex.output_dir(results_root, NOTEBOOK, profile)
 source = "ours, offline" if profile != "paper" else "ours"
 trained = {f"{method} ({source})": [ex.pct(records[method]["metrics"]["standard"]["mean"].get(k)) for k in METRIC_KEYS]
            for method in records}
 viz.save_figure(viz.plot_grouped_bars(list(METRIC_KEYS), trained, "percent",
                                       f"MMAD vs MambaAD, same data and settings ({profile}, standard protocol)"),
-                figures / "metrics.png")
+                ctx.figures / "metrics.png")
 
 # %% [markdown]
 # ## Cost at the training size
@@ -218,15 +181,12 @@ viz.save_figure(viz.plot_grouped_bars(list(METRIC_KEYS), trained, "percent",
 # of three, so both see the same load: read the ratio.
 
 # %%
-loaded = {}
-for method, record in records.items():
-    config = config_from_dict(record["config"])
-    loaded[method], _ = load_for_inference(record["training"]["checkpoint"], config)
-test_sets = {method: build_datasets(config_from_dict(records[method]["config"]), splits=("test",))["test"]
-             for method in records}
+runs = {method: ex.load_run(row["results_file"]) for method, row in rows.items()}
+loaded = {method: model for method, (model, _) in runs.items()}
+test_sets = {method: test for method, (_, test) in runs.items()}
 first = next(iter(records))
 batch = torch.stack([test_sets[first][i]["image"] for i in range(min(8, len(test_sets[first])))])
-speed = compare_inference_speed(loaded, batch)
+speed = ex.compare_inference_speed(loaded, batch)
 efficiency = pd.DataFrame.from_dict({method: {
     "params (M)": round(rows[method]["params_m"], 3), "trainable (M)": round(rows[method]["trainable_m"], 3),
     f"GFLOPs at {rows[method]['image_size']}px": round(rows[method]["flops_g"], 3),
@@ -267,12 +227,11 @@ if "mmad" in loaded:
         display(Markdown("`release_compat=False`: argmax masks, so both rows show no spread."))
 
 # %%
-summary = ex.write_summary(results_root, NOTEBOOK, profile, {
-    "dataset": dataset_name, "threads": threads, "release_compat": release_compat,
+summary = ctx.write_summary({
+    "threads": threads, "release_compat": release_compat,
     "settings": {method: {"image_size": config.data.crop_size, "classes": config.data.classes,
                           "train_per_class": config.data.train_per_class, "epochs": config.train.epochs,
-                          "batch_size": config.train.batch_size, "lr": config.train.scaled_lr,
-                          "model": json.loads(json.dumps(config_to_dict(config)["model"]))}
+                          "batch_size": config.train.batch_size, "lr": config.train.scaled_lr, "model": config.model}
                  for method, config in configs.items()},
     "architecture_256": cost_table.reset_index().to_dict("records"),
     "analytic_mmad_params": ANALYTIC_MMAD_PARAMS,
@@ -285,7 +244,7 @@ print(f"summary written to {summary}")
 # - `release_compat = False` trains the corrected MMAD: the fuser's residual is added once,
 #   the channel attention scales the features instead of adding its weights, the 0.88M inert
 #   parameters are gone and inference uses argmax masks (no spread in the last table). Does
-#   anything in the metrics move beyond what `seed = 1` moves?
+#   anything in the metrics move beyond what `seeds = [1]` moves?
 # - `profile = "demo"` with `methods = ["mmad"]` and then `["mambaad"]` alone: which of the two
 #   costs more per training step at this small size, and why (MMAD's depth-1 stages still
 #   hold a full HSS module: 12 VSS blocks each)?

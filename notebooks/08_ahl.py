@@ -40,46 +40,38 @@
 # same features*; they say nothing about the paper's absolute values.
 
 # %% tags=["parameters"]
-profile = "smoke"
+profile = "smoke"            # smoke | demo (the paper grid needs nine real datasets and a GPU)
 dataset_root = "data"
-dataset_name = None            # None: the profile's dataset (generated below when missing)
+dataset_name = None          # None: the open-set profile's own dataset (generated below when missing)
 device = "cpu"
-seed = 0
+seeds = [0]                  # one run per seed of every cell
 results_root = "results"
+runs_root = "runs"
 methods = ["DevNet", "DRA", "AHL (DevNet)", "AHL (DRA)"]
 grid = {
-    "smoke": {"classes": ["brick"], "seeds": [0],
-              "settings": [{"setting": "general", "n_anomalies": 2}]},
-    "demo": {"classes": ["brick", "coin"], "seeds": [0, 1, 2],
+    "smoke": {"classes": ["brick"], "settings": [{"setting": "general", "n_anomalies": 2}]},
+    "demo": {"classes": ["brick", "coin"],
              "settings": [{"setting": "general", "n_anomalies": 10},
                           {"setting": "hard", "n_anomalies": 10, "known_type": "stain"}]},
 }
 
 # %%
-from pathlib import Path
+from mambaad_lib import experiments as ex
+from mambaad_lib import viz
 
+ctx = ex.Context.from_parameters("08_ahl", globals())
+cells = grid[profile]
+
+# %%
 import pandas as pd
+from IPython.display import display
 
-from mambaad_lib.data.synthetic import make_synthetic_dataset
-from mambaad_lib.data import meta_path
-from mambaad_lib.engine.config import load_config
-from mambaad_lib.utils.files import atomic_write_json
-from mambaad_lib.methods.ahl import openset_grid, summarize_openset
 from mambaad_lib.paper import paper_table
 
-if profile not in grid:
-    raise ValueError(f"profile {profile!r}: this notebook runs 'smoke' or 'demo' offline; the paper grid "
-                     "(nine real datasets, fine-tuned ImageNet encoders) needs the real data and a GPU")
-run_grid = grid[profile]
-config_profile = f"ahl_{profile}"
-base = load_config(config_profile, {"method": "ahl"})
-dataset_name = dataset_name or base.data.name
-overrides = {"device": device, "data.root": dataset_root, "data.name": dataset_name,
-             "paths.results_dir": results_root, "paths.runs_dir": "runs", "profile": profile}
-run_grid["seeds"] = [seed + s for s in range(len(run_grid["seeds"]))]
+ctx.ensure_dataset(method="ahl")
+base = ctx.config("ahl")
 m, b, c = base.model, base.model.base_training, base.model.cdl
-print(f"profile {profile} (configs/{config_profile}.yaml): classes {run_grid['classes']}, seeds {run_grid['seeds']}")
-print(f"  settings: {run_grid['settings']}")
+print(f"profile {profile}: classes {cells['classes']}, seeds {list(ctx.seeds)}, settings {cells['settings']}")
 print(f"  images {base.data.image_size}px, encoder {m.backbone} ({m.encoder_weights}), features layer{m.feature_level + 1} "
       f"at {m.n_scales} scales")
 print(f"  base models: {b.epochs} epochs x {b.steps_per_epoch} batches of {3 * b.per_kind}, lr {b.lr}")
@@ -88,16 +80,14 @@ print(f"  AHL: k-means C={m.hadg.n_clusters} on {m.hadg.cluster_on} features, CD
 print(f"  methods: {methods}; model after the last epoch (no test-set selection)")
 
 # %% [markdown]
-# The dataset is the synthetic benchmark generated offline (its `synthetic` section in the
-# profile), with enough anomalous test images per defect type for M labelled anomalies.
+# The dataset is the synthetic benchmark generated offline (the `synthetic` section of the
+# open-set profile), with enough anomalous test images per defect type for M labelled
+# anomalies. Every run goes through the engine's one pipeline: it takes the labelled
+# anomalies out of the class's test split, trains on them and the normal images, evaluates
+# the rest, and writes its results file.
 
 # %%
-if not meta_path(dataset_root, dataset_name).is_file():
-    s = base.synthetic
-    make_synthetic_dataset(dataset_root, dataset_name, seed=s.seed, image_size=s.image_size, n_train=s.n_train,
-                           n_test=s.n_test, classes=s.classes)
-rows = openset_grid(config_profile, run_grid["classes"], run_grid["settings"], run_grid["seeds"], methods,
-                    overrides, progress=False)
+rows = ex.openset_grid(ctx, cells["classes"], cells["settings"], methods, progress=False)
 runs = pd.DataFrame(rows)
 runs[["label", "setting", "known_type", "cls_name", "seed", "i_auroc", "i_ap", "p_auroc"]].round(3)
 
@@ -110,15 +100,12 @@ runs[["label", "setting", "known_type", "cls_name", "seed", "i_auroc", "i_ap", "
 # %%
 summary = []
 for metric in ("i_auroc", "i_ap"):
-    for row in summarize_openset(rows, metric):
+    for row in ex.summarize_openset(rows, metric):
         summary.append({"setting": row["setting"], "method": row["label"], "metric": metric,
                         "mean": row[f"{metric}_mean"], "std": row[f"{metric}_std"], "n_seeds": row["n_seeds"],
                         "n_runs": row["n_runs"]})
-out_dir = Path(results_root) / "08_ahl" / profile
-out_dir.mkdir(parents=True, exist_ok=True)
-atomic_write_json(out_dir / "summary.json", {
-    "profile": profile, "label": "OFFLINE: random ResNet-18 encoder (BatchNorm re-estimated), synthetic data",
-    "grid": run_grid, "methods": methods, "summary": summary, "runs": rows})
+ctx.write_summary({"label": "OFFLINE: random ResNet-18 encoder (BatchNorm re-estimated), synthetic data",
+                   "grid": cells, "methods": methods, "summary": summary, "runs": rows})
 table = pd.DataFrame(summary)
 table["ours (offline)"] = table["mean"].map("{:.3f}".format) + " ± " + table["std"].map("{:.3f}".format)
 table.pivot(index=["setting", "metric"], columns="method", values="ours (offline)")[methods]
@@ -149,9 +136,10 @@ for axis, setting in zip(axes, ("general", "hard")):
     axis.bar(range(len(methods)), part["mean"], yerr=part["std"], capsize=4, color=["#999", "#666", "#7aa", "#388"])
     axis.set_xticks(range(len(methods)), methods, rotation=20)
     axis.axhline(0.5, color="k", lw=0.8, ls=":")
-    axis.set_title(f"{setting} setting (offline, {len(run_grid['seeds'])} seeds)")
+    axis.set_title(f"{setting} setting (offline, {len(ctx.seeds)} seeds)")
 axes[0].set_ylabel("image AUC-ROC")
 fig.tight_layout()
+viz.save_figure(fig, ctx.figures / "auroc_bars.png")
 
 # %% [markdown]
 # **Reading the offline result.** Whichever method comes first here, the gap is measured on
@@ -167,7 +155,7 @@ fig.tight_layout()
 # features are layer3 maps of the library's frozen encoders instead of a fine-tuned layer4.
 #
 # ## Try it yourself
-# * `model.release_compat: true` in `configs/ahl_demo.yaml` runs the released code's behaviour
+# * `model.release_compat: true` (the `ahl_demo` profile, or `overrides` of `ex.openset_grid`) runs the released code's behaviour
 #   (cluster-prefix bug, shared generators, delayed Adam step, constant composite head, random
 #   initialisation of g): compare with the paper protocol.
 # * Set `model.cdl.use_psi: false` to drop the importance module (uniform episode weights), or

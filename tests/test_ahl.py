@@ -1,22 +1,16 @@
 """DevNet / DRA / AHL: deviation loss, top-k, HADG rules, CDL weights and a smoke open-set run."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mambaad_lib.methods.base import METHODS
-from mambaad_lib.utils.resources import CONFIGS_DIR
 from mambaad_lib.models.ahl import CDLConfig, collaborative_training, paper_evaluation_set
 from mambaad_lib.models.devnet import DevNetHead, DevNetConfig, deviation_loss, topk_mean
 from mambaad_lib.models.dra import DRAConfig, DRAHeads
 from mambaad_lib.models.hadg import HADGConfig, build_episodes, cluster_normals, episode_pairs, split_anomalies
 from mambaad_lib.models.openset_features import BatchSampler, FeatureBank, SampleSet
-
-OPENSET_METHODS = {"devnet": "mambaad_lib.methods.ahl:DevNetMethod", "dra": "mambaad_lib.methods.ahl:DRAMethod",
-                   "ahl": "mambaad_lib.methods.ahl:AHLMethod"}
 
 
 def test_deviation_loss_matches_its_formula():
@@ -139,42 +133,42 @@ def test_cdl_trains_and_weights_episodes():
 
 
 @pytest.mark.slow
-def test_smoke_ahl_run_writes_finite_metrics(tmp_path, monkeypatch):
+def test_smoke_ahl_run_writes_finite_metrics(tmp_path):
+    """The engine's one pipeline trains an open-set method: labelled anomalies leave the test
+    split, the head trains on cached features, the checkpoint reloads and predicts."""
     from mambaad_lib.data.synthetic import make_synthetic_dataset
+    from mambaad_lib.engine import runner
     from mambaad_lib.engine.config import load_config
     from mambaad_lib.engine.results import load_results
-    from mambaad_lib.methods.ahl import train_openset
 
-    for name, path in OPENSET_METHODS.items():
-        monkeypatch.setitem(METHODS, name, path)
     make_synthetic_dataset(tmp_path / "data", "synthetic_ahl_smoke", seed=0, image_size=64, n_train=24, n_test=20,
                            classes=["brick"])
-    config = load_config("ahl_smoke", {"data.root": str(tmp_path / "data"), "paths.results_dir": str(tmp_path / "r"),
-                                       "paths.runs_dir": str(tmp_path / "runs")})
-    outcome = train_openset(config, progress=False)
+    config = load_config("smoke", {"method": "ahl", "data.root": str(tmp_path / "data"),
+                                   "paths.results_dir": str(tmp_path / "r"), "paths.runs_dir": str(tmp_path / "runs")})
+    outcome = runner.train(config, progress=False)
     record = load_results(outcome.results_file)[0]
     mean = record["metrics"]["standard"]["mean"]
     assert all(math.isfinite(mean[key]) for key in ("i_auroc", "i_ap", "p_auroc"))
-    labelled = set(record["openset"]["labelled_paths"])
-    assert len(labelled) == 2 and record["data"]["n_test"] == 18 and record["model"]["training"]["n_episodes"] >= 2
-    from mambaad_lib.engine.runner import load_for_inference
-    method, _ = load_for_inference(record["training"]["checkpoint"], config)
+    labelled = set(record["openset"]["per_class"]["brick"]["labelled_paths"])
+    brick = record["classes"]["brick"]
+    assert len(labelled) == 2 and record["data"]["n_test"] == 18 and brick["training"]["n_episodes"] >= 2
+    assert record["traits"]["learning_type"] == "open-set supervised" and record["traits"]["per_class"]
+    method, _ = runner.load_for_inference(brick["checkpoint"], config)
     _, scores = method.predict(torch.zeros(2, 3, 64, 64))
     assert torch.isfinite(scores).all()
 
 
 @pytest.mark.slow
-def test_engine_train_delegates_open_set_methods(tmp_path, monkeypatch):
-    """`mambaad train` with an open-set profile runs train_openset through the method's
-    run_training hook and writes a results file with finite image metrics; --resume is refused."""
+def test_open_set_methods_train_from_the_command_line(tmp_path, monkeypatch):
+    """`mambaad train --profile smoke --model dra` runs the open-set method through the same
+    pipeline and writes a results file with finite image metrics; --resume is refused."""
     from mambaad_lib.cli import main
 
     monkeypatch.chdir(tmp_path)
-    profile = str(CONFIGS_DIR / "ahl_smoke.yaml")
-    common = ["--profile", profile, "--data-root", "data", "--results-dir", "res", "--runs-dir", "runs", "--quiet"]
+    common = ["--profile", "smoke", "--model", "dra", "--data-root", "data", "--results-dir", "res",
+              "--runs-dir", "runs", "--quiet"]
     assert main(["synth", *common]) == 0
-    assert main(["train", *common, "--classes", "brick"]) == 0
-    (results_file,) = (tmp_path / "res").rglob("ahl-brick-*.json")
-    record = json.loads(results_file.read_text())
+    assert main(["train", *common, "--run-id", "dra-brick"]) == 0
+    record = json.loads((tmp_path / "res" / "08_ahl" / "smoke" / "dra-brick.json").read_text())
     assert all(math.isfinite(record["metrics"]["standard"]["mean"][key]) for key in ("i_auroc", "i_ap"))
-    assert main(["train", *common, "--classes", "brick", "--resume", "latest"]) != 0
+    assert main(["train", *common, "--resume", "latest"]) != 0

@@ -72,7 +72,7 @@ def test_profile_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
 
 
 def test_missing_profile_lists_available():
-    with pytest.raises(FileNotFoundError, match="available profiles"):
+    with pytest.raises(FileNotFoundError, match="packaged profiles"):
         load_config("smok")
 
 

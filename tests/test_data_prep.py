@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import folder, mvtec, mvtec3d, realiad, visa
-from data_prep.common import ConversionError
-from mambaad_lib.data.validate import validate_dataset
+from data_prep import btad, folder, mpdd, mvtec, mvtec3d, mvtec_ad2, mvtec_loco, realiad, visa
+from data_prep.common import MISSING_MASK_MODES, ConversionError
+from mambaad_lib.data.validate import check_dataset, validate_dataset
 from mambaad_lib.data import AnomalyDataset, read_meta
 
 SIZE = (24, 20)  # (width, height) of the fake images
@@ -26,12 +26,16 @@ def _image(path: Path, value: int = 100, size=SIZE, fmt=None) -> Path:
     return path
 
 
-def _mask(path: Path, value: int = 255, size=SIZE) -> Path:
+def _mask(path: Path, value: int = 255, size=SIZE, box=(slice(4, 9), slice(5, 12))) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     mask = np.zeros((size[1], size[0]), np.uint8)
-    mask[4:9, 5:12] = value
+    mask[box] = value
     Image.fromarray(mask).save(path)
     return path
+
+
+def _mask_pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -292,15 +296,286 @@ def test_folder_converter_accepts_masks_without_suffix_and_rejects_odd_train(tmp
         folder.convert(tmp_path / "data" / "unimedical" / "brain" / "train", tmp_path / "other", "x")
 
 
+def test_folder_converter_takes_other_folder_names(tmp_path, capsys):
+    src = tmp_path / "parts"
+    _image(src / "gear/train/ok/a.bmp", 1)
+    _image(src / "gear/test/ok/b.bmp", 2)
+    _image(src / "gear/test/ng/c.bmp", 3)
+    _mask(src / "gear/gt/ng/c_gt.bmp")
+    with pytest.raises(ConversionError, match=r"holds \['ok'\] besides good/"):
+        folder.convert(src, tmp_path / "data", "parts")
+    counts = folder.convert(src, tmp_path / "data", "parts", normal_names="ok", ground_truth="gt",
+                            mask_suffixes=("_gt",))
+    assert counts == {"gear": {"train": {"good": 1}, "test": {"good": 1, "ng": 1}}}
+    assert read_meta(tmp_path / "data", "parts")["test"]["gear"] == [
+        _item("parts/gear/test/ng/c.bmp", "parts/gear/ground_truth/ng/c_mask.png", "gear", "ng"),
+        _item("parts/gear/test/good/b.bmp", "", "gear", "good")]
+    argv = ["--src", str(src), "--root", str(tmp_path / "cli"), "--name", "parts", "--normal-name", "ok",
+            "--ground-truth-name", "gt", "--mask-suffix", "_gt"]
+    assert folder.main(argv) == 0
+    assert read_meta(tmp_path / "cli", "parts") == read_meta(tmp_path / "data", "parts")
+    _image(src / "gear/test/good/d.bmp", 4)  # 'good' is not normal when the normal folders are named 'ok'
+    with pytest.raises(ConversionError, match="defect type named 'good'"):
+        folder.convert(src, tmp_path / "data", "parts", normal_names="ok", ground_truth="gt")
+
+
+# ----------------------------------------------------------------------------- BTAD
+
+def _fake_btad(src: Path) -> Path:
+    for cls, mask_ext in (("01", ".png"), ("03", ".bmp")):
+        _image(src / cls / "train/ok/0000.bmp", 1)
+        _image(src / cls / "test/ok/0001.bmp", 2)
+        _image(src / cls / "test/ko/0002.bmp", 3)
+        _mask(src / cls / f"ground_truth/ko/0002{mask_ext}", value=1)  # not 0/255: rewritten
+    return src
+
+
+def test_btad_tree_meta_and_masks(tmp_path):
+    src = _fake_btad(tmp_path / "raw")
+    counts = btad.convert(src, tmp_path / "data")
+    assert counts == {cls: {"train": {"good": 1}, "test": {"good": 1, "ko": 1}} for cls in ("01", "03")}
+    assert read_meta(tmp_path / "data", "btad") == {
+        "train": {cls: [_item(f"btad/{cls}/train/good/0000.bmp", "", cls, "good")] for cls in ("01", "03")},
+        "test": {cls: [_item(f"btad/{cls}/test/ko/0002.bmp", f"btad/{cls}/ground_truth/ko/0002_mask.png", cls, "ko"),
+                       _item(f"btad/{cls}/test/good/0001.bmp", "", cls, "good")]  # source folders ko < ok
+                 for cls in ("01", "03")}}
+    for cls in ("01", "03"):
+        mask = _mask_pixels(tmp_path / f"data/btad/{cls}/ground_truth/ko/0002_mask.png")
+        assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 5 * 7
+    assert validate_dataset(tmp_path / "data", "btad") == []
+
+
+def test_btad_non_binary_mask_names_the_option(tmp_path):
+    src = _fake_btad(tmp_path / "raw")
+    graded = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+    graded[2:6, 2:6], graded[6:8, 2:6] = 128, 255  # anti-aliased edge
+    Image.fromarray(graded).save(src / "01/ground_truth/ko/0002.png")
+    with pytest.raises(ConversionError, match="--mask-mode nonzero"):
+        btad.convert(src, tmp_path / "data")
+    btad.convert(src, tmp_path / "data", mask_mode="nonzero")
+    assert (_mask_pixels(tmp_path / "data/btad/01/ground_truth/ko/0002_mask.png") == 255).sum() == 6 * 4
+
+
+# ----------------------------------------------------------------------------- MVTec LOCO AD
+
+def _fake_loco(src: Path) -> Path:
+    cls = src / "juice_bottle"
+    _image(cls / "train/good/000.png", 1)
+    _image(cls / "validation/good/000.png", 2)
+    _image(cls / "test/good/000.png", 3)
+    _image(cls / "test/logical_anomalies/000.png", 4)
+    # two partial masks, each with its own defect value, overlapping in one column
+    _mask(cls / "ground_truth/logical_anomalies/000/000.png", value=255, box=(slice(2, 5), slice(2, 6)))
+    _mask(cls / "ground_truth/logical_anomalies/000/001.png", value=254, box=(slice(10, 12), slice(5, 9)))
+    _image(cls / "test/structural_anomalies/000.png", 5)
+    _mask(cls / "ground_truth/structural_anomalies/000/000.png", value=255)
+    (cls / "defects_config.json").write_text("[]")
+    return src
+
+
+@pytest.mark.parametrize("validation, train_names", [("ignore", ["000.png"]), ("merge", ["000.png", "val_000.png"])])
+def test_mvtec_loco_merges_partial_masks(tmp_path, validation, train_names):
+    src = _fake_loco(tmp_path / "raw")
+    counts = mvtec_loco.convert(src, tmp_path / "data", validation=validation)
+    assert counts == {"juice_bottle": {"train": {"good": len(train_names)},
+                                       "test": {"good": 1, "logical_anomalies": 1, "structural_anomalies": 1}}}
+    name, cls = "mvtec_loco", "juice_bottle"
+    assert read_meta(tmp_path / "data", name) == {
+        "train": {cls: [_item(f"{name}/{cls}/train/good/{n}", "", cls, "good") for n in train_names]},
+        "test": {cls: [_item(f"{name}/{cls}/test/good/000.png", "", cls, "good")] + [
+            _item(f"{name}/{cls}/test/{kind}/000.png", f"{name}/{cls}/ground_truth/{kind}/000_mask.png", cls, kind)
+            for kind in ("logical_anomalies", "structural_anomalies")]}}
+    merged = _mask_pixels(tmp_path / f"data/{name}/{cls}/ground_truth/logical_anomalies/000_mask.png")
+    expected = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+    expected[2:5, 2:6] = expected[10:12, 5:9] = 255
+    assert np.array_equal(merged, expected)
+    assert validate_dataset(tmp_path / "data", name) == []
+
+
+def test_mvtec_loco_partial_masks_are_validated_one_by_one(tmp_path):
+    src = _fake_loco(tmp_path / "raw")
+    _mask(src / "juice_bottle/ground_truth/logical_anomalies/000/001.png", size=(10, 10))
+    with pytest.raises(ConversionError, match=r"logical_anomalies/000/001.png' is 10x10"):
+        mvtec_loco.convert(src, tmp_path / "data")
+
+
+# ----------------------------------------------------------------------------- MVTec AD 2
+
+def _fake_ad2(src: Path) -> Path:
+    cls = src / "vial"
+    _image(cls / "train/good/000_regular.png", 1)
+    _image(cls / "validation/good/000_regular.png", 2)
+    _image(cls / "test_public/good/000_regular.png", 3)
+    _image(cls / "test_public/bad/001_regular.png", 4)
+    _mask(cls / "test_public/ground_truth/bad/001_regular_mask.png")
+    _image(cls / "test_private/000_regular.png", 5)
+    _image(cls / "test_private/001_overexposed.png", 6)
+    _image(cls / "test_private_mixed/000_shift_1.png", 7)
+    return src
+
+
+def test_mvtec_ad2_public_test_is_the_only_labeled_test_set(tmp_path):
+    src = _fake_ad2(tmp_path / "raw")
+    counts = mvtec_ad2.convert(src, tmp_path / "data")
+    assert counts == {"vial": {"train": {"good": 1}, "test": {"good": 1, "bad": 1},
+                               "test_private": {"unlabeled": 2}, "test_private_mixed": {"unlabeled": 1}}}
+    name = "mvtec_ad2"
+    assert read_meta(tmp_path / "data", name) == {
+        "train": {"vial": [_item(f"{name}/vial/train/good/000_regular.png", "", "vial", "good")]},
+        "test": {"vial": [_item(f"{name}/vial/test/bad/001_regular.png",
+                                f"{name}/vial/ground_truth/bad/001_regular_mask.png", "vial", "bad"),
+                          _item(f"{name}/vial/test/good/000_regular.png", "", "vial", "good")]},
+        "unlabeled": {"test_private": {"vial": [f"{name}/vial/test_private/000_regular.png",
+                                                f"{name}/vial/test_private/001_overexposed.png"]},
+                      "test_private_mixed": {"vial": [f"{name}/vial/test_private_mixed/000_shift_1.png"]}}}
+    assert (tmp_path / f"data/{name}/vial/test_private_mixed/000_shift_1.png").read_bytes() == \
+        (src / "vial/test_private_mixed/000_shift_1.png").read_bytes()
+    # the evaluation reads the test split only: the private images never reach a metric
+    test = AnomalyDataset(tmp_path / "data", name, "test", image_size=32, crop_size=32)
+    assert [item["img_path"].split("/")[2] for item in test.items] == ["test", "test"]
+    report = check_dataset(tmp_path / "data", name)
+    assert report.problems == [] and len(report.notes) == 2
+    assert "unlabeled set 'test_private': 2 image(s)" in report.notes[0] and "never evaluated" in report.notes[0]
+    (tmp_path / f"data/{name}/vial/test_private/000_regular.png").write_bytes(b"broken")
+    assert "cannot be read" in validate_dataset(tmp_path / "data", name)[0]
+
+
+def test_mvtec_ad2_options(tmp_path):
+    src = _fake_ad2(tmp_path / "raw")
+    counts = mvtec_ad2.convert(src, tmp_path / "data", private="ignore", validation="merge")
+    assert counts == {"vial": {"train": {"good": 2}, "test": {"good": 1, "bad": 1}}}
+    meta = read_meta(tmp_path / "data", "mvtec_ad2")
+    assert "unlabeled" not in meta
+    assert [item["img_path"] for item in meta["train"]["vial"]] == [
+        "mvtec_ad2/vial/train/good/000_regular.png", "mvtec_ad2/vial/train/good/val_000_regular.png"]
+    argv = ["--src", str(src), "--root", str(tmp_path / "cli"), "--private", "ignore", "--validation", "merge"]
+    assert mvtec_ad2.main(argv) == 0
+    assert read_meta(tmp_path / "cli", "mvtec_ad2") == meta
+
+
+# ----------------------------------------------------------------------------- MPDD
+
+def test_mpdd_is_mvtec_style(tmp_path):
+    src = tmp_path / "raw"
+    _image(src / "tubes/train/good/000.png", 1)
+    _image(src / "tubes/test/good/000.png", 2)
+    _image(src / "tubes/test/anomalous/000.png", 3)
+    _mask(src / "tubes/ground_truth/anomalous/000_mask.png")
+    counts = mpdd.convert(src, tmp_path / "data")
+    assert counts == {"tubes": {"train": {"good": 1}, "test": {"anomalous": 1, "good": 1}}}
+    assert read_meta(tmp_path / "data", "mpdd")["test"]["tubes"][0] == _item(
+        "mpdd/tubes/test/anomalous/000.png", "mpdd/tubes/ground_truth/anomalous/000_mask.png", "tubes", "anomalous")
+    assert validate_dataset(tmp_path / "data", "mpdd") == []
+
+
+# ----------------------------------------------------------------------------- --missing-mask
+
+def _without_mvtec_mask(src: Path) -> str:
+    (src / "wood/ground_truth/broken/000_mask.png").unlink()
+    return "wood"
+
+
+def _without_visa_mask(src: Path) -> str:
+    csv_path = src / "split_csv/1cls.csv"
+    csv_path.write_text(csv_path.read_text().replace("pcb1/Data/Masks/Anomaly/000.png", ""))
+    return "pcb1"
+
+
+def _without_mvtec3d_mask(src: Path) -> str:
+    (src / "bagel/test/crack/gt/000.png").unlink()
+    return "bagel"
+
+
+def _without_realiad_mask(src: Path) -> str:
+    (src / "realiad_1024/toy/NG/QS/S0002/toy_0002_NG_QS_C2_2.png").unlink()
+    return "toy"
+
+
+def _without_btad_mask(src: Path) -> str:
+    (src / "03/ground_truth/ko/0002.bmp").unlink()
+    return "03"
+
+
+def _without_loco_mask(src: Path) -> str:
+    for mask in (src / "juice_bottle/ground_truth/structural_anomalies/000").iterdir():
+        mask.unlink()  # an empty ground-truth folder is a missing mask
+    return "juice_bottle"
+
+
+def _without_ad2_mask(src: Path) -> str:
+    (src / "vial/test_public/ground_truth/bad/001_regular_mask.png").unlink()
+    return "vial"
+
+
+MISSING_MASK_CASES = {
+    "mvtec": (mvtec, _fake_mvtec, _without_mvtec_mask),
+    "visa": (visa, _fake_visa, _without_visa_mask),
+    "mvtec3d": (mvtec3d, _fake_mvtec3d, _without_mvtec3d_mask),
+    "realiad": (realiad, _fake_realiad, _without_realiad_mask),
+    "btad": (btad, _fake_btad, _without_btad_mask),
+    "mvtec_loco": (mvtec_loco, _fake_loco, _without_loco_mask),
+    "mvtec_ad2": (mvtec_ad2, _fake_ad2, _without_ad2_mask),
+    "mpdd": (mpdd, _fake_mvtec, _without_mvtec_mask),
+    "folder": (folder, _fake_mvtec, _without_mvtec_mask),
+}
+
+
+@pytest.mark.parametrize("mode", MISSING_MASK_MODES)
+@pytest.mark.parametrize("converter", sorted(MISSING_MASK_CASES))
+def test_missing_mask_modes(converter, mode, tmp_path, capsys):
+    module, make, drop_mask = MISSING_MASK_CASES[converter]
+    src = make(tmp_path / "raw")
+    cls = drop_mask(src)
+    root = tmp_path / "data"
+    argv = ["--src", str(src), "--root", str(root), "--name", "d"]
+    full = {c: sum(item["anomaly"] for item in items)
+            for c, items in _reference_meta(module, make, tmp_path)["test"].items()}
+    if mode == "error":
+        assert module.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "has no mask" in err and "--missing-mask skip" in err and not root.exists()
+        return
+    assert module.main(argv + ["--missing-mask", mode]) == 0
+    out = capsys.readouterr().out
+    meta = read_meta(root, "d")
+    anomalous = {c: [item for item in items if item["anomaly"]] for c, items in meta["test"].items()}
+    report = check_dataset(root, "d")
+    assert report.problems == []
+    if mode == "skip":
+        assert f"skipped 1 anomalous image(s) without a mask ({cls} 1)" in out
+        assert len(anomalous.get(cls, [])) == full[cls] - 1 and "missing_mask" not in meta
+        assert all(item["mask_path"] for items in anomalous.values() for item in items)
+        assert report.images_without_mask == {}
+        return
+    assert f"kept 1 anomalous image(s) without a mask ({cls} 1)" in out
+    assert meta["missing_mask"] == "keep" and len(anomalous[cls]) == full[cls]
+    assert [item["mask_path"] for item in anomalous[cls]].count("") == 1
+    assert report.images_without_mask == {f"test/{cls}": 1}
+    assert "1 anomalous image(s) without a mask" in report.notes[0]
+    data = AnomalyDataset(root, "d", "test", classes=[cls], image_size=16, crop_size=16)
+    assert data.images_without_mask == {cls: 1}
+    flags = [(item["label"], item["has_mask"], float(item["mask"].sum())) for item in data]
+    assert sum(1 for label, has_mask, _ in flags if label == 1 and not has_mask) == 1
+    assert all(total == 0 for label, has_mask, total in flags if not has_mask)
+    assert all(has_mask for label, has_mask, _ in flags if label == 0)
+
+
+def _reference_meta(module, make, tmp_path) -> dict:
+    """The meta of the same source converted with every mask present."""
+    src = make(tmp_path / "reference_src")
+    module.convert(src, tmp_path / "reference", "d")
+    return read_meta(tmp_path / "reference", "d")
+
+
 # ----------------------------------------------------------------------------- command lines
 
-@pytest.mark.parametrize("module", [mvtec, visa, mvtec3d, realiad, folder])
+@pytest.mark.parametrize("module", [mvtec, visa, mvtec3d, realiad, folder, btad, mvtec_loco, mvtec_ad2, mpdd])
 def test_command_line_help_and_failure(module, tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         module.main(["--help"])
     assert raised.value.code == 0
     help_text = capsys.readouterr().out
-    assert all(option in help_text for option in ("--src", "--root", "--name", "--link", "--dry-run"))
+    assert all(option in help_text for option in ("--src", "--root", "--name", "--link", "--dry-run", "--missing-mask"))
     assert module.main(["--src", str(tmp_path / "missing"), "--root", str(tmp_path / "data")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
@@ -316,3 +591,25 @@ def test_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.mvtec3d", "--help"], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0 and "--validation" in result.stdout
+
+
+def test_mambaad_prep_passes_every_converter_option(tmp_path, capsys):
+    from mambaad_lib.cli import DATASETS, main
+
+    assert set(DATASETS) == {"mvtec", "visa", "mvtec3d", "realiad", "btad", "mvtec_loco", "mvtec_ad2", "mpdd",
+                             "folder"}
+    src = _fake_btad(tmp_path / "raw")
+    _without_btad_mask(src)
+    root = tmp_path / "data"
+    assert main(["prep", "btad", str(src), "--root", str(root)]) == 1
+    assert "has no mask" in capsys.readouterr().err
+    assert main(["prep", "folder", str(src), "--root", str(root), "--name", "b", "--normal-name", "ok",
+                 "--missing-mask", "keep"]) == 0
+    assert read_meta(root, "b")["missing_mask"] == "keep"
+    capsys.readouterr()
+    assert main(["validate-data", "--root", str(root), "--name", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 anomalous image(s) without a mask" in out and out.rstrip().endswith("OK")
+    with pytest.raises(SystemExit) as raised:
+        main(["prep", "btad", str(src), "--root", str(root), "--no-such-option"])
+    assert raised.value.code == 2

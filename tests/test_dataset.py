@@ -11,7 +11,7 @@ from PIL import Image
 from data_prep import validate
 from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.data import (IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize, read_meta, transform_mask,
-                              write_meta)
+                              transform_mask_soft, write_meta)
 
 CLASSES = ["gravel", "coin"]
 
@@ -171,3 +171,112 @@ def test_validator_on_a_good_dataset_and_missing_pieces(pristine, tmp_path, caps
     assert "does not exist" in validate.validate_dataset(tmp_path / "nowhere", "synthetic")[0]
     (tmp_path / "meta_x.json").write_text(json.dumps({"train": {}}))
     assert validate.validate_dataset(tmp_path, "x") == [f"{tmp_path / 'meta_x.json'}: missing the 'test' split"]
+
+
+def _drop_first_mask(meta):
+    next(item for item in meta["test"]["gravel"] if item["anomaly"])["mask_path"] = ""
+
+
+def test_kept_anomaly_without_mask_has_a_flag_and_a_blank_mask(root):
+    item = _first_anomalous(root)
+    assert AnomalyDataset(root, "synthetic", "test").images_without_mask == {}  # a meta without the key: default
+
+    def keep_without_mask(meta):
+        _drop_first_mask(meta)
+        meta["missing_mask"] = "keep"
+    _edit_meta(root, keep_without_mask)
+    data = AnomalyDataset(root, "synthetic", "test", image_size=64, crop_size=64)
+    assert data.images_without_mask == {"gravel": 1}
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))  # collates as usual
+    index = list(batch["img_path"]).index(item["img_path"])
+    assert batch["has_mask"].dtype == torch.bool and batch["has_mask"].tolist().count(False) == 1
+    assert not batch["has_mask"][index] and batch["label"][index] == 1 and batch["mask"][index].sum() == 0
+    others = [i for i in range(len(data)) if i != index]
+    assert all((batch["mask"][i].sum() > 0) == bool(batch["label"][i]) for i in others)
+
+
+def test_meta_keys_are_checked(root):
+    _edit_meta(root, lambda meta: meta.update(missing_mask="sometimes"))
+    with pytest.raises(ValueError, match="'missing_mask' must be one of"):
+        AnomalyDataset(root, "synthetic", "test")
+    _edit_meta(root, lambda meta: meta.update(missing_mask="error", unlabeled={"test": {"coin": ["/abs.png"]}}))
+    with pytest.raises(ValueError, match="cannot be named like the split 'test'") as raised:
+        AnomalyDataset(root, "synthetic", "test")
+    assert "'/abs.png' must be relative to the root" in str(raised.value)
+
+
+def test_validator_notes_kept_masks(root, capsys):
+    def keep_without_mask(meta):
+        _drop_first_mask(meta)
+        meta["missing_mask"] = "keep"
+    _edit_meta(root, keep_without_mask)
+    report = validate.check_dataset(root, "synthetic")
+    assert report.problems == [] and report.images_without_mask == {"test/gravel": 1}
+    assert validate.main(["--root", str(root), "--name", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 anomalous image(s) without a mask" in out and "test/gravel 1" in out and "OK" in out
+    _edit_meta(root, lambda meta: meta.pop("missing_mask"))
+    assert "has no mask_path" in validate.validate_dataset(root, "synthetic")[0]
+
+
+# ---- the release's masks: bilinear resize, binarised at > 0.5 (protocols ader / adeval) -------
+
+def _release_target_transform(image_size: int, crop_size: int):
+    """MambaAD's config (``data.target_transforms``), written with torchvision's transform classes."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop((crop_size, crop_size)),
+        transforms.ToTensor(),
+    ])
+
+
+@pytest.mark.parametrize("image_size, crop_size", [(64, 64), (72, 64), (300, 256)])
+def test_soft_mask_is_the_release_target_transform(image_size, crop_size):
+    rng = np.random.default_rng(image_size)
+    mask = np.zeros((211, 211), np.uint8)
+    mask[20:90, 30:41] = 3  # VisA-like value: the release makes any non-zero pixel 255 first
+    mask[rng.random(mask.shape) < 0.02] = 255
+    mask[150, 20:200] = 255  # a 1-pixel line: bilinear downscaling leaves it faint
+    soft = transform_mask_soft(Image.fromarray(mask), image_size, crop_size)
+    assert soft.shape == (1, crop_size, crop_size) and soft.dtype == torch.uint8
+    binary = Image.fromarray((mask > 0).astype(np.uint8) * 255, mode="L")  # ADer's dataset does this
+    release = _release_target_transform(image_size, crop_size)(binary)
+    assert torch.equal(soft.float() / 255, release)
+    assert 0 < int(((soft > 0) & (soft < 255)).sum())  # soft edges exist, so > 0.5 is not nearest's > 0
+    assert not torch.equal(soft.float() / 255 > 0.5, transform_mask(Image.fromarray(mask), image_size, crop_size) > 0)
+
+
+def test_items_carry_both_masks(pristine):
+    data = AnomalyDataset(pristine, "synthetic", "test", image_size=72, crop_size=64)
+    for item in data:
+        assert item["mask_soft"].shape == (1, 64, 64) and item["mask_soft"].dtype == torch.uint8
+        if not item["label"]:
+            assert int(item["mask_soft"].max()) == 0
+        # the nearest and the bilinear mask mark the same defect, up to its edges
+        nearest, release = item["mask"] > 0, item["mask_soft"] > 127
+        assert int((nearest ^ release).sum()) <= max(1, int(nearest.sum()) // 2)
+
+
+def test_engine_evaluates_each_protocol_on_its_own_ground_truth(pristine):
+    """compute_protocol_metrics gives ader the release's masks and labels, standard ours."""
+    from mambaad_lib.engine.evaluate import Predictions, compute_protocol_metrics
+
+    data = AnomalyDataset(pristine, "synthetic", "test", image_size=64, crop_size=64)
+    items = [data[i] for i in range(len(data))]
+    masks = np.stack([item["mask"][0].numpy() > 0 for item in items])
+    soft = np.stack([item["mask_soft"][0].numpy() for item in items])
+    soft[np.flatnonzero(masks.any(axis=(1, 2)))[0]] = 0  # one anomalous image loses its release mask
+    labels = np.array([item["label"] for item in items])
+    rng = np.random.default_rng(0)
+    maps = (rng.random(masks.shape) + masks).astype(np.float32)
+    predictions = Predictions(maps, maps.max(axis=(1, 2)), labels, masks, [item["cls_name"] for item in items],
+                              [item["img_path"] for item in items], {}, soft)
+    metrics = compute_protocol_metrics(predictions, ["standard", "ader"])
+    by_protocol = {name: metrics[name]["per_class"] for name in ("standard", "ader")}
+    # The image that lost its mask is normal for ader: its high score becomes a false positive.
+    assert by_protocol["standard"][0]["i_auroc"] == 1.0 and by_protocol["ader"][0]["i_auroc"] < 1.0
+    with pytest.raises(ValueError, match="mask_soft"):
+        compute_protocol_metrics(Predictions(maps, maps.max(axis=(1, 2)), labels, masks, ["c"] * len(items),
+                                             ["p"] * len(items), {}), ["ader"])

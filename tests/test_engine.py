@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import load_config
+from mambaad_lib.engine.predict import predict
 from mambaad_lib.utils.files import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
 from mambaad_lib.engine.results import load_results, results_table
 from mambaad_lib.engine.seeding import epoch_permutation
@@ -89,7 +91,7 @@ def test_smoke_run_writes_complete_results(smoke_run):
     path = tmp_path / "results" / "smoke" / "smoke" / "smoke.json"
     assert outcome.results_file == path and path.is_file()
     record = json.loads(path.read_text())
-    assert record["schema_version"] == 1 and record["kind"] == "train"
+    assert record["schema_version"] == 2 and record["kind"] == "train"
     assert record["scan_backend"] in ("cpu", "reference", "chunked") and record["device"] == "cpu"
     assert record["environment"]["torch"] == torch.__version__
     assert "RANDOM ENCODER" in record["encoder"]["warning"] and record["encoder"]["batchnorm_reestimated_on"] == 8
@@ -158,9 +160,10 @@ def test_resume_refuses_a_changed_config(smoke_root, tmp_path):
     config = smoke_config(smoke_root, tmp_path)
     run_dir = tmp_path / "runs" / "smoke" / "old"
     run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**_plain(config), "seed": 99}))
     save_checkpoint(run_dir / LAST, method="mambaad", config={**_plain(config), "seed": 99}, model={},
                     optimization={}, rng={}, progress={}, extras={}, finished=False)
-    with pytest.raises(ValueError, match="seed: checkpoint 99 vs now 0"):
+    with pytest.raises(ValueError, match="seed: stored 99 vs now 0"):
         runner.train(config, resume="old", progress=False)
 
 
@@ -229,7 +232,7 @@ def test_predict_writes_maps_overlays_and_scores(smoke_run, smoke_root, tmp_path
     images.mkdir()
     _write_image(images / "a.png", "RGB", 100)
     _write_image(images / "b.png", "L", 64)
-    csv_path = runner.predict(config, outcome.run_dir / FINAL, [images], tmp_path / "out", progress=False)
+    csv_path = predict(config, outcome.run_dir / FINAL, [images], tmp_path / "out", progress=False)
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "image,score,map,overlay" and len(lines) == 3
     assert np.load(tmp_path / "out" / "a_map.npy").shape == (64, 64)
@@ -246,6 +249,28 @@ def test_predict_rejects_bad_images_and_writes_nothing(smoke_run, tmp_path, mode
     good = _write_image(tmp_path / "good.png", "RGB", 64)
     bad = _write_image(tmp_path / "bad.png", mode, size)
     with pytest.raises(ValueError, match=message):
-        runner.predict(config, outcome.run_dir / FINAL, [good, bad], tmp_path / "out", resize=resize,
+        predict(config, outcome.run_dir / FINAL, [good, bad], tmp_path / "out", resize=resize,
                        progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.png", "good.png"]
+
+
+@pytest.mark.slow
+def test_evaluation_schedule_records_every_evaluation_and_leaves_training_alone(smoke_root, tmp_path):
+    """eval.every_epochs evaluates between epochs (as the release does) without changing the
+    trained model; the headline is the final model, the best-over-evaluations column is labelled."""
+    base = {"train.epochs": 3, "train.evaluate_untrained": False, "eval.num_examples": 0}
+    plain = runner.train(smoke_config(smoke_root, tmp_path, **base), run_id="plain", progress=False)
+    scheduled = runner.train(smoke_config(smoke_root, tmp_path, **base, **{"eval.every_epochs": 1}),
+                             run_id="scheduled", progress=False)
+    record = scheduled.record
+    assert [entry["epoch"] for entry in record["evaluations"]] == [1, 2, 3]
+    assert record["evaluations"][-1]["final"] and record["evaluations"][-1]["metrics"] == record["metrics"]
+    assert record["metrics"] == plain.record["metrics"]  # evaluating in between changed nothing
+    assert record["training"]["epoch_losses"] == plain.record["training"]["epoch_losses"]
+    best = record["best_over_evaluations"]
+    assert "selected on the test set" in best["label"]
+    for key, entry in best["standard"]["mean"].items():
+        values = [e["metrics"]["standard"]["mean"][key] for e in record["evaluations"]]
+        assert entry["value"] == max(v for v in values if v is not None)
+        assert values[entry["epoch"] - 1] == entry["value"]
+    assert plain.record["evaluations"] == [] and plain.record["best_over_evaluations"] is None

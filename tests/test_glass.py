@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mambaad_lib.engine.config import ConfigError, TrainConfig, dataclass_from_dict, load_config
+from mambaad_lib.data.subsets import dataset_items
+from mambaad_lib.engine.config import ConfigError, TrainConfig, load_config
+from mambaad_lib.utils.schema import dataclass_from_dict
 from mambaad_lib.methods.base import METHODS
 from mambaad_lib.metrics.defect_types import (
-    LAS_UNLIKE_DEFECTS, dataset_species, group_by_las_likeness, per_defect_type_metrics)
+    LAS_UNLIKE_DEFECTS, group_by_las_likeness, per_defect_type_metrics)
 from mambaad_lib.methods.glass import GLASSMethod, GLASSMethodConfig, read_foregrounds, release_image_size
 from mambaad_lib.models.glass import Discriminator, focal_loss, hardest_patches, patch_labels
 from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor, flatten_patches
@@ -306,30 +308,37 @@ def test_smoke_training_ranks_las_defects_above_normal(tiny_dataset):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("classes", [["brick"], ["brick", "coin"]], ids=["one_class", "unified"])
-def test_smoke_run_writes_results_with_finite_metrics(tiny_dataset, tmp_path, registered, classes):
+@pytest.mark.parametrize("method_name, classes", [("glass", ["brick"]), ("glass_unified", ["brick", "coin"])],
+                         ids=["per_class", "unified"])
+def test_smoke_run_writes_results_with_finite_metrics(tiny_dataset, tmp_path, registered, method_name, classes):
     from mambaad_lib.engine import runner
     from mambaad_lib.engine.evaluate import predict_dataset
 
     config = load_config(None, base={
-        "experiment": "glass_smoke", "profile": "test", "method": "glass", "seed": 0, "device": "cpu",
+        "experiment": "glass_smoke", "profile": "test", "method": method_name, "seed": 0, "device": "cpu",
         "data": {"root": str(tiny_dataset), "name": "tiny", "image_size": 64, "classes": classes},
         "model": SMALL, "train": {"epochs": 2, "batch_size": 4, "checkpoint_every": 1},
         "eval": {"batch_size": 8, "num_examples": 1},
         "paths": {"results_dir": str(tmp_path / "results"), "runs_dir": str(tmp_path / "runs")}})
     outcome = runner.train(config, progress=False)
     record = json.loads(outcome.results_file.read_text())
-    assert record["method"] == "glass" and record["training"]["steps"] == 2 * len(classes)
+    assert record["method"] == method_name
+    if method_name == "glass":  # per class: one model, checkpoint and record per class, one summary
+        assert record["classes"]["brick"]["training"]["steps"] == 2
+        checkpoint = outcome.record["classes"]["brick"]["checkpoint"]
+    else:  # our unified extension: one model for all classes
+        assert record["training"]["steps"] == 2 * len(classes)
+        checkpoint = record["training"]["checkpoint"]
     for protocol in ("standard", "ader"):
         mean = record["metrics"][protocol]["mean"]
         assert all(mean[key] is not None and 0.0 <= mean[key] <= 1.0 for key in ("i_auroc", "p_auroc", "p_aupro"))
     assert "RANDOM ENCODER" in record["encoder"]["warning"]
 
-    method, _ = runner.load_for_inference(outcome.record["training"]["checkpoint"], config)
+    method, _ = runner.load_for_inference(checkpoint, config)
     test = runner.build_datasets(config, splits=("test",))["test"]
     predictions = predict_dataset(method, test, batch_size=8, progress=False)
     rows = per_defect_type_metrics(predictions.scores, predictions.labels, predictions.maps, predictions.masks,
-                                   predictions.class_names, dataset_species(test))
+                                   predictions.class_names, [item["specie_name"] for item in dataset_items(test)])
     assert rows and all(np.isfinite(row["i_auroc"]) and np.isfinite(row["p_auroc"]) for row in rows)
     assert {row["defect_type"] for row in rows if not row["las_like"]} <= set(LAS_UNLIKE_DEFECTS)
     assert len(group_by_las_likeness(rows)) >= 1
@@ -352,8 +361,8 @@ def test_per_defect_metrics_on_known_scores():
     assert rows["scratch"]["p_auroc"] == 1.0 and rows["stain"]["p_auroc"] < 0.5
 
 
-@pytest.mark.parametrize("profile", ["glass_smoke", "glass_demo", "glass_paper", "glass_nearest_neighbor_smoke",
-                                     "glass_nearest_neighbor_demo"])
+@pytest.mark.parametrize("profile", ["glass_smoke", "glass_demo", "glass_paper", "nearest_neighbor_smoke",
+                                     "nearest_neighbor_demo"])
 def test_profiles_validate(profile, registered, monkeypatch):
     monkeypatch.setitem(METHODS, "nearest_neighbor", "mambaad_lib.methods.nearest_neighbor:NearestNeighborMethod")
     config = load_config(profile)

@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mambaad_lib.metrics import (
     METRIC_KEYS,
+    PROTOCOLS,
     ClassMetrics,
     UndefinedMetricWarning,
     aupro,
@@ -363,3 +364,210 @@ def test_per_class_metrics_equal_subset_evaluation_and_mean():
 def test_per_class_metrics_rejects_wrong_class_names_length(good):
     with pytest.raises(ValueError, match="class_names has 5 entries"):
         per_class_metrics(*good, class_names=["a"] * 5)
+
+
+# ----------------------------------------------------------------------------- anomalies without masks
+def _three_classes(seed: int = 21):
+    """9 images, classes interleaved; images 0, 4, 8 normal, the others anomalous with masks."""
+    rng = np.random.default_rng(seed)
+    maps, masks = random_maps(rng, n=9, size=16)
+    masks[[0, 4, 8]] = False
+    masks[[1, 2, 3, 5, 6, 7], :2, :2] = True
+    names = np.array(["cable", "bottle", "screw"] * 3)
+    return maps.max(axis=(1, 2)), masks.any(axis=(1, 2)), maps, masks, names
+
+
+@pytest.mark.parametrize("protocol", ["standard", "ader"])
+def test_classes_without_masks_get_image_metrics_only_and_a_note(protocol):
+    scores, labels, maps, masks, names = _three_classes()
+    has_mask = np.ones(9, dtype=bool)
+    has_mask[[1, 7]] = False  # two bottle images lack their mask: their masks are blank, as the loader gives
+    masks[[1, 7]] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning spam for the missing masks
+        table = per_class_metrics(scores, labels, maps, masks, names, protocol=protocol, has_mask=has_mask)
+    rows = {row["cls_name"]: row for row in table.per_class}
+    bottle = names == "bottle"
+    assert {k: rows["bottle"][k] for k in METRIC_KEYS[:3]} == image_metrics(scores[bottle], labels[bottle])
+    assert all(rows["bottle"][k] is None for k in METRIC_KEYS[3:])
+    for name in ("cable", "screw"):
+        keep = names == name
+        assert {k: rows[name][k] for k in METRIC_KEYS} == compute_metrics(
+            scores[keep], labels[keep], maps[keep], masks[keep], protocol=protocol)
+    assert table.images_without_mask == {"bottle": 2}
+    assert table.notes["bottle"] == "pixel metrics not computed (2 images without masks)"
+    for key in METRIC_KEYS[:3]:
+        assert table.mean[key] == pytest.approx(np.mean([row[key] for row in table.per_class]), abs=1e-15)
+    for key in METRIC_KEYS[3:-1]:
+        assert table.mean[key] == pytest.approx((rows["cable"][key] + rows["screw"][key]) / 2, abs=1e-15)
+    assert table.mean["mAD"] is None
+    assert table.notes["mean"] == "pixel metrics are means over the 2 of 3 classes with masks (cable, screw); " \
+                                  "mAD not computed"
+    assert not any(isinstance(v, float) and math.isnan(v) for row in table.to_rows() for v in row.values())
+    table_rows = table.to_rows()
+    assert [row["note"] for row in table_rows] == ["", table.notes["bottle"], "", table.notes["mean"]]
+
+
+def test_no_class_with_masks_gives_no_pixel_means():
+    scores, labels, maps, masks, names = _three_classes()
+    has_mask = ~labels.astype(bool)  # no anomalous image has a mask
+    table = per_class_metrics(scores, labels, maps, masks, names, has_mask=has_mask)
+    assert table.images_without_mask == {"cable": 2, "bottle": 2, "screw": 2}
+    assert table.notes["cable"] == "pixel metrics not computed (2 images without masks)"
+    assert all(table.mean[k] is None for k in METRIC_KEYS[3:])
+    assert all(isinstance(table.mean[k], float) for k in METRIC_KEYS[:3])
+    assert table.notes["mean"].startswith("pixel metrics and mAD not computed")
+
+
+def test_has_mask_all_true_changes_nothing():
+    data = _three_classes()
+    plain = per_class_metrics(*data)
+    flagged = per_class_metrics(*data, has_mask=torch.ones(9, dtype=torch.bool))
+    assert flagged.per_class == plain.per_class and flagged.mean == plain.mean
+    assert flagged.notes == {} and flagged.images_without_mask == {}
+    assert all("note" not in row for row in flagged.to_rows())
+
+
+def test_has_mask_is_validated():
+    data = _three_classes()
+    has_mask = np.ones(9, dtype=bool)
+    has_mask[0] = False  # image 0 is normal
+    with pytest.raises(ValueError, match="has_mask is False for 1 normal image"):
+        per_class_metrics(*data, has_mask=has_mask)
+    with pytest.raises(ValueError, match="has_mask has 8 entries"):
+        per_class_metrics(*data, has_mask=np.ones(8, dtype=bool))
+
+
+# ----------------------------------------------------------------------------- ground truth per protocol
+def test_release_binarisation_is_strictly_above_half():
+    from mambaad_lib.metrics import binarize_soft_masks
+
+    uint8 = np.array([[[0, 127, 128, 255]]], dtype=np.uint8)  # 127/255 = 0.498, 128/255 = 0.502
+    assert binarize_soft_masks(uint8).tolist() == [[[False, False, True, True]]]
+    floats = np.array([[[0.0, 0.5, 0.5001, 1.0]]], dtype=np.float32)
+    assert binarize_soft_masks(floats).tolist() == [[[False, False, True, True]]]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        binarize_soft_masks(floats * 255)
+    with pytest.raises(ValueError, match="uint8"):
+        binarize_soft_masks(uint8.astype(np.int64))
+
+
+def test_protocol_ground_truth_standard_keeps_ours_release_takes_mask_maxima():
+    from mambaad_lib.metrics import protocol_ground_truth
+
+    masks = np.zeros((3, 8, 8), dtype=bool)
+    masks[1, 2:4, 2:4] = True
+    masks[2, 5, 5] = True  # a defect that survives nearest resizing...
+    soft = np.zeros((3, 8, 8), dtype=np.uint8)
+    soft[1, 1:5, 1:5] = 200
+    soft[2, 5, 5] = 90  # ...but is faint after bilinear resizing
+    labels = np.array([0, 1, 1])
+    got_labels, got_masks = protocol_ground_truth("standard", labels, masks, soft)
+    assert got_labels.tolist() == [0, 1, 1] and np.array_equal(got_masks, masks)
+    got_labels, got_masks = protocol_ground_truth("ader", labels, masks, soft)
+    assert got_labels.tolist() == [0, 1, 0]
+    assert np.array_equal(got_masks, soft > 127) and got_masks.dtype == bool
+    release, mmad = PROTOCOLS["ader"], PROTOCOLS["adeval"]  # MMAD runs on the same ADer pipeline
+    assert (mmad.masks, mmad.labels_from_masks) == (release.masks, release.labels_from_masks)
+    with pytest.raises(ValueError, match="mask_soft"):
+        protocol_ground_truth("ader", labels, masks)
+    with pytest.raises(ValueError, match="2 labels"):
+        protocol_ground_truth("ader", labels[:2], masks, soft)
+
+
+# ----------------------------------------------------------------------------- adeval (MMAD's release)
+def test_adeval_protocol_without_the_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "adeval", None)  # makes "import adeval" raise ImportError
+    maps, masks = random_maps(np.random.default_rng(1))
+    labels = masks.any(axis=(1, 2))
+    with pytest.raises(ImportError, match=r"mambaad-companion\[adeval\]"):
+        compute_metrics(maps.max(axis=(1, 2)), labels, maps, masks, protocol="adeval")
+    from mambaad_lib.metrics import DEFAULT_PROTOCOLS
+
+    assert "adeval" not in DEFAULT_PROTOCOLS and {"standard", "ader"} <= set(DEFAULT_PROTOCOLS)
+
+
+def binned_reference(maps: np.ndarray, masks: np.ndarray, nstrips: int = 50) -> tuple[float, float]:
+    """AUROC and AP on adeval's 51 bin edges: ``score >= edge``, trapezoids, empty precision = 1."""
+    low, high = float(maps.min()), float(maps.max())
+    edges = np.linspace(0.0, 1.0, nstrips + 1, dtype=np.float32) * (high - low) + low
+    positives, negatives = np.sort(maps[masks]), np.sort(maps[~masks])
+    tp = positives.size - np.searchsorted(positives, edges, side="left")
+    fp = negatives.size - np.searchsorted(negatives, edges, side="left")
+    tpr, fpr = tp / positives.size, fp / negatives.size
+    with np.errstate(invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+    area = getattr(np, "trapezoid", None) or np.trapz
+    return float(area(tpr[::-1], fpr[::-1])), float(area(precision[::-1], tpr[::-1]))
+
+
+def test_adeval_protocol_is_the_binned_curve_with_the_release_f1():
+    pytest.importorskip("adeval")
+    maps, masks = random_maps(np.random.default_rng(11), n=5, size=40)
+    labels = masks.any(axis=(1, 2))
+    scores = maps.max(axis=(1, 2))
+    adeval = compute_metrics(scores, labels, maps, masks, protocol="adeval")
+    ader = compute_metrics(scores, labels, maps, masks, protocol="ader")
+    for key in ("i_auroc", "i_ap", "i_f1max", "p_f1max"):
+        assert adeval[key] == ader[key], key
+    auroc, ap = binned_reference(maps, masks)
+    assert adeval["p_auroc"] == pytest.approx(auroc, abs=1e-9)
+    assert adeval["p_ap"] == pytest.approx(ap, abs=1e-9)
+    # 50 strips approximate the exact curves: close, not equal
+    assert 0 < abs(adeval["p_auroc"] - ader["p_auroc"]) < 0.01
+    assert abs(adeval["p_aupro"] - compute_metrics(scores, labels, maps, masks)["p_aupro"]) < 0.05
+
+
+def test_adeval_protocol_undefined_cases_are_nan():
+    pytest.importorskip("adeval")
+    maps, masks = random_maps(np.random.default_rng(2))
+    labels = masks.any(axis=(1, 2))
+    with pytest.warns(UndefinedMetricWarning, match="constant"):
+        constant = compute_metrics(labels.astype(np.float32), labels, np.ones_like(maps), masks, protocol="adeval")
+    assert math.isnan(constant["p_auroc"]) and math.isnan(constant["p_aupro"])
+    with pytest.warns(UndefinedMetricWarning, match="no defect pixel"):
+        empty = compute_metrics(maps.max(axis=(1, 2)), labels, maps, np.zeros_like(masks), protocol="adeval")
+    assert math.isnan(empty["p_ap"])
+
+
+def test_protocol_comparison_script_runs_and_separates_its_effects(tmp_path):
+    """benchmarks/compare_protocols.py (the book's table) at a tiny size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_protocols.py"
+    spec = importlib.util.spec_from_file_location("compare_protocols", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # tiny classes may lack a defect pixel
+        record = script.main(["--n-images", "16", "--n-classes", "2", "--size", "32", "--source", "96",
+                              "--out", str(tmp_path / "out.json")])
+    means = record["mean_over_classes"]
+    assert (tmp_path / "out.json").is_file()
+    for key in ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap"):  # same ground truth, same exact metrics
+        assert means["ader, our masks"][key] == means["standard"][key]
+    truth = record["ground_truth"]
+    assert 0 <= truth["anomalous_images_normal_under_release_masks"] <= truth["anomalous_images"]
+
+
+def test_image_curves_match_scikit_learn():
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from mambaad_lib.metrics import image_curves, image_metrics
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + labels, 1)  # ties on purpose
+    curves = image_curves(scores, labels)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    assert np.allclose(curves["fpr"], fpr) and np.allclose(curves["tpr"], tpr)
+    # scikit-learn lists precision-recall points by increasing threshold and appends (1, 0)
+    assert np.allclose(curves["precision"], precision[:-1][::-1]) and np.allclose(curves["recall"], recall[:-1][::-1])
+    metrics = image_metrics(scores, labels)
+    assert curves["auroc"] == metrics["i_auroc"] and curves["ap"] == metrics["i_ap"]
+    with pytest.raises(ValueError, match="single class"):
+        image_curves(scores, np.zeros(300, int))

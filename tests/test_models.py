@@ -1,5 +1,7 @@
 """MambaAD model: shapes, SS2D semantics, frozen encoder, ablation switches, maps, errors."""
-from dataclasses import asdict
+import hashlib
+import re
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import torch
 import torchvision
 from scipy.ndimage import gaussian_filter
 
+import mambaad_lib.models.encoders as encoders
 import mambaad_lib.models.ss2d as ss2d_module
 from mambaad_lib.models import MambaAD, MambaADConfig, build_mambaad, gaussian_blur, reconstruction_loss
 from mambaad_lib.models.decoder import PatchExpand, decoder_drop_paths, split_depth
@@ -341,3 +344,111 @@ def test_non_power_of_two_sizes_work_for_sweep():
 def test_bad_images_raise_value_errors(small_model, images, message):
     with pytest.raises(ValueError, match=message):
         small_model(images)
+
+
+# ---- encoder weights: the release's timm files, torchvision's, local files ---------------------
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache in tmp_path; any download attempt fails (no network in tests)."""
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def offline(url, *args, **kwargs):
+        raise OSError(f"network is unreachable ({url})")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    return hub / "checkpoints"
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _nested(module):
+    """``module`` buried inside a container, as an encoder sits inside a model."""
+    return torch.nn.Sequential(torch.nn.Identity(), torch.nn.ModuleList([module]))
+
+
+def test_release_weights_are_timm_files_named_with_their_hash():
+    assert encoders.published_weights("resnet34", "imagenet").file_name == "resnet34-43635321.pth"
+    for backbone in encoders.ENCODERS:
+        for choice in encoders.WEIGHT_CHOICES:
+            weights = encoders.published_weights(backbone, choice)
+            assert re.fullmatch(r"[a-z0-9_]+-[0-9a-f]{8}\.pth", weights.file_name), weights.file_name
+            assert weights.name_hash == weights.file_name[-12:-4]
+        assert (encoders.published_weights(backbone, "imagenet").file_name
+                != encoders.published_weights(backbone, "torchvision").file_name)
+    with pytest.raises(ValueError, match="choice must be one of"):
+        encoders.published_weights("resnet34", "timm")
+
+
+def test_imagenet_loads_the_release_file_from_the_hub_cache_and_records_its_sha(hub_cache):
+    torch.manual_seed(3)
+    timm_like = torchvision.models.resnet34(weights=None)  # timm's key names are torchvision's
+    path = hub_cache / "resnet34-43635321.pth"
+    torch.save(timm_like.state_dict(), path, _use_new_zipfile_serialization=False)  # timm's file is legacy
+    with pytest.warns(UserWarning, match="does not start with 43635321"):
+        encoder = build_encoder("resnet34", "imagenet")
+    assert torch.equal(encoder.layer3[5].bn2.running_mean, timm_like.layer3[5].bn2.running_mean)
+    info = encoder.weights_info
+    assert (info.choice, info.file_name, info.sha256) == ("imagenet", path.name, _sha256(path))
+    assert info.sha256_matches_name is False and "timm 0.8.15.dev0" in info.source
+    assert info.url.endswith("/v0.1-weights/resnet34-43635321.pth")
+    assert encoders.encoder_weights_info(_nested(encoder)) == info
+    assert info.as_dict()["sha256"] == info.sha256
+
+
+def test_a_cached_file_whose_sha_matches_its_name_loads_without_warning(hub_cache, monkeypatch, recwarn):
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    scratch = hub_cache.parent / "scratch.pth"
+    torch.save(state, scratch)
+    sha = _sha256(scratch)
+    scratch.rename(hub_cache / f"resnet18-{sha[:8]}.pth")
+    spec = encoders.ENCODERS["resnet18"]
+    monkeypatch.setitem(encoders.ENCODERS, "resnet18",
+                        replace(spec, release_url=f"https://example.invalid/resnet18-{sha[:8]}.pth"))
+    info = build_encoder("resnet18", "imagenet").weights_info
+    assert info.sha256 == sha and info.sha256_matches_name is True
+    assert not [w for w in recwarn if "SHA-256" in str(w.message)]
+
+
+def test_torchvision_choice_keeps_the_old_weights(hub_cache):
+    torch.manual_seed(4)
+    net = torchvision.models.resnet18(weights=None)
+    expected = encoders.published_weights("resnet18", "torchvision")
+    torch.save(net.state_dict(), hub_cache / expected.file_name)
+    with pytest.warns(UserWarning, match="SHA-256"):
+        encoder = build_encoder("resnet18", "torchvision")
+    assert torch.equal(encoder.conv1.weight, net.conv1.weight)
+    assert encoder.weights_info.choice == "torchvision"
+    assert encoder.weights_info.source == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    assert encoder.weights_info.file_name == expected.file_name
+
+
+def test_wrong_or_missing_release_files_name_the_file(hub_cache):
+    path = hub_cache / "resnet34-43635321.pth"
+    with pytest.raises(RuntimeError) as error:
+        build_encoder("resnet34", "imagenet")
+    message = str(error.value)
+    assert "resnet34-43635321.pth is not in the torch hub cache" in message
+    assert str(hub_cache) in message and "encoder_weights='/path/to/resnet34-43635321.pth'" in message
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)  # a ResNet-18 under ResNet-34's name
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"resnet34-43635321\.pth lacks .* resnet34"):
+        build_encoder("resnet34", "imagenet")
+    path.write_bytes(b"<html>rate limited</html>")  # e.g. an error page saved under the file's name
+    with pytest.raises(ValueError, match=r"resnet34-43635321\.pth is not a readable PyTorch weights file"):
+        build_encoder("resnet34", "imagenet")
+
+
+def test_local_files_and_random_encoders_record_their_facts(tmp_path):
+    path = tmp_path / "my_resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    info = build_encoder("resnet18", path).weights_info
+    assert (info.choice, info.file_name, info.sha256, info.url) == ("file", "my_resnet18.pth", _sha256(path), None)
+    assert build_encoder("resnet18").weights_info == encoders.RANDOM_WEIGHTS
+    assert encoders.encoder_weights_info(torch.nn.Linear(2, 2)) is None
+    mixed = torch.nn.ModuleList([build_encoder("resnet18"), build_encoder("resnet18", path)])
+    with pytest.raises(ValueError, match="different weights"):
+        encoders.encoder_weights_info(mixed)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mambaad_lib.engine.config import ConfigError, TrainConfig, dataclass_from_dict, load_config
+from mambaad_lib.engine.config import ConfigError, TrainConfig, load_config
+from mambaad_lib.utils.schema import dataclass_from_dict
 from mambaad_lib.methods.base import METHODS
 from mambaad_lib.methods.nearest_neighbor import NearestNeighborMethod, NearestNeighborMethodConfig
 from mambaad_lib.models.nearest_neighbor import PatchMemoryBank, nearest_distances
@@ -87,9 +88,10 @@ def test_smoke_run_writes_results_with_finite_metrics(tmp_path, monkeypatch):
         "paths": {"results_dir": str(tmp_path / "results"), "runs_dir": str(tmp_path / "runs")}})
     outcome = runner.train(config, progress=False)
     record = json.loads(outcome.results_file.read_text())
-    assert record["method"] == "nearest_neighbor" and record["model"]["memory_bank"]["patches"] == 100
+    brick = record["classes"]["brick"]
+    assert record["method"] == "nearest_neighbor" and brick["model"]["memory_bank"]["patches"] == 100
     mean = record["metrics"]["standard"]["mean"]
     assert all(mean[key] is not None and 0.0 <= mean[key] <= 1.0 for key in ("i_auroc", "p_auroc", "p_aupro"))
     # The checkpoint reloads (bank of a size the fresh model does not have) and predicts the same.
-    method, _ = runner.load_for_inference(outcome.record["training"]["checkpoint"], config)
+    method, _ = runner.load_for_inference(brick["checkpoint"], runner.for_classes(config, ["brick"]))
     assert len(method.net.memory) == 100

@@ -16,21 +16,23 @@ pytest.importorskip("jupytext")
 pytest.importorskip("matplotlib")
 pytest.importorskip("pandas")
 
-from mambaad_lib.experiments import SUMMARY_SCHEMA, ensure_dataset  # noqa: E402
+from mambaad_lib.experiments import SUMMARY_SCHEMA, Context  # noqa: E402
 from mambaad_lib.metrics import METRIC_KEYS  # noqa: E402
 from mambaad_lib.reproduce import discover_notebooks, run_notebooks  # noqa: E402
 
 NOTEBOOKS = [path.stem for path in discover_notebooks()]
 METRIC_COLUMNS = [f"{protocol}.{key}" for protocol in ("standard", "ader") for key in METRIC_KEYS]
 
-# Keys of results/<notebook>/smoke/summary.json, for the notebooks of this book's chapters 1-6.
+# Keys of results/<notebook>/smoke/summary.json (every summary also has "context").
 SUMMARY_KEYS = {
     "01_main_results": {"settings", "row", "mean", "per_class", "curves", "results_file"},
     "02_backbones_depths": {"settings", "rows", "trained_rows", "throughput_size"},
     "03_scan_methods": {"settings", "rows", "trained_rows"},
     "04_lss_design": {"settings", "rows", "trained_rows"},
-    "05_glass_synthesis": {"settings", "methods", "means", "per_defect_type", "not_run"},
+    "05_glass_synthesis": {"settings", "methods", "means", "per_defect_type", "runs"},
     "06_efficiency": {"model", "backends", "scaling_counted", "scaling_timed", "cost_vs_auroc"},
+    "07_mmad": {"settings", "runs", "metrics", "efficiency", "architecture_256"},
+    "08_ahl": {"grid", "methods", "summary", "runs"},
 }
 
 
@@ -39,7 +41,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     """A temporary results/runs/output folder and the tiny smoke dataset, shared by the module."""
     root = tmp_path_factory.mktemp("notebooks")
     data = root / "data"
-    ensure_dataset(data, "synthetic_smoke", "smoke")
+    Context("test", dataset_root=str(data), dataset_name="synthetic_smoke").ensure_dataset()
     return {"root": root, "data": data, "results": root / "results", "out": root / "executed"}
 
 
@@ -81,12 +83,10 @@ def test_notebook_runs_with_smoke_profile(stem: str, workspace: dict[str, Path])
     folder = workspace["results"] / stem / "smoke"
     written = sorted(folder.rglob("*.json"))
     assert written, f"{stem} wrote no results under {folder}"
-    if stem not in SUMMARY_KEYS:  # chapters 7+ belong to other notebooks' own conventions
-        return
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     assert summary["schema"] == SUMMARY_SCHEMA and summary["profile"] == "smoke" and summary["notebook"] == stem
     assert summary["environment"]["torch"]
-    missing = SUMMARY_KEYS[stem] - set(summary)
+    missing = (SUMMARY_KEYS[stem] | {"context"}) - set(summary)
     assert not missing, f"{stem} summary lacks {sorted(missing)}"
     if "rows" in summary:
         _check_rows(summary["rows"], summary["trained_rows"])

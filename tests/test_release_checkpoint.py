@@ -39,8 +39,8 @@ from mambaad_lib.models.release import (
     UNKNOWN_FORMAT,
     _permute_directions,
     detect_checkpoint_format,
-    release_checkpoint_for_engine,
 )
+from mambaad_lib.engine.release import release_checkpoint_for_engine
 from mambaad_lib.models.ss2d import SS2D
 from mambaad_lib.ops import available_backends, selective_scan
 

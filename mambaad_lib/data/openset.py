@@ -111,12 +111,3 @@ def split_openset(items: Sequence[Mapping[str, Any]], config: OpenSetConfig) -> 
     seen = tuple(sorted({items[index]["specie_name"] for index in labelled}))
     unseen = tuple(sorted({items[index]["specie_name"] for index in test if items[index]["anomaly"]} - set(seen)))
     return OpenSetSplit(config, labelled, test, seen, unseen)
-
-
-def hard_setting_types(items: Sequence[Mapping[str, Any]], n_anomalies: int) -> list[str]:
-    """Defect types of one class with at least ``n_anomalies`` test images (usable as known types)."""
-    counts: dict[str, int] = {}
-    for item in items:
-        if item["anomaly"]:
-            counts[item["specie_name"]] = counts.get(item["specie_name"], 0) + 1
-    return sorted(name for name, count in counts.items() if count >= n_anomalies)

@@ -1,8 +1,16 @@
 """The release's evaluation transforms: Resize to a square, CenterCrop, ImageNet normalisation.
 
 Images are resized bilinearly to ``image_size x image_size`` and centre-cropped to
-``crop_size``; masks get the same geometry with nearest-neighbour resizing and become
-{0, 1} (any non-zero pixel is a defect).
+``crop_size``. Masks get the same geometry in two ways, one per metric protocol:
+
+- :func:`transform_mask` (protocol ``standard``): nearest-neighbour resizing, then {0, 1}
+  with any non-zero pixel a defect;
+- :func:`transform_mask_soft` (protocols ``ader`` and ``adeval``, as the MambaAD/ADer
+  release does it): the mask is first made 0/255 (any non-zero pixel a defect, at full
+  resolution), then resized *bilinearly* (PIL, as torchvision's ``Resize`` on a PIL image)
+  and centre-cropped; the result keeps PIL's 0..255 values. The release's ``ToTensor``
+  divides them by 255 and its trainer binarises at > 0.5, i.e. values >= 128
+  (:func:`mambaad_lib.metrics.binarize_soft_masks`).
 """
 from __future__ import annotations
 
@@ -12,10 +20,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "transform_image", "transform_mask", "denormalize"]
+from mambaad_lib.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "transform_image", "transform_mask", "transform_mask_soft", "denormalize"]
 
 
 def _geometry(image: Image.Image, image_size: int, crop_size: int,
@@ -34,6 +41,14 @@ def transform_mask(mask: Image.Image, image_size: int, crop_size: int) -> torch.
     """Single-channel PIL mask -> float tensor (1, crop_size, crop_size) with values {0, 1}."""
     array = np.asarray(_geometry(mask, image_size, crop_size, InterpolationMode.NEAREST)) > 0
     return torch.from_numpy(array.astype(np.float32))[None]
+
+
+def transform_mask_soft(mask: Image.Image, image_size: int, crop_size: int) -> torch.Tensor:
+    """Single-channel PIL mask -> uint8 tensor (1, crop_size, crop_size), 0..255: the release's
+    bilinearly resized mask before binarisation (defect edges take intermediate values)."""
+    binary = Image.fromarray(((np.asarray(mask) > 0) * np.uint8(255)).astype(np.uint8), mode="L")
+    array = np.asarray(_geometry(binary, image_size, crop_size, InterpolationMode.BILINEAR))
+    return torch.from_numpy(array.copy())[None]
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""Training, evaluation, checkpoints and results files (method-agnostic).
+"""The engine runs any method (:mod:`mambaad_lib.methods`): one pipeline for training,
+evaluation, checkpoints and results files.
 
-``config`` (run configuration and profiles), ``seeding``, ``io`` (atomic writes),
-``checkpoint``, ``trainer`` (the loop, exact resumption), ``evaluate`` (maps, metrics,
-timing, example figures), ``results`` (schema, writing, loading), ``runner`` (what one
-``mambaad`` command does), ``figures`` (heat-map overlays).
+``config`` (run configuration, profiles and the rule that resolves them), ``runs`` (run ids,
+folders, locks), ``seeding``, ``checkpoint`` (file format, safe reading), ``trainer`` (the
+step loop, exact resumption), ``evaluate`` (maps, metrics, timing, example figures),
+``results`` (schema, provenance, reading), ``runner`` (what ``mambaad train``/``evaluate``
+do), ``predict`` (a user's images), ``release`` (the authors' weights as a checkpoint),
+``figures`` (heat-map overlays).
 """
 from mambaad_lib.engine.config import ConfigError, RunConfig, load_config
 from mambaad_lib.engine.results import load_results, results_table

@@ -1,77 +1,113 @@
-"""Checkpoints: what they hold, how they are written and read, and strict weight loading.
+"""Checkpoints: what they hold, how they are written, and how they are read back safely.
 
 A checkpoint is one ``torch.save`` file, written atomically::
 
-    {"format": "mambaad-companion/checkpoint", "format_version": 1,
+    {"format": "mambaad-companion/checkpoint", "format_version": 2,
      "method": "mambaad", "config": <run config dict>,
-     "model": <state dict>, "optimization": <optimiser + scheduler state>,
+     "model": <state dict>, "optimization": <optimiser, scheduler and random-stream state>,
      "rng": <seeding.rng_state()>, "progress": <TrainProgress as dict>,
      "extras": <facts gathered before training, e.g. untrained metrics>,
-     "finished": bool}
+     "finished": bool, "checksum": <SHA-256 of every tensor above>}
 
 ``runs/<experiment>/<run_id>/last.pt`` is rewritten every ``train.checkpoint_every`` epochs
-and when a run is interrupted; ``final.pt`` is written once training ends.
+and when a run is interrupted (the previous one is kept as ``last.prev.pt``, a fallback when
+the newest is damaged); ``final.pt`` is written once training ends.
+
+**Versions.** Files change under one plan: new fields get defaults, the version goes up,
+and older files keep loading. Version 1 (before the checksum) loads with a note that it
+carries no checksum; version 2 files whose tensors do not match their checksum are refused.
+Reading never runs code from the file (:func:`mambaad_lib.utils.state.read_torch_file`).
+
+**Each file is read once.** Commands look at a checkpoint before they use it (``evaluate`` and
+``predict`` take the run config from it, then its weights; ``--resume`` checks ``last.pt``
+before the trainer restores it). Such a first look passes ``pass_on=True`` to
+:func:`load_checkpoint`, which then hands the content to the next call for the same,
+unchanged file (same path, inode, size and modification time) and lets it go, so the pair
+reads and verifies the file once.
 """
 from __future__ import annotations
 
 import logging
-import pickle
+import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from mambaad_lib.models.release import RELEASE_STATE_DICT, RELEASE_TRAINING_CHECKPOINT, detect_checkpoint_format
 from mambaad_lib.utils.files import atomic_torch_save
+from mambaad_lib.utils.state import read_torch_file, tensor_checksum
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "mambaad-companion/checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LAST = "last.pt"
+PREVIOUS = "last.prev.pt"
 FINAL = "final.pt"
 
-
-def save_checkpoint(path: str | Path, **content: Any) -> Path:
-    """Write a checkpoint atomically (``content`` = the fields listed in the module doc)."""
-    return atomic_torch_save(path, {"format": FORMAT, "format_version": FORMAT_VERSION, **content})
+# (identity of the file, trust, content) of the last checkpoint read, for the next reader of that file.
+_handover: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, or a bare state dict.
+def save_checkpoint(path: str | Path, keep_previous: bool = False, **content: Any) -> Path:
+    """Write a checkpoint atomically (``content`` = the fields listed in the module doc).
+
+    With ``keep_previous`` an existing file at ``path`` is first renamed to
+    ``last.prev.pt`` beside it, so a damaged newest checkpoint has a fallback.
+    """
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **content}
+    payload["checksum"] = tensor_checksum(payload)
+    if keep_previous and path.is_file():
+        os.replace(path, path.with_name(PREVIOUS))
+    return atomic_torch_save(path, payload)
+
+
+def load_checkpoint(path: str | Path, trust: bool = False, pass_on: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (any version), or a bare state dict.
 
     A bare state dict (e.g. weights from elsewhere) comes back as ``{"model": state}`` with
     no config; callers then need a config from a profile.
 
+    Args:
+        trust: unpickle fully (the file may run code); see
+            :func:`~mambaad_lib.utils.state.read_torch_file`.
+        pass_on: keep the content for the next call that loads this same unchanged file
+            (for a caller that only looks before another part of the program loads it).
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a checkpoint or state dict, or a newer format version.
+        ValueError: not a checkpoint or state dict, the authors' released weights (which have
+            their own loader), a newer format version, or tensors that do not match the
+            stored checksum.
     """
+    global _handover
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "unsupported global" not in str(error).lower():
-            raise ValueError(f"{path}: not a readable torch checkpoint ({error})") from None
-        # Holds Python objects beyond tensors and plain data (e.g. a method's own state):
-        # full unpickling runs code from the file, so say so.
-        logger.warning("%s needs full unpickling (weights_only=False); load only checkpoints you trust", path)
-        content = _load_untrusted(path)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
-    from mambaad_lib.models.release import RELEASE_STATE_DICT, RELEASE_TRAINING_CHECKPOINT, detect_checkpoint_format
+    identity = _identity(path, trust)
+    if _handover is not None and identity is not None and _handover[0] == identity:
+        content, _handover = _handover[1], None
+        return content
+    content = _read_checkpoint(path, trust)
+    _handover = (identity, content) if pass_on and identity is not None else None
+    return content
 
+
+def _identity(path: Path, trust: bool) -> tuple[Any, ...] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, trust
+
+
+def _read_checkpoint(path: Path, trust: bool) -> dict[str, Any]:
+    content = read_torch_file(path, trust=trust)
     if detect_checkpoint_format(content) in (RELEASE_STATE_DICT, RELEASE_TRAINING_CHECKPOINT):
         raise ValueError(f"{path} is a released MambaAD checkpoint (the authors' weights, net_t./mff_oce./net_s. "
                          f"keys); evaluate it with --release-checkpoint {path} "
                          "(mambaad_lib.models.load_release_checkpoint)")
     if isinstance(content, dict) and content.get("format") == FORMAT:
-        if content.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: checkpoint format version {content['format_version']} is newer "
-                             f"than this library reads ({FORMAT_VERSION}); upgrade mambaad-companion")
-        return content
+        return _check_version(path, content)
     if isinstance(content, dict) and "state_dict" in content and isinstance(content["state_dict"], dict):
         content = content["state_dict"]
     if isinstance(content, dict) and content and all(isinstance(v, Tensor) for v in content.values()):
@@ -79,43 +115,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"{path}: neither a mambaad-companion checkpoint nor a state dict of tensors")
 
 
-def _load_untrusted(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
-
-
-def _shorten(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def load_strict(module: nn.Module, state: dict[str, Tensor], source: str, model_description: str) -> None:
-    """Load ``state`` into ``module`` only if every key and shape matches.
-
-    Raises:
-        ValueError: listing missing keys, unexpected keys and shape mismatches, so that a
-            checkpoint of another architecture is recognisable at a glance.
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in set(expected) & set(state) if tuple(state[key].shape) != tuple(expected[key].shape))
-    if missing or unexpected or mismatched:
-        lines = [f"{source} does not match the model {model_description}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_shorten(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_shorten(unexpected)}")
-        if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): {_shorten(mismatched, 6)}")
-        lines.append("  The checkpoint was trained with another architecture or options; build the model "
-                     "with the checkpoint's own config (omit --profile/--config) or pick a matching checkpoint.")
-        raise ValueError("\n".join(lines))
-    module.load_state_dict(state, strict=True)
+def _check_version(path: Path, content: dict[str, Any]) -> dict[str, Any]:
+    version = content.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {version} is newer than this library reads "
+                         f"({FORMAT_VERSION}); upgrade mambaad-companion")
+    if version < 2:
+        logger.info("%s: format version %d carries no checksum; its tensors cannot be verified", path, version)
+        return content
+    stored = content.get("checksum")
+    actual = tensor_checksum({key: value for key, value in content.items() if key != "checksum"})
+    if stored != actual:
+        raise ValueError(f"{path}: the checkpoint is damaged: its tensors do not match the checksum stored in it "
+                         "(a partial copy or flipped bytes); use another copy, or last.prev.pt beside a last.pt")
+    return content
 
 
 def latest_run_dir(runs_dir: str | Path, experiment: str, require: str) -> Path:

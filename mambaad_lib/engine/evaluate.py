@@ -14,9 +14,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mambaad_lib.data import denormalize
 from mambaad_lib.engine.figures import example_panel, normalize_map
-from mambaad_lib.utils.files import atomic_write_bytes
 from mambaad_lib.methods.base import AnomalyMethod
+from mambaad_lib.metrics import per_class_metrics, protocol_ground_truth
+from mambaad_lib.utils.files import atomic_write_bytes
 
 
 @dataclass
@@ -24,7 +26,10 @@ class Predictions:
     """Everything predicted on a test split, in dataset order.
 
     ``maps`` (N,H,W) float32; ``scores`` (N,); ``labels`` (N,) 0/1; ``masks`` (N,H,W) bool;
-    ``class_names`` and ``image_paths`` one per image; ``timing`` dict.
+    ``class_names`` and ``image_paths`` one per image; ``timing`` dict; ``soft_masks`` (N,H,W)
+    uint8, the release's bilinearly resized masks (dataset ``mask_soft``; None when the dataset
+    has none), which the ``ader``/``adeval`` protocols evaluate; ``has_mask`` (N,) bool, False
+    for anomalous images without a mask (None: every image has its ground truth).
     """
 
     maps: np.ndarray
@@ -34,6 +39,8 @@ class Predictions:
     class_names: list[str]
     image_paths: list[str]
     timing: dict[str, Any]
+    soft_masks: np.ndarray | None = None
+    has_mask: np.ndarray | None = None
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
@@ -54,7 +61,7 @@ def predict_dataset(method: AnomalyMethod, dataset: Dataset, batch_size: int, nu
     if method.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(method.device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    maps, scores, labels, masks, class_names, paths = [], [], [], [], [], []
+    maps, scores, labels, masks, soft_masks, has_mask, class_names, paths = [], [], [], [], [], [], [], []
     model_seconds = 0.0
     started = time.perf_counter()
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
@@ -67,6 +74,10 @@ def predict_dataset(method: AnomalyMethod, dataset: Dataset, batch_size: int, nu
         scores.append(batch_scores.float().cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        if "mask_soft" in batch:
+            soft_masks.append(batch["mask_soft"][:, 0].numpy())
+        if "has_mask" in batch:
+            has_mask.append(np.asarray(batch["has_mask"], dtype=bool))
         class_names += list(batch["cls_name"])
         paths += list(batch["img_path"])
     total_seconds = time.perf_counter() - started
@@ -75,18 +86,25 @@ def predict_dataset(method: AnomalyMethod, dataset: Dataset, batch_size: int, nu
               "images_per_s": n_images / max(total_seconds, 1e-9),
               "model_images_per_s": n_images / max(model_seconds, 1e-9), **_peak_memory(method.device)}
     return Predictions(np.concatenate(maps), np.concatenate(scores), np.concatenate(labels).astype(np.int64),
-                       np.concatenate(masks), class_names, paths, timing)
+                       np.concatenate(masks), class_names, paths, timing,
+                       np.concatenate(soft_masks) if soft_masks else None,
+                       np.concatenate(has_mask) if has_mask else None)
 
 
 def compute_protocol_metrics(predictions: Predictions, protocols: Sequence[str]) -> dict[str, Any]:
-    """``{protocol: {"per_class": [{cls_name, metric...}], "mean": {metric...}}}``."""
-    from mambaad_lib.metrics import per_class_metrics
+    """``{protocol: {"per_class": [{cls_name, metric...}], "mean": {metric...}, "notes": {row: text}}}``.
 
+    Metrics that cannot be computed (pixel metrics of classes with anomalous images without
+    masks) are None, and ``notes`` says why, per class row and for the ``mean`` row.
+    """
     metrics = {}
     for protocol in protocols:
-        result = per_class_metrics(predictions.scores, predictions.labels, predictions.maps,
-                                   predictions.masks, predictions.class_names, protocol=protocol)
-        metrics[protocol] = {"per_class": [_plain(row) for row in result.per_class], "mean": _plain(result.mean)}
+        labels, masks = protocol_ground_truth(protocol, predictions.labels, predictions.masks, predictions.soft_masks,
+                                              predictions.has_mask)
+        result = per_class_metrics(predictions.scores, labels, predictions.maps, masks, predictions.class_names,
+                                   protocol=protocol, has_mask=predictions.has_mask)
+        metrics[protocol] = {"per_class": [_plain(row) for row in result.per_class], "mean": _plain(result.mean),
+                             "notes": dict(result.notes)}
     return metrics
 
 
@@ -112,8 +130,6 @@ def pick_examples(predictions: Predictions, count: int) -> list[int]:
 
 def save_examples(predictions: Predictions, dataset: Dataset, indices: Sequence[int], folder: Path) -> list[Path]:
     """Write ``image | ground truth | overlay`` PNGs; the colour range is shared by all maps."""
-    from mambaad_lib.data import denormalize
-
     if not indices:
         return []
     low, high = float(predictions.maps.min()), float(np.quantile(predictions.maps, 0.999))

@@ -1,36 +1,53 @@
 """Results files: the schema the notebooks and the book read, writing and loading them.
 
 One JSON file per run at ``results/<experiment>/<profile>/<run_id>.json``, written
-atomically. Schema ``mambaad-companion/results`` version 1::
+atomically. Schema ``mambaad-companion/results`` version 2::
 
-    schema, schema_version       "mambaad-companion/results", 1
+    schema, schema_version       "mambaad-companion/results", 2
     run_id, experiment, profile  names (the file's location)
     kind                         "train" (trained then evaluated) or "evaluate" (a checkpoint evaluated)
     created                      ISO-8601 UTC time the file was written
-    method                       "mambaad", "glass", ...
+    method, traits               "mambaad", "glass", ...; the method's traits (learning type,
+                                 per class, one pass, resumable)
     seed, device                 the run's seed; "cpu" / "cuda" (resolved, never "auto")
     scan_backend                 resolved selective-scan backend ("cpu", "mamba_ssm", ...) or null
     environment                  {torch, torchvision, numpy, python, platform, cuda (or null),
-                                  git_commit, git_dirty, package_version}
+                                  package_version, git_commit, git_dirty, git_dirty_paths,
+                                  captured}: the code's commit and whether it had changes, read
+                                  when the run started, ignoring the folders runs write
+                                  (RUN_OUTPUT_PATHS)
     config                       the full run config (every section, as validated)
+    run_dir                      the run's folder (checkpoints), null for "evaluate"
     encoder                      {encoder_weights, batchnorm_reestimated_on, warning?}: a random
                                  encoder is flagged here and in the warning text
     data                         {root, name, classes, n_train, n_test}
-    model                        {parameters: {total, trainable, frozen}, flops: {total, scan},
-                                  architecture}
+    model                        {parameters: {total, trainable, frozen}, flops?: {total, scan},
+                                  architecture, ...}
     training                     null for "evaluate"; else {epochs, steps, wall_time_s,
-                                  epoch_losses, final_loss, resumed_from, checkpoint}
+                                  epoch_losses, final_loss, resumed_from, checkpoint, ...}
     evaluation                   {n_images, wall_time_s, model_time_s, images_per_s,
                                   model_images_per_s, peak_memory_bytes, peak_memory_kind,
                                   checkpoint}
     metrics                      {protocol: {per_class: [{cls_name, i_auroc, i_ap, i_f1max,
-                                  p_auroc, p_ap, p_f1max, p_aupro, mAD}], mean: {...}}} for the
-                                  protocols "standard" (exact definitions) and "ader" (the
-                                  release's approximations); values in [0, 1], NaN written as null
+                                  p_auroc, p_ap, p_f1max, p_aupro, mAD}], mean: {...}}}, values
+                                  in [0, 1]; a metric that cannot be computed is null
     metrics_untrained            same shape, the model before training (when
                                  train.evaluate_untrained), else null
+    evaluations                  with eval.every_epochs: [{epoch, step, final, metrics}] of every
+                                 evaluation during training, the last the final model's
+    best_over_evaluations        per protocol, each metric's maximum over those evaluations with its
+                                 epoch ({label, protocol: {mean, per_class}}): "selected on the test
+                                 set, as the release prints", never the headline; null for < 2
+    openset                      open-set methods: the split (setting, labelled images), else null
+    classes                      per-class methods: {cls: {run_dir, checkpoint, training,
+                                 encoder, model}} of each class's model, else null
     examples                     PNG paths relative to the results file's folder
+    notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
     wall_time_s                  whole command, seconds
+
+Version 1 files (before ``traits``, ``run_dir``, ``openset``, ``classes``, ``evaluations``,
+``best_over_evaluations``, ``notes`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
+counted the run's own outputs.
 """
 from __future__ import annotations
 
@@ -39,18 +56,24 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+import torchvision
 
 import mambaad_lib
-from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.metrics import METRIC_KEYS
+from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.utils.resources import repository_root
 
 SCHEMA = "mambaad-companion/results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What runs and book builds write inside a checkout: changes there do not make the code dirty.
+RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
+# Fields added in schema version 2, with the value a version-1 record stands for.
+_V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
+                                "evaluations": [], "best_over_evaluations": None}
 
 
 def results_path(results_dir: str | Path, experiment: str, profile: str, run_id: str) -> Path:
@@ -58,46 +81,81 @@ def results_path(results_dir: str | Path, experiment: str, profile: str, run_id:
     return Path(results_dir) / experiment / profile / f"{run_id}.json"
 
 
-def _git(*args: str) -> str | None:
-    root = repository_root()
-    if root is None:
-        return None
+def _git(root: Path, *args: str) -> str | None:
     try:
         completed = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return completed.stdout.strip() if completed.returncode == 0 else None
+    return completed.stdout.rstrip("\n") if completed.returncode == 0 else None
 
 
-def environment() -> dict[str, Any]:
-    """Versions, platform and the code's git commit (null outside a git checkout)."""
-    import torchvision
+def code_provenance(ignore: Sequence[str] = RUN_OUTPUT_PATHS) -> dict[str, Any]:
+    """The checkout's commit and whether tracked files outside ``ignore`` have changes.
 
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    ``git_dirty_paths`` lists (up to 20 of) the changed paths; outside a git checkout every
+    field is null.
+    """
+    root = repository_root()
+    commit = _git(root, "rev-parse", "HEAD") if root is not None else None
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None, "git_dirty_paths": None}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    dirty = [path for path in changed if not any(path == prefix or path.startswith(prefix) for prefix in ignore)]
+    return {"git_commit": commit, "git_dirty": bool(dirty), "git_dirty_paths": dirty[:20]}
+
+
+def environment(provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, platform and the code's provenance (:func:`code_provenance`, read now unless given)."""
     return {
         "package_version": mambaad_lib.__version__,
         "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "git_commit": commit, "git_dirty": None if status is None else bool(status),
+        "captured": "run start" if provenance is not None else "file written",
+        **(provenance if provenance is not None else code_provenance()),
     }
 
 
-def new_record(**fields: Any) -> dict[str, Any]:
+def new_record(provenance: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     """A results record with the schema header, creation time and environment filled in."""
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "environment": environment(), **fields}
+            "environment": environment(provenance), **_V2_DEFAULTS, **fields}
 
 
 def write_results(path: str | Path, record: dict[str, Any]) -> Path:
     """Write a record atomically (the folder must exist and be writable)."""
-    return atomic_write_json(path, record)
+    return atomic_write_json(path, {key: value for key, value in record.items() if not key.startswith("_")})
+
+
+def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of any older schema version in the current layout (missing fields get the
+    value the older file stands for)."""
+    return {**_V2_DEFAULTS, **record}
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """One results file (upgraded, with ``_path``), or None when the JSON is of another schema.
+
+    Raises:
+        ValueError: not valid JSON, or a newer schema version.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"results file {str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        return None
+    if record.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ValueError(f"results file {str(path)!r} has schema version {record['schema_version']}, "
+                         f"newer than this library reads ({SCHEMA_VERSION})")
+    return {**upgrade_record(record), "_path": str(path)}
 
 
 def load_results(folder: str | Path) -> list[dict[str, Any]]:
-    """Every results record under ``folder`` (recursively), sorted by path.
+    """Every results record under ``folder`` (recursively; or one file), sorted by path.
 
     Each record gains ``_path`` (its file). Files of another schema are skipped.
 
@@ -109,19 +167,7 @@ def load_results(folder: str | Path) -> list[dict[str, Any]]:
     if not folder.exists():
         raise FileNotFoundError(f"results folder {str(folder)!r} does not exist")
     files = [folder] if folder.is_file() else sorted(folder.rglob("*.json"))
-    records = []
-    for path in files:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"results file {str(path)!r} is not valid JSON: {error}") from None
-        if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-            continue
-        if record.get("schema_version", 0) > SCHEMA_VERSION:
-            raise ValueError(f"results file {str(path)!r} has schema version {record['schema_version']}, "
-                             f"newer than this library reads ({SCHEMA_VERSION})")
-        records.append({**record, "_path": str(path)})
-    return records
+    return [record for record in map(read_record, files) if record is not None]
 
 
 def results_table(records: Iterable[dict[str, Any]] | str | Path, protocol: str = "standard",
@@ -130,7 +176,7 @@ def results_table(records: Iterable[dict[str, Any]] | str | Path, protocol: str 
 
     Args:
         records: records from :func:`load_results`, or a folder to load.
-        protocol: ``standard`` or ``ader``.
+        protocol: a metric protocol (``standard``, ``ader``).
         per_class: one row per class instead of the class mean.
         untrained: read ``metrics_untrained`` instead of ``metrics``.
     Returns:

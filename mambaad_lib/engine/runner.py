@@ -1,56 +1,84 @@
-"""Train / evaluate / predict orchestration: what one ``mambaad`` command does.
+"""One run pipeline for every method: what ``mambaad train`` and ``mambaad evaluate`` do.
 
-Every entry point checks its inputs (dataset meta, writable folders, checkpoint fit) before
-any long work starts and writes its outputs atomically, so a failed command leaves nothing
-half-written behind.
+:func:`train` owns a whole run, whatever the method: the run folder and its lock, seeding,
+the data (for open-set methods, the labelled anomalies taken out of the test split),
+preparation of the encoder, the optional evaluation before training, fitting (the method's
+own :meth:`~mambaad_lib.methods.AnomalyMethod.fit`, which for most methods is this engine's
+step loop), checkpoints, resumption, evaluation in every configured metric protocol,
+example figures and the results file. Per-class methods (``per_class`` trait) get one model
+per class under the same run (``runs/<experiment>/<run_id>/<class>/``) and one results file
+whose per-class metrics come from each class's own model.
+
+Every entry point checks its inputs (dataset meta, names, writable folders, checkpoint fit)
+before any long work starts and writes its outputs atomically, so a failed command leaves
+nothing half-written behind.
 """
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
+import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from mambaad_lib.engine.checkpoint import FINAL, LAST, latest_run_dir, load_checkpoint
-from mambaad_lib.engine.config import ConfigError, RunConfig, config_to_dict
+from mambaad_lib.data import AnomalyDataset, meta_path
+from mambaad_lib.data.openset import split_openset
+from mambaad_lib.data.preflight import preflight
+from mambaad_lib.data.subsets import dataset_items, first_per_class, subset
+from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir, load_checkpoint
+from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
-from mambaad_lib.engine.figures import normalize_map, overlay
-from mambaad_lib.utils.files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from mambaad_lib.engine.results import new_record, results_path, write_results
-from mambaad_lib.engine.seeding import seed_everything, set_deterministic
+from mambaad_lib.engine.results import code_provenance, new_record, read_record, results_path, write_results
+from mambaad_lib.engine.runs import (CONFIG, LOCK, RunLock, check_name, check_not_in_use, is_finished, mark_finished,
+                                     new_run_id)
+from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer
-from mambaad_lib.methods import AnomalyMethod, get_method, get_method_class
+from mambaad_lib.methods import AnomalyMethod, LearningType, TrainingData, get_method, get_method_class
+from mambaad_lib.metrics import class_mean
+from mambaad_lib.utils.errors import ConfigError
+from mambaad_lib.utils.files import atomic_write_text, ensure_writable_dir
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Config sections that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = ("paths", "device", "eval", "data.num_workers", "data.root")
+RESUME_FREE_KEYS = ("paths", "device", "eval", "data.num_workers", "data.root", "data.allow_empty_classes")
+CLASS_RESULTS = "results.json"  # a per-class method's record of one class, in the class's run folder
 
 
 @dataclass
 class RunOutcome:
-    """What a train or evaluate command produced."""
+    """What a train or evaluate command produced (``reused``: an identical finished run was
+    found and nothing was trained)."""
 
     results_file: Path
     run_dir: Path | None
     record: dict[str, Any]
+    reused: bool = False
 
 
-# ---- shared helpers --------------------------------------------------------------------
+@dataclass
+class _Fitted:
+    """One model fitted and evaluated on its test split."""
+
+    method: AnomalyMethod
+    datasets: dict[str, Dataset]
+    predictions: Predictions
+    metrics: dict[str, Any]
+    extras: dict[str, Any]
+    training: dict[str, Any]
+    openset: dict[str, Any] | None
+
+
+# ---- devices and data --------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,35 +90,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_run_id(config: RunConfig) -> str:
-    """``<method>-seed<seed>-<UTC time>``: unique per run and sortable."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{config.method}-seed{config.seed}-{stamp}"
-
-
-def _capped(dataset: Any, per_class: int | None) -> Dataset:
-    """The first ``per_class`` items of every class (meta order), or the whole dataset."""
-    if per_class is None:
-        return dataset
-    counts: dict[str, int] = {}
-    keep = []
-    for index, item in enumerate(dataset.items):
-        counts[item["cls_name"]] = counts.get(item["cls_name"], 0) + 1
-        if counts[item["cls_name"]] <= per_class:
-            keep.append(index)
-    subset = Subset(dataset, keep)
-    subset.classes = dataset.classes  # type: ignore[attr-defined]
-    return subset
-
-
 def build_datasets(config: RunConfig, splits: Sequence[str] = ("train", "test")) -> dict[str, Dataset]:
     """The configured splits; training uses the normal (``label`` 0) images of every class.
 
     Raises:
         FileNotFoundError: no meta file (with the commands that create one).
     """
-    from mambaad_lib.data import AnomalyDataset, meta_path
-
     data = config.data
     meta = meta_path(data.root, data.name)
     if not meta.is_file():
@@ -105,8 +110,42 @@ def build_datasets(config: RunConfig, splits: Sequence[str] = ("train", "test"))
         if split == "train":
             dataset.items = [item for item in dataset.items if not item["anomaly"]]
         cap = data.train_per_class if split == "train" else data.test_per_class
-        datasets[split] = _capped(dataset, cap)
+        datasets[split] = first_per_class(dataset, cap)
     return datasets
+
+
+def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
+    """Stop before any work when the selected data cannot give a valid run
+    (:func:`~mambaad_lib.data.preflight.preflight`: image headers, mask sizes, class names,
+    empty classes, test classes with one label only).
+
+    Raises:
+        DataProblemsError: listing every problem.
+    """
+    report = preflight(config.data.root, datasets["test"], datasets.get("train"),
+                       allow_empty_classes=config.data.allow_empty_classes)
+    for note in report.notes:
+        logger.warning("%s", note)
+    report.raise_for_problems(f"dataset {config.data.name!r} under {config.data.root!r}")
+
+
+def configured_classes(config: RunConfig) -> list[str]:
+    """The classes a config selects (all classes of the training split when ``data.classes`` is null)."""
+    return list(build_datasets(config, splits=("train",))["train"].classes)
+
+
+def for_classes(config: RunConfig, classes: Sequence[str] | None) -> RunConfig:
+    """``config`` restricted to ``classes`` (None: every class)."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, classes=list(classes) if classes else None))
+
+
+def take_labelled_anomalies(test: Dataset, config: RunConfig) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """Open-set methods: (evaluation set, labelled anomalies, facts) of a one-class test split,
+    by the rule of ``model.openset`` (:func:`mambaad_lib.data.openset.split_openset`)."""
+    items = dataset_items(test)
+    split = split_openset(items, config.model.openset)
+    facts = {**split.summary(), "labelled_paths": [items[index]["img_path"] for index in split.labelled]}
+    return subset(test, split.test), subset(test, split.labelled), facts
 
 
 def _image_batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
@@ -129,146 +168,418 @@ def _log_metrics(title: str, metrics: dict[str, Any]) -> None:
         logger.info("%s [%s protocol] %s", title, protocol, shown)
 
 
-def _prepare_outputs(config: RunConfig, run_id: str, with_run_dir: bool) -> tuple[Path, Path | None]:
-    results_file = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
-    ensure_writable_dir(results_file.parent, "results (--results-dir)")
-    run_dir = None
-    if with_run_dir:
-        run_dir = ensure_writable_dir(Path(config.paths.runs_dir) / config.experiment / run_id, "runs (--runs-dir)")
-    return results_file, run_dir
+# ---- run folders and resumption ------------------------------------------------------------
 
 
-def _record(config: RunConfig, method: AnomalyMethod, run_id: str, kind: str, device: torch.device,
-            datasets: dict[str, Dataset], predictions: Predictions, metrics: dict[str, Any],
-            extras: dict[str, Any], training: dict[str, Any] | None, checkpoint: Path,
-            examples: list[Path], results_file: Path, started: float) -> dict[str, Any]:
-    return new_record(
-        run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind, method=config.method,
-        seed=config.seed, device=device.type, scan_backend=method.scan_backend, config=config_to_dict(config),
-        encoder=extras.get("prepare", {}),
-        data={"root": config.data.root, "name": config.data.name,
-              "classes": sorted(set(predictions.class_names)),
-              "n_train": len(datasets["train"]) if "train" in datasets else None,
-              "n_test": len(datasets["test"])},
-        model=method.describe(), training=training,
-        evaluation={**predictions.timing, "checkpoint": str(checkpoint)},
-        metrics=metrics, metrics_untrained=extras.get("metrics_untrained"),
-        examples=[str(path.relative_to(results_file.parent)) for path in examples],
-        wall_time_s=time.perf_counter() - started)
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
 
 
-def _check_resume_config(config: RunConfig, stored: dict[str, Any], checkpoint: Path) -> None:
-    """A resumed run must train exactly as the interrupted one did."""
-    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for key, value in values.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
-                out.update(flat(value, dotted + "."))
-            else:
-                out[dotted] = value
-        return out
-
+def _config_differences(config: RunConfig, stored: dict[str, Any]) -> list[str]:
+    """``key: stored vs now`` for every setting that must not change when a run resumes."""
     def free(key: str) -> bool:
         return any(key == free_key or key.startswith(free_key + ".") for free_key in RESUME_FREE_KEYS)
 
-    now, then = flat(config_to_dict(config)), flat(stored)
-    differing = sorted(key for key in set(now) | set(then) if not free(key) and now.get(key) != then.get(key))
-    if differing:
-        details = ", ".join(f"{key}: checkpoint {then.get(key)!r} vs now {now.get(key)!r}" for key in differing)
-        raise ValueError(f"cannot resume {checkpoint}: the config differs from the interrupted run's "
-                         f"({details}); resume with the same options (or omit --profile to reuse the stored config)")
+    now, then = _flat(config_to_dict(config)), _flat(stored)
+    return [f"{key}: stored {then.get(key)!r} vs now {now.get(key)!r}"
+            for key in sorted(set(now) | set(then)) if not free(key) and now.get(key) != then.get(key)]
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder of this library (no {CONFIG})")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def resolve_resume(resume: str | Path, config: RunConfig) -> Path:
-    """``latest`` / a run id / a run folder / a checkpoint file -> the checkpoint to resume."""
+    """``latest`` / a run id / a run folder / a checkpoint inside one -> the run folder to continue.
+
+    ``latest`` is the newest *unfinished* run of ``config.experiment`` whose stored config
+    matches ``config``; a finished run is never resumed (its results would be overwritten).
+
+    Raises:
+        FileNotFoundError: nothing to resume.
+        ConfigError: the run has finished, or its config differs from ``config``.
+    """
+    experiment_dir = Path(config.paths.runs_dir) / config.experiment
     text = str(resume)
     if text == "latest":
-        return latest_run_dir(config.paths.runs_dir, config.experiment, LAST) / LAST
+        candidates = sorted((path.parent for path in experiment_dir.glob(f"*/{CONFIG}")),
+                            key=lambda folder: (folder / CONFIG).stat().st_mtime, reverse=True)
+        for folder in candidates:
+            if not is_finished(folder) and not _config_differences(config, _stored_config(folder)):
+                return folder
+        raise FileNotFoundError(f"--resume latest: no unfinished run with this config under "
+                                f"{str(experiment_dir)!r}; start one without --resume")
     candidate = Path(text)
-    if candidate.is_file():
-        return candidate
-    for folder in (candidate, Path(config.paths.runs_dir) / config.experiment / text):
-        if (folder / LAST).is_file():
-            return folder / LAST
-    raise FileNotFoundError(f"--resume {text!r}: no checkpoint file, run folder or run id with a {LAST} "
-                            f"(looked under {str(Path(config.paths.runs_dir) / config.experiment)!r})")
+    folders = [candidate.parent, candidate.parent.parent] if candidate.is_file() else \
+        [candidate, experiment_dir / text]
+    folder = next((path for path in folders if (path / CONFIG).is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"--resume {text!r}: no run folder, run id or checkpoint inside one "
+                                f"(looked under {str(experiment_dir)!r})")
+    if is_finished(folder):
+        raise ConfigError(f"--resume {text!r}: run {folder.name} has finished; its results stay as they are "
+                          "(train a new run, or evaluate its final.pt)")
+    differences = _config_differences(config, _stored_config(folder))
+    if differences:
+        raise ConfigError(f"cannot resume {str(folder)!r}: the config differs from the interrupted run's "
+                          f"({'; '.join(differences)}); resume with the same options (or omit --profile to reuse "
+                          "the stored config)")
+    return folder
+
+
+def resume_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint a (class) run folder resumes from: ``last.pt``, or ``last.prev.pt`` when
+    the newest is damaged (truncated, corrupt, refused as unsafe); None when the run never
+    checkpointed.
+
+    Raises:
+        ValueError: the folder holds checkpoints but none can be used (each one's reason).
+    """
+    reasons = []
+    for name in (LAST, PREVIOUS):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            load_checkpoint(path, pass_on=True)  # the trainer restores it next: read once
+        except ValueError as error:
+            logger.warning("%s cannot be used (%s); trying the previous checkpoint", path, error)
+            reasons.append(str(error))
+            continue
+        return path
+    if reasons:
+        raise ValueError(f"cannot resume {str(folder)!r}: none of its checkpoints can be used: {'; '.join(reasons)}")
+    return None
+
+
+def find_reusable(config: RunConfig, run_id: str) -> dict[str, Any] | None:
+    """The record of a finished run ``run_id`` trained with exactly ``config`` whose checkpoints
+    still exist, or None."""
+    path = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
+    record = read_record(path) if path.is_file() else None
+    if record is None or record.get("kind") != "train":
+        return None
+    if record.get("config") != json.loads(json.dumps(config_to_dict(config))):
+        return None
+    checkpoints = [entry["checkpoint"] for entry in (record.get("classes") or {}).values()] or \
+        [(record.get("training") or {}).get("checkpoint") or ""]
+    return record if all(Path(path).is_file() for path in checkpoints) else None
 
 
 # ---- train -----------------------------------------------------------------------------
 
 
 def train(config: RunConfig, run_id: str | None = None, resume: str | Path | None = None,
-          progress: bool = True, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> RunOutcome:
+          progress: bool = True, callbacks: Sequence[Callable[[Trainer], None]] = (), reuse: bool = False,
+          overwrite: bool = False, shared_cache: dict[str, Any] | None = None) -> RunOutcome:
     """Train a method, evaluate it on the test split and write the results file.
 
     Args:
         config: validated run config.
-        run_id: name of the run (default: method, seed and time); taken from the checkpoint
-            folder when resuming.
-        resume: ``latest``, a run id, a run folder or a ``last.pt`` to continue.
+        run_id: name of the run (default: method, seed, time and a random suffix).
+        resume: ``latest``, a run id, a run folder or a checkpoint in one: continue that
+            unfinished run (with ``run_id``, both must name the same run).
         progress: tqdm bars.
-        callbacks: passed to the :class:`Trainer` (called after every step).
+        callbacks: passed to the step loop (called after every step).
+        reuse: return a finished run ``run_id`` trained with exactly this config instead of
+            training again (``RunOutcome.reused``).
+        overwrite: replace a finished run of the same id (its folder and results file).
+        shared_cache: a dict that runs of one grid share for deterministic preprocessing
+            (see :class:`~mambaad_lib.methods.TrainingData`).
+    Raises:
+        FileExistsError: the run id is taken (without ``overwrite``) or in use by a live process.
     """
-    run_training = get_method_class(config.method).run_training
-    if run_training is not None:
-        if resume is not None:
-            raise ConfigError(f"method {config.method!r} trains in one go and cannot --resume")
-        return run_training(config, run_id=run_id, progress=progress)
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    checkpoint_to_resume = None
+    method_class = get_method_class(config.method)
     if resume is not None:
-        checkpoint_to_resume = resolve_resume(resume, config)
-        _check_resume_config(config, load_checkpoint(checkpoint_to_resume).get("config", {}), checkpoint_to_resume)
-        run_id = checkpoint_to_resume.parent.name
-    run_id = run_id or default_run_id(config)
-    datasets = build_datasets(config)
-    results_file, run_dir = _prepare_outputs(config, run_id, with_run_dir=checkpoint_to_resume is None)
-    if checkpoint_to_resume is not None:
-        run_dir = ensure_writable_dir(checkpoint_to_resume.parent, "run (--resume)")
+        if not method_class.resumable:
+            raise ConfigError(f"method {config.method!r} trains in one go and cannot --resume; train it again")
+        run_dir = resolve_resume(resume, config)
+        if run_id is not None and run_id != run_dir.name:
+            raise ConfigError(f"--run-id {run_id!r} and --resume {str(resume)!r} name different runs "
+                              f"({run_dir.name!r}); give one of them")
+        run_id = run_dir.name
+    else:
+        run_id = check_name(run_id, "--run-id") if run_id is not None else new_run_id(config.method, config.seed)
+        run_dir = Path(config.paths.runs_dir) / config.experiment / run_id
+    results_file = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
+    if reuse and resume is None:
+        record = find_reusable(config, run_id)
+        if record is not None:
+            logger.info("reusing the finished run %s (same config): %s", run_id, results_file)
+            return RunOutcome(results_file, Path(record.get("run_dir") or run_dir), record, reused=True)
+    check_not_in_use(run_dir)
+    if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
+        raise _run_exists(run_id, run_dir, results_file)
+    check_data(config, build_datasets(config))  # missing or bad data fails here, before any folder is made
+    ensure_writable_dir(results_file.parent, "results (--results-dir)")
+    ensure_writable_dir(run_dir.parent, "runs (--runs-dir)")
+    provenance = code_provenance()
+    with RunLock(run_dir):
+        if resume is None:
+            _claim_run(run_id, run_dir, results_file, overwrite)
+            atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        context = dict(progress=progress, callbacks=callbacks, shared_cache=shared_cache, resuming=resume is not None)
+        if method_class.per_class:
+            record = _train_per_class(config, run_id, run_dir, results_file, provenance, started, **context)
+        else:
+            fitted = _fit(config, run_dir, **context)
+            record = _record(config, fitted, run_id, "train", results_file, provenance, started, run_dir)
+        write_results(results_file, record)
+        mark_finished(run_dir, results_file)
+    logger.info("results written to %s", results_file)
+    return RunOutcome(results_file, run_dir, record)
 
+
+def _examples_dir(results_file: Path, run_id: str) -> Path:
+    return results_file.parent / f"{run_id}_examples"
+
+
+def _run_exists(run_id: str, run_dir: Path, results_file: Path) -> FileExistsError:
+    return FileExistsError(f"run {run_id!r} exists ({str(run_dir)!r} or {str(results_file)!r}); choose another "
+                           "--run-id, continue it with --resume, or replace it with --overwrite")
+
+
+def _claim_run(run_id: str, run_dir: Path, results_file: Path, overwrite: bool) -> None:
+    """Make the locked ``run_dir`` a fresh run's: refuse one that another process filled since
+    the first check (a results file is never replaced by a different run), or, with
+    ``overwrite``, delete the old run's files, results file and example figures."""
+    leftovers = [entry for entry in run_dir.iterdir() if entry.name != LOCK]
+    if not overwrite and (leftovers or results_file.exists()):
+        raise _run_exists(run_id, run_dir, results_file)
+    for entry in leftovers:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    results_file.unlink(missing_ok=True)
+    shutil.rmtree(_examples_dir(results_file, run_id), ignore_errors=True)
+
+
+def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequence[Callable[[Trainer], None]],
+         shared_cache: dict[str, Any] | None, resuming: bool) -> _Fitted:
+    """Build, prepare, fit, checkpoint and evaluate one model in ``run_dir``."""
+    method_class = get_method_class(config.method)
+    device = resolve_device(config.device)
+    datasets = build_datasets(config)
+    labelled, openset = None, None
+    if method_class.learning_type is LearningType.OPEN_SET:
+        datasets["test"], labelled, openset = take_labelled_anomalies(datasets["test"], config)
+    resume_from = resume_checkpoint(run_dir) if resuming else None
     seed_everything(config.seed)
     set_deterministic(config.train.deterministic)
-    method = get_method(config.method, config.model, config.data.crop_size, device,
-                        pretrained=checkpoint_to_resume is None)
+    method = get_method(config.method, config.model, config.data.crop_size, device, pretrained=resume_from is None)
     logger.info("%s on %s, scan backend %s, %d training / %d test images, run %s", method.summary(), device,
-                method.scan_backend, len(datasets["train"]), len(datasets["test"]), run_id)
+                method.scan_backend, len(datasets["train"]), len(datasets["test"]), run_dir)
     extras: dict[str, Any] = {}
-    if checkpoint_to_resume is None:
-        batches = _image_batches(datasets["train"], config.eval.batch_size, config.data.num_workers)
-        extras["prepare"] = method.prepare(batches)
+    if resume_from is None:
+        extras["prepare"] = method.prepare(
+            _image_batches(datasets["train"], config.eval.batch_size, config.data.num_workers))
         if config.train.evaluate_untrained:
             _, extras["metrics_untrained"] = _evaluate(method, datasets["test"], config, progress,
                                                        "evaluate (untrained)")
             _log_metrics("untrained", extras["metrics_untrained"])
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
-
-    trainer = Trainer(method, config, run_dir, progress=progress, callbacks=callbacks, extras=extras)
-    fit = trainer.fit(datasets["train"], resume_from=checkpoint_to_resume)
-
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(method, config, run_dir, progress=progress, callbacks=callbacks, extras=extras,
+                      resume_from=resume_from, epoch_end=_scheduled_evaluation(method, datasets["test"], config))
+    data = TrainingData(normal=datasets["train"], labelled_anomalies=labelled, seed=config.seed,
+                        batch_size=config.train.batch_size, num_workers=config.data.num_workers,
+                        shared_cache=shared_cache)
+    fit_started = time.perf_counter()
+    training = method.fit(data, trainer)
+    training.setdefault("wall_time_s", time.perf_counter() - fit_started)
+    training["checkpoint"] = str(trainer.save(FINAL, finished=True))
     predictions, metrics = _evaluate(method, datasets["test"], config, progress, "evaluate")
     _log_metrics("trained", metrics)
-    examples = save_examples(predictions, datasets["test"], pick_examples(predictions, config.eval.num_examples),
-                             results_file.parent / f"{run_id}_examples")
-    training = {"epochs": fit.progress.epoch, "steps": fit.progress.global_step,
-                "wall_time_s": fit.progress.wall_time_s, "epoch_losses": fit.progress.epoch_losses,
-                "final_loss": fit.progress.epoch_losses[-1] if fit.progress.epoch_losses else None,
-                "resumed_from": str(fit.resumed_from) if fit.resumed_from else None,
-                "checkpoint": str(fit.final_checkpoint)}
-    record = _record(config, method, run_id, "train", device, datasets, predictions, metrics, fit.extras,
-                     training, fit.final_checkpoint, examples, results_file, started)
-    write_results(results_file, record)
-    logger.info("results written to %s", results_file)
-    return RunOutcome(results_file, run_dir, record)
+    if config.eval.every_epochs:
+        trainer.extras.setdefault("evaluations", []).append(
+            {"epoch": trainer.state.epoch, "step": trainer.state.global_step, "final": True, "metrics": metrics})
+    return _Fitted(method, datasets, predictions, metrics, trainer.extras, training, openset)
+
+
+def _scheduled_evaluation(method: AnomalyMethod, test: Dataset, config: RunConfig
+                          ) -> Callable[[Trainer], None] | None:
+    """The step loop's epoch-end hook that evaluates every ``eval.every_epochs`` epochs (before
+    the last), keeping the evaluations in the checkpointed extras. The evaluation draws from
+    no generator of the training (:func:`~mambaad_lib.engine.seeding.preserved_rng`), so the
+    trained model is the same with or without it."""
+    every = config.eval.every_epochs
+    if not every:
+        return None
+
+    def evaluate_if_due(trainer: Trainer) -> None:
+        epoch = trainer.state.epoch
+        if epoch % every or epoch >= config.train.epochs:
+            return
+        with preserved_rng():
+            _, metrics = _evaluate(method, test, config, progress=False, desc=f"evaluate (epoch {epoch})")
+        method.train(True)
+        _log_metrics(f"epoch {epoch}", metrics)
+        trainer.extras.setdefault("evaluations", []).append(
+            {"epoch": epoch, "step": trainer.state.global_step, "final": False, "metrics": metrics})
+
+    return evaluate_if_due
+
+
+BEST_OVER_EVALUATIONS = "best over evaluations (selected on the test set, as the release prints)"
+
+
+def best_over_evaluations(evaluations: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per protocol, the maximum of every metric over the evaluations, with the epoch it came
+    from: per class and for the mean row, each metric on its own, as the release's log prints
+    it beside the last value. Reported under :data:`BEST_OVER_EVALUATIONS`, never used to pick
+    weights (None for fewer than two evaluations)."""
+    if len(evaluations) < 2:
+        return None
+
+    def best(values: list[tuple[float | None, int]]) -> dict[str, Any] | None:
+        present = [(value, epoch) for value, epoch in values if value is not None and value == value]
+        if not present:
+            return None
+        value, epoch = max(present, key=lambda pair: pair[0])
+        return {"value": value, "epoch": epoch}
+
+    out: dict[str, Any] = {"label": BEST_OVER_EVALUATIONS}
+    for protocol in evaluations[-1]["metrics"]:
+        runs = [(entry["metrics"][protocol], entry["epoch"]) for entry in evaluations]
+        mean = {key: best([(metrics["mean"].get(key), epoch) for metrics, epoch in runs])
+                for key in runs[-1][0]["mean"]}
+        per_class = {row["cls_name"]: {key: best([(next(r[key] for r in metrics["per_class"]
+                                                        if r["cls_name"] == row["cls_name"]), epoch)
+                                                  for metrics, epoch in runs])
+                                       for key in row if key != "cls_name"}
+                     for row in runs[-1][0]["per_class"]}
+        out[protocol] = {"mean": mean, "per_class": per_class}
+    return out
+
+
+def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_file: Path,
+            provenance: dict[str, Any], started: float, run_dir: Path | None, examples_per_class: int | None = None,
+            checkpoint: str | None = None) -> dict[str, Any]:
+    """The results record of one fitted (or loaded) model; writes its example figures."""
+    count = config.eval.num_examples if examples_per_class is None else examples_per_class
+    examples = save_examples(fitted.predictions, fitted.datasets["test"], pick_examples(fitted.predictions, count),
+                             _examples_dir(results_file, run_id))
+    method = fitted.method
+    evaluations = fitted.extras.get("evaluations", [])
+    return new_record(
+        provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
+        method=config.method, traits=method.traits(), seed=config.seed, device=method.device.type,
+        scan_backend=method.scan_backend, config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
+        encoder=fitted.extras.get("prepare", {}),
+        data={"root": config.data.root, "name": config.data.name,
+              "classes": sorted(set(fitted.predictions.class_names)),
+              "n_train": len(fitted.datasets["train"]) if "train" in fitted.datasets else None,
+              "n_test": len(fitted.datasets["test"])},
+        model=method.describe(), training=fitted.training if kind == "train" else None,
+        evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
+        metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
+        evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
+        examples=[str(path.relative_to(results_file.parent)) for path in examples],
+        notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
+
+
+def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file: Path,
+                     provenance: dict[str, Any], started: float, *, resuming: bool, **context: Any) -> dict[str, Any]:
+    """One model per class, each in ``run_dir/<class>``; returns the merged record."""
+    classes = [check_name(name, "class name") for name in configured_classes(config)]
+    per_class_examples = max(1, -(-config.eval.num_examples // len(classes))) if config.eval.num_examples else 0
+    records = []
+    for cls_name in classes:
+        class_config = for_classes(config, [cls_name])
+        class_dir = run_dir / cls_name
+        if resuming and is_finished(class_dir):
+            records.append(read_record(class_dir / CLASS_RESULTS))
+            logger.info("class %s finished before the interruption; its model is kept", cls_name)
+            continue
+        fitted = _fit(class_config, class_dir, resuming=resuming, **context)
+        record = _record(class_config, fitted, run_id, "train", results_file, provenance, started, class_dir,
+                         examples_per_class=per_class_examples)
+        write_results(class_dir / CLASS_RESULTS, record)
+        mark_finished(class_dir, class_dir / CLASS_RESULTS)
+        records.append(record)
+    return merge_class_records(config, run_id, records, provenance, started, run_dir)
+
+
+def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[str, Any]],
+                        provenance: dict[str, Any], started: float, run_dir: Path | None) -> dict[str, Any]:
+    """One record from per-class records: every class's metrics from its own model, the mean
+    over classes as for a unified model, each model's facts under ``classes``."""
+    def merged(key: str) -> dict[str, Any] | None:
+        if not all(record.get(key) for record in records):
+            return None
+        out = {}
+        for protocol in records[0][key]:
+            rows = [row for record in records for row in record[key][protocol]["per_class"]]
+            notes = {row: text for record in records for row, text in record[key][protocol].get("notes", {}).items()
+                     if row != "mean"}
+            out[protocol] = {"per_class": rows, "mean": class_mean(rows, notes), "notes": notes}
+        return out
+
+    first = records[0]
+    metrics = merged("metrics")
+    timings = [record["evaluation"] for record in records]
+    n_images = sum(timing["n_images"] for timing in timings)
+    wall, model_time = (sum(timing[key] for timing in timings) for key in ("wall_time_s", "model_time_s"))
+    kind = first["kind"]
+    training = None
+    if kind == "train":
+        training = {"per_class_models": len(records),
+                    "wall_time_s": sum(record["training"]["wall_time_s"] for record in records)}
+    openset = None
+    if first.get("openset"):
+        shared = ("setting", "n_anomalies", "known_type", "split_seed")
+        openset = {**{key: first["openset"][key] for key in shared},
+                   "per_class": {record["data"]["classes"][0]: {key: value for key, value in record["openset"].items()
+                                                                if key not in shared} for record in records}}
+    return new_record(
+        provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
+        method=config.method, traits=first["traits"], seed=config.seed, device=first["device"],
+        scan_backend=first["scan_backend"], config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
+        encoder={key: value for key, value in first["encoder"].items() if key != "batchnorm_reestimated_on"},
+        data={"root": config.data.root, "name": config.data.name,
+              "classes": [record["data"]["classes"][0] for record in records],
+              "n_train": sum(record["data"]["n_train"] or 0 for record in records),
+              "n_test": sum(record["data"]["n_test"] for record in records)},
+        model={key: value for key, value in first["model"].items() if key != "training"},
+        training=training,
+        evaluation={"n_images": n_images, "wall_time_s": wall, "model_time_s": model_time,
+                    "images_per_s": n_images / max(wall, 1e-9), "model_images_per_s": n_images / max(model_time, 1e-9),
+                    "peak_memory_bytes": max(timing["peak_memory_bytes"] for timing in timings),
+                    "peak_memory_kind": first["evaluation"]["peak_memory_kind"], "checkpoint": str(run_dir)},
+        metrics=metrics, metrics_untrained=merged("metrics_untrained"), openset=openset, notes=metric_notes(metrics),
+        classes={record["data"]["classes"][0]: {
+            "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
+            "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model"),
+            "best_over_evaluations": record.get("best_over_evaluations")}
+            for record in records},
+        examples=[path for record in records for path in record.get("examples", [])],
+        wall_time_s=time.perf_counter() - started)
+
+
+def metric_notes(metrics: dict[str, Any] | None) -> list[str]:
+    """The sentences a reader of ``metrics`` needs (e.g. which pixel metrics were not computed)."""
+    notes = {}
+    for values in (metrics or {}).values():
+        notes.update(values.get("notes") or {})
+    return [f"{row}: {text}" for row, text in notes.items()]
 
 
 # ---- evaluate --------------------------------------------------------------------------
 
 
-def load_for_inference(checkpoint: str | Path, config: RunConfig) -> tuple[AnomalyMethod, dict[str, Any]]:
-    """Build the configured method and load a checkpoint's weights into it (strictly)."""
-    content = load_checkpoint(checkpoint)
+def load_for_inference(checkpoint: str | Path, config: RunConfig, trust: bool = False
+                       ) -> tuple[AnomalyMethod, dict[str, Any]]:
+    """Build the configured method and load a checkpoint's weights into it (strictly); the
+    file is read once. Returns the method (eval mode) and the checkpoint's content."""
+    content = load_checkpoint(checkpoint, trust=trust)
     if content.get("method", config.method) != config.method:
         raise ValueError(f"checkpoint {checkpoint} holds a {content['method']!r} model, "
                          f"but the config asks for {config.method!r}")
@@ -280,147 +591,74 @@ def load_for_inference(checkpoint: str | Path, config: RunConfig) -> tuple[Anoma
     return method, content
 
 
+def class_checkpoints(checkpoint: str | Path) -> dict[str | None, Path]:
+    """``{None: file}`` for a checkpoint file or a run folder with ``final.pt``; ``{class: file}``
+    for the run folder of a per-class method.
+
+    Raises:
+        FileNotFoundError: a folder holding neither.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        if (path / FINAL).is_file():
+            return {None: path / FINAL}
+        found = {folder.name: folder / FINAL for folder in sorted(path.iterdir()) if (folder / FINAL).is_file()}
+        if not found:
+            raise FileNotFoundError(f"{str(path)!r} holds no {FINAL} (nor class folders with one)")
+        return found
+    return {None: path}
+
+
 def find_checkpoint(config: RunConfig) -> Path:
-    """The ``final.pt`` of the newest finished run of ``config.experiment``."""
+    """The newest finished run of ``config.experiment``: its ``final.pt``, or its folder for a per-class method."""
+    if get_method_class(config.method).per_class:
+        folder = Path(config.paths.runs_dir) / config.experiment
+        runs = sorted((path for path in folder.glob("*") if is_finished(path)), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise FileNotFoundError(f"no finished run under {str(folder)!r}; train one first or pass --checkpoint")
+        return runs[-1]
     return latest_run_dir(config.paths.runs_dir, config.experiment, FINAL) / FINAL
 
 
-def evaluate(config: RunConfig, checkpoint: str | Path, run_id: str | None = None,
-             progress: bool = True) -> RunOutcome:
-    """Evaluate a checkpoint on the configured test split and write a results file."""
+def evaluate(config: RunConfig, checkpoint: str | Path, run_id: str | None = None, progress: bool = True,
+             trust: bool = False) -> RunOutcome:
+    """Evaluate a checkpoint (or a per-class run folder) on the configured test split and write a
+    results file (``eval-<checkpoint's run>-<time>`` unless ``run_id`` is given)."""
     started = time.perf_counter()
-    checkpoint = Path(checkpoint)
-    datasets = build_datasets(config, splits=("test",))
-    run_id = run_id or f"eval-{checkpoint.parent.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-    results_file, _ = _prepare_outputs(config, run_id, with_run_dir=False)
-    method, content = load_for_inference(checkpoint, config)
-    predictions, metrics = _evaluate(method, datasets["test"], config, progress, "evaluate")
-    _log_metrics("evaluated", metrics)
-    examples = save_examples(predictions, datasets["test"], pick_examples(predictions, config.eval.num_examples),
-                             results_file.parent / f"{run_id}_examples")
-    record = _record(config, method, run_id, "evaluate", method.device, datasets, predictions, metrics,
-                     content.get("extras", {}), None, checkpoint, examples, results_file, started)
+    targets = class_checkpoints(checkpoint)
+    run_name = Path(checkpoint).name if Path(checkpoint).is_dir() else Path(checkpoint).parent.name
+    run_id = check_name(run_id, "--run-id") if run_id is not None else new_run_id(f"eval-{run_name}", config.seed)
+    results_file = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
+    if results_file.exists():
+        raise FileExistsError(f"results file {str(results_file)!r} exists; choose another --run-id")
+    check_data(config, build_datasets(config, splits=("test",)))
+    ensure_writable_dir(results_file.parent, "results (--results-dir)")
+    provenance = code_provenance()
+    records = []
+    for cls_name, path in targets.items():
+        class_config = for_classes(config, [cls_name]) if cls_name is not None else config
+        method, content = load_for_inference(path, class_config, trust=trust)
+        datasets = build_datasets(class_config, splits=("test",))
+        openset = None
+        if method.learning_type is LearningType.OPEN_SET:
+            datasets["test"], _, openset = take_labelled_anomalies(datasets["test"], class_config)
+        predictions, metrics = _evaluate(method, datasets["test"], class_config, progress, "evaluate")
+        _log_metrics("evaluated", metrics)
+        fitted = _Fitted(method, datasets, predictions, metrics, content.get("extras", {}), {}, openset)
+        records.append(_record(class_config, fitted, run_id, "evaluate", results_file, provenance, started, None,
+                               checkpoint=str(path)))
+    record = records[0] if list(targets) == [None] else \
+        merge_class_records(config, run_id, records, provenance, started, None)
     write_results(results_file, record)
     logger.info("results written to %s", results_file)
     return RunOutcome(results_file, None, record)
 
 
-# ---- predict ---------------------------------------------------------------------------
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (non-recursively) in folders, in sorted order."""
-    files: list[Path] = []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            found = sorted(path for path in entry.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"folder {str(entry)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
-        elif entry.is_file():
-            files.append(entry)
-        else:
-            raise FileNotFoundError(f"input {str(entry)!r} does not exist")
-    return files
-
-
-def read_user_image(path: Path, crop_size: int, resize: bool) -> Image.Image:
-    """An RGB image ready for the model's transform, or a ``ValueError`` saying what is wrong.
-
-    RGB and greyscale (replicated to 3 channels, as the datasets do) are accepted; images
-    with alpha, CMYK, 16-bit or palette images are rejected rather than silently converted.
-    Without ``resize`` the image must already be ``crop_size`` x ``crop_size``.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = image.copy()
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"{path}: cannot be read as an image ({error})") from None
-    channels = {"RGB": 3, "L": 1}
-    if image.mode not in channels:
-        raise ValueError(f"{path}: image mode {image.mode} with {len(image.getbands())} channel(s) "
-                         f"({''.join(image.getbands())}); expected RGB (3 channels) or greyscale. "
-                         "Convert it first, e.g. Image.open(p).convert('RGB').save(q)")
-    if not resize and image.size != (crop_size, crop_size):
-        raise ValueError(f"{path}: image is {image.size[0]}x{image.size[1]}, the model takes "
-                         f"{crop_size}x{crop_size}; resize it or drop --no-resize")
-    if min(image.size) < 8:
-        raise ValueError(f"{path}: image is {image.size[0]}x{image.size[1]}, too small to analyse")
-    return image.convert("RGB")
-
-
-def _output_stems(files: Sequence[Path]) -> list[str]:
-    stems, seen = [], set()
-    for path in files:
-        stem = path.stem if path.stem not in seen else f"{path.stem}_{path.suffix.lstrip('.')}"
-        index = 1
-        while stem in seen:
-            index += 1
-            stem = f"{path.stem}_{index}"
-        seen.add(stem)
-        stems.append(stem)
-    return stems
-
-
-def predict(config: RunConfig, checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-            resize: bool = True, progress: bool = True) -> Path:
-    """Anomaly maps, heat-map overlays and a CSV of scores for a user's own images.
-
-    Writes ``<stem>_map.npy`` (float32 (H,W) map), ``<stem>_overlay.png`` and ``scores.csv``
-    (path, score) into ``out_dir``, which must not exist yet or be empty: everything is
-    written into a temporary sibling folder first and moved into place at the end, so a
-    failure leaves nothing behind. Overlay colours share one range over all given images
-    (min of all maps to the max), so an image that is hotter than the others looks it.
-
-    Returns:
-        the CSV path.
-    """
-    from mambaad_lib.data import transform_image
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"output folder {str(out_dir)!r} exists and is not empty; choose another --out")
-    files = collect_images(inputs)
-    size, crop = config.data.image_size, config.data.crop_size
-    images = [read_user_image(path, crop, resize) for path in files]  # validate everything first
-    ensure_writable_dir(out_dir.parent, "output (--out)")
-    method, _ = load_for_inference(checkpoint, config)
-
-    maps, scores = [], []
-    batch_size = config.eval.batch_size
-    from tqdm.auto import tqdm
-
-    for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch", disable=not progress):
-        tensors = torch.stack([transform_image(image, size, crop) for image in images[start:start + batch_size]])
-        batch_maps, batch_scores = method.predict(tensors)  # (B,1,H,W), (B,)
-        maps += list(batch_maps[:, 0].float().cpu().numpy())
-        scores += batch_scores.float().cpu().tolist()
-    low, high = float(min(m.min() for m in maps)), float(max(m.max() for m in maps))
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        rows = []
-        for path, stem, image, anomaly_map, score in zip(files, _output_stems(files), images, maps, scores):
-            np.save(staging / f"{stem}_map.npy", anomaly_map.astype(np.float32))
-            shown = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-            offset = (size - crop) // 2
-            shown = shown[offset:offset + crop, offset:offset + crop]
-            buffer = io.BytesIO()
-            Image.fromarray(overlay(shown, normalize_map(anomaly_map, low, high))).save(buffer, format="PNG")
-            atomic_write_bytes(staging / f"{stem}_overlay.png", buffer.getvalue())
-            rows.append({"image": str(path), "score": f"{score:.6g}", "map": f"{stem}_map.npy",
-                         "overlay": f"{stem}_overlay.png"})
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["image", "score", "map", "overlay"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(staging / "scores.csv", text.getvalue())
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("%d images: maps, overlays and scores.csv written to %s", len(files), out_dir)
-    return out_dir / "scores.csv"
+def stored_config(checkpoint: str | Path, trust: bool = False) -> dict[str, Any] | None:
+    """The run config a checkpoint (or a run folder) was trained with, or None for bare weights."""
+    path = Path(checkpoint)
+    if path.is_dir() and (path / CONFIG).is_file():
+        return _stored_config(path)
+    # evaluate and predict load the weights next: pass the content on so the file is read once
+    return load_checkpoint(next(iter(class_checkpoints(path).values())), trust=trust, pass_on=True).get("config") \
+        or None

@@ -10,8 +10,9 @@ Exact resumption on CPU: a checkpoint is only written between two optimisation s
 holds the weights, the optimiser and scheduler state, every global RNG state and the
 position in the epoch. A resumed run therefore performs bit-identical steps.
 
-Ctrl-C during training finishes the current step, writes ``last.pt`` and stops with
-:class:`TrainingInterrupted`; a second Ctrl-C stops at once.
+Ctrl-C (SIGINT) or SIGTERM (what job schedulers send before they kill a job) during training
+finishes the current step, writes ``last.pt`` and stops with :class:`TrainingInterrupted`; a
+second signal stops at once.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
+from mambaad_lib.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.engine.seeding import epoch_permutation, rng_state, set_rng_state
 from mambaad_lib.methods.base import AnomalyMethod
@@ -57,16 +58,6 @@ class TrainProgress:
     wall_time_s: float = 0.0
 
 
-@dataclass
-class FitResult:
-    """What :meth:`Trainer.fit` returns."""
-
-    progress: TrainProgress
-    final_checkpoint: Path
-    resumed_from: Path | None
-    extras: dict[str, Any]
-
-
 def training_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Index batches of one epoch; the last partial batch is dropped when a full one exists
     (BatchNorm layers in training mode need more than one sample per batch)."""
@@ -80,7 +71,8 @@ def _images(batch: Any) -> torch.Tensor:
 
 
 class Trainer:
-    """Runs a method's training steps over a dataset of normal images.
+    """The engine's step loop (:class:`~mambaad_lib.methods.StepLoop`): runs a method's
+    training steps over a dataset of normal images, checkpointing and resuming exactly.
 
     Args:
         method: the detector to train (already built on its device).
@@ -90,25 +82,33 @@ class Trainer:
         callbacks: called as ``callback(trainer)`` after every optimisation step; setting
             ``trainer.stop_requested = True`` stops like Ctrl-C does.
         extras: facts to keep in checkpoints (e.g. untrained metrics), restored on resume.
+        resume_from: a ``last.pt`` to continue from.
+        epoch_end: called as ``epoch_end(trainer)`` after every epoch, before that epoch's
+            checkpoint (so what it adds to ``trainer.extras`` is saved with it).
     """
 
     def __init__(self, method: AnomalyMethod, config: RunConfig, run_dir: str | Path, *,
                  progress: bool = True, callbacks: Sequence[Callable[["Trainer"], None]] = (),
-                 extras: dict[str, Any] | None = None) -> None:
+                 extras: dict[str, Any] | None = None, resume_from: str | Path | None = None,
+                 epoch_end: Callable[["Trainer"], None] | None = None) -> None:
         self.method = method
         self.config = config
         self.run_dir = Path(run_dir)
         self.progress_bars = progress
         self.callbacks = list(callbacks)
         self.extras = dict(extras or {})
+        self.resume_from = Path(resume_from) if resume_from is not None else None
+        self.epoch_end = epoch_end
         self.state = TrainProgress()
         self.stop_requested = False
 
     # ---- checkpoints --------------------------------------------------------------------
     def save(self, name: str, finished: bool = False) -> Path:
-        """Write ``run_dir/name`` with everything needed to resume or evaluate."""
+        """Write ``run_dir/name`` with everything needed to resume or evaluate (a previous
+        ``last.pt`` is kept as ``last.prev.pt``)."""
         return save_checkpoint(
-            self.run_dir / name, method=self.method.name, config=config_to_dict(self.config),
+            self.run_dir / name, keep_previous=name == LAST, method=self.method.name,
+            config=config_to_dict(self.config),
             model=self.method.state_dict(), optimization=self.method.optimization_state(),
             rng=rng_state(), progress=dataclasses.asdict(self.state), extras=self.extras,
             finished=finished)
@@ -128,23 +128,26 @@ class Trainer:
         self.extras = {**content.get("extras", {}), **self.extras}
 
     # ---- loop ---------------------------------------------------------------------------
-    def fit(self, train_data: Dataset, resume_from: str | Path | None = None) -> FitResult:
-        """Train for ``config.train.epochs`` epochs (continuing ``resume_from`` when given)."""
+    def run(self, normal: Dataset) -> dict[str, Any]:
+        """Train for ``config.train.epochs`` epochs over ``normal`` (continuing ``resume_from``);
+        returns the facts for the results file's ``training`` entry."""
         train = self.config.train
-        n_items = len(train_data)
+        n_items = len(normal)
         if n_items == 0:
             raise ValueError("the training set is empty: no normal training images were found")
         steps_per_epoch = len(training_batches(n_items, train.batch_size, self.config.seed, 0))
         self.method.configure_optimization(train, total_steps=train.epochs * steps_per_epoch)
-        if resume_from is not None:
-            self.restore(resume_from)
-            logger.info("resuming %s at epoch %d, step %d", resume_from, self.state.epoch + 1,
+        if self.resume_from is not None:
+            self.restore(self.resume_from)
+            logger.info("resuming %s at epoch %d, step %d", self.resume_from, self.state.epoch + 1,
                         self.state.step_in_epoch)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with _graceful_interrupt(self):
-            self._loop(train_data, steps_per_epoch)
-        final = self.save(FINAL, finished=True)
-        return FitResult(self.state, final, Path(resume_from) if resume_from else None, self.extras)
+            self._loop(normal, steps_per_epoch)
+        losses = self.state.epoch_losses
+        return {"epochs": self.state.epoch, "steps": self.state.global_step, "wall_time_s": self.state.wall_time_s,
+                "epoch_losses": losses, "final_loss": losses[-1] if losses else None,
+                "resumed_from": str(self.resume_from) if self.resume_from else None}
 
     def _loop(self, train_data: Dataset, steps_per_epoch: int) -> None:
         train = self.config.train
@@ -193,29 +196,36 @@ class Trainer:
             self.state.epoch_loss_sum = 0.0
             epochs.set_postfix(loss=f"{self.state.epoch_losses[-1]:.4g}")
             logger.info("epoch %d/%d: mean loss %.6g", epoch + 1, train.epochs, self.state.epoch_losses[-1])
+            if self.epoch_end is not None:
+                self.epoch_end(self)
             if (epoch + 1) % train.checkpoint_every == 0 and epoch + 1 < train.epochs:
                 self.save(LAST)
         epochs.close()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _graceful_interrupt:
-    """Within the block, the first SIGINT asks the trainer to stop after the current step."""
+    """Within the block, the first SIGINT or SIGTERM asks the trainer to stop after the current
+    step (it then writes ``last.pt``); a second one gets the previous handler (stops at once)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        logger.warning("interrupt received: finishing the current step and writing a checkpoint "
-                       "(press Ctrl-C again to stop at once)")
+        logger.warning("%s received: finishing the current step and writing a checkpoint "
+                       "(send it again to stop at once)", signal.Signals(signum).name)
         self.trainer.stop_requested = True
-        signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
     def __enter__(self) -> "_graceful_interrupt":
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.previous = {number: signal.signal(number, self._handler) for number in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)

@@ -64,8 +64,8 @@ from torch import Tensor, nn
 from mambaad_lib.data.io import load_mask
 from mambaad_lib.data.transforms import denormalize, transform_mask
 from mambaad_lib.utils.errors import ConfigError
-from mambaad_lib.methods.base import AnomalyMethod
-from mambaad_lib.methods.mambaad import check_encoder_options, encoder_weights_argument, prepare_random_encoder
+from mambaad_lib.methods.base import AnomalyMethod, StepLoop, TrainingData
+from mambaad_lib.methods.encoder import FrozenEncoderOptions, prepare_random_encoder
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, hardest_patches, patch_labels
 from mambaad_lib.models.patch_features import DESCRIPTORS, PatchFeatureConfig, PatchFeatureExtractor, flatten_patches
 from mambaad_lib.synthesis.gas import (BANDS, GASConfig, clamp_offset, hypersphere_radius, release_band,
@@ -88,18 +88,14 @@ def release_image_size(class_name: str, crop_size: int = 288) -> int:
 
 
 @dataclass
-class PatchFeatureOptions:
+class PatchFeatureOptions(FrozenEncoderOptions):
     """Frozen-feature options shared by ``glass`` and ``nearest_neighbor`` (``model.*``).
 
-    ``encoder_weights``: ``imagenet``, ``none`` (random, BatchNorm re-estimated on at most
-    ``bn_reestimate_images`` training images) or a local weights file. ``descriptor``:
-    ``concat`` or ``release`` (:mod:`mambaad_lib.models.patch_features`); ``pre_embed_dim``
-    for ``release`` only.
+    ``descriptor``: ``concat`` or ``release`` (:mod:`mambaad_lib.models.patch_features`);
+    ``pre_embed_dim`` for ``release`` only.
     """
 
     backbone: str = "wide_resnet50_2"
-    encoder_weights: str = "imagenet"
-    bn_reestimate_images: int | None = None
     layers: tuple[str, ...] = ("layer2", "layer3")
     neighbourhood: int = 3
     embed_dim: int | None = None
@@ -108,7 +104,7 @@ class PatchFeatureOptions:
     pre_embed_dim: int | None = None
 
     def __post_init__(self) -> None:
-        check_encoder_options(self)
+        self.check_encoder_options()
         if self.map_sigma < 0:
             raise ConfigError(f"config key 'model.map_sigma': must be >= 0, got {self.map_sigma}")
         if self.descriptor not in DESCRIPTORS:
@@ -119,12 +115,8 @@ class PatchFeatureOptions:
         except ValueError as error:
             raise ConfigError(f"config section 'model': {error}") from None
 
-    @property
-    def random_encoder(self) -> bool:
-        return self.encoder_weights.lower() == "none"
-
     def feature_config(self, resolve_weights: bool = True) -> PatchFeatureConfig:
-        weights = encoder_weights_argument(self.encoder_weights) if resolve_weights else None
+        weights = self.encoder_weights_argument(resolve_weights)
         return PatchFeatureConfig(self.backbone, weights, tuple(self.layers), self.neighbourhood, self.embed_dim,
                                   self.descriptor, self.pre_embed_dim)
 
@@ -221,6 +213,8 @@ class GLASSMethod(AnomalyMethod):
 
     name = "glass"
     config_class = GLASSMethodConfig
+    per_class = True  # the release trains one model per class
+    profiles = {"smoke": "glass_smoke", "demo": "glass_demo", "paper": "glass_paper"}
 
     def __init__(self, config: GLASSMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
@@ -251,15 +245,12 @@ class GLASSMethod(AnomalyMethod):
                 f"image_size={self.image_size})")
 
     def describe(self) -> dict[str, Any]:
-        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.net.parameters())
-        return {"parameters": {"total": total, "trainable": trainable, "frozen": total - trainable},
-                "architecture": self.summary(), "gas_band": self.band}
+        return {**super().describe(), "gas_band": self.band}
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
         """The classes this model is trained on; with ``distribution: table`` they choose the GAS
         band (one class: its table entry; several: the shared entry if they agree, else
-        ``distribution_default``). Call before training."""
+        ``distribution_default``). :meth:`fit` calls it with the training set's classes."""
         self.class_names = list(class_names)
         if self.config.distribution == "table":
             bands = {release_band(name, self.config.distribution_default) for name in self.class_names}
@@ -283,6 +274,14 @@ class GLASSMethod(AnomalyMethod):
             raise ValueError("GLASS needs normal training images to compute its centres; none were given")
         self.feature_mean = total / count  # (h*w, D)
         return facts
+
+    def fit(self, data: TrainingData, loop: StepLoop) -> dict[str, Any]:
+        """The engine's step loop, after :meth:`set_class_names` with the training set's classes
+        (they choose the GAS band under ``distribution: table``)."""
+        classes = getattr(data.normal, "classes", None)
+        if classes:
+            self.set_class_names(classes)
+        return loop.run(data.normal)
 
     def configure_optimization(self, train, total_steps: int) -> None:
         config = self.config
@@ -388,7 +387,34 @@ class GLASSMethod(AnomalyMethod):
         self.band, self.class_names = state["band"], state["class_names"]
 
     # ---- inference ----------------------------------------------------------------------
+    def feature_sets(self, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
+        """GLASS's feature space on normal images (B, 3, H, W): their adapted patch features
+        ``normal`` (N, D), the ``GAS`` features the trained discriminator's ascent makes from
+        them, and the adapted ``LAS (inside defects)`` patches of LAS versions of the images
+        that fall inside the synthesized defects (seeded by ``seed``)."""
+        net = self.net.eval()
+        cpu_images = images.detach().cpu()
+        las_images, las_masks = self.las(cpu_images, np.random.default_rng(seed),
+                                         self._foregrounds(denormalize(cpu_images)))
+        with torch.no_grad():
+            normal, grid = net.adapted(images.to(self.device))        # (N, D)
+            las_all, _ = net.adapted(las_images.to(self.device))      # (N, D)
+            # Per-position centres when training computed them, else project_to_band's batch mean.
+            centers = None if self.feature_mean is None else self._centers(images.shape[0])
+        inside = patch_labels(las_masks, grid).to(self.device)[:, 0] > 0.5
+        gas = synthesize_gas(normal, net.discriminator, self.config.gas, torch.Generator().manual_seed(seed),
+                             self.band, centers)
+        return {"normal": normal, "GAS": gas.detach(), "LAS (inside defects)": las_all[inside]}
+
     @torch.no_grad()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         self.net.eval()
         return self.net.predict(images.to(self.device), self.config.map_sigma)  # (B,1,H,W), (B,)
+
+
+class GLASSUnifiedMethod(GLASSMethod):
+    """Our extension: one GLASS model for all classes at once (the unified, multi-class
+    setting of MambaAD), not the release's per-class training."""
+
+    name = "glass_unified"
+    per_class = False

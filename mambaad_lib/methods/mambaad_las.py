@@ -3,9 +3,9 @@
 Everything is MambaAD's (:class:`~mambaad_lib.methods.mambaad.MambaADMethod`) except the
 training loss: with probability ``las_probability`` a training image is replaced by its LAS
 version on the decoder's input path while the reconstruction target stays the clean
-image's encoder features (:func:`las_reconstruction_loss`).
-Inference is unchanged, so the two methods' checkpoints share one architecture. With
-``las_augment: false`` it trains exactly like ``mambaad``, which makes the flag an ablation.
+image's encoder features (:func:`las_reconstruction_loss`). Inference is unchanged, so the
+two methods' checkpoints share one architecture. With ``las_augment: false`` it trains
+exactly like ``mambaad``, which makes the flag an ablation.
 """
 from __future__ import annotations
 
@@ -16,27 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.methods.mambaad import MambaADMethod, MambaADMethodConfig
-from mambaad_lib.models.mambaad import reconstruction_loss
+from mambaad_lib.models.mambaad import ReconstructionModel, reconstruction_loss
 from mambaad_lib.synthesis.las import LocalAnomalySynthesizer, build_las
-
-
-def las_reconstruction_loss(model: torch.nn.Module, images: Tensor, synthesizer: LocalAnomalySynthesizer,
-                            rng: np.random.Generator) -> Tensor:
-    """MambaAD's reconstruction loss with LAS on the input path (the ``las_augment`` rule).
-
-    The decoder reconstructs from the encoder features of the LAS-corrupted batch, and the
-    target is the encoder features of the *clean* batch: the model learns to map corrupted
-    inputs back to normal features (a denoising objective). ``model`` is a
-    :class:`~mambaad_lib.models.mambaad.MambaAD` (``model(x)`` -> (encoder features, decoder
-    features), ``model.encoder``); ``images`` are ImageNet-normalised (B, 3, H, W).
-    """
-    corrupted, _ = synthesizer(images.detach().cpu(), rng)
-    with torch.no_grad():
-        clean_features = model.encoder(images)
-    _, decoded = model(corrupted.to(images.device))
-    return reconstruction_loss(clean_features, decoded)
+from mambaad_lib.utils.errors import ConfigError
 
 
 @dataclass
@@ -56,6 +39,22 @@ class MambaADLASMethodConfig(MambaADMethodConfig):
         super().__post_init__()
         if not 0.0 <= self.las_probability <= 1.0:
             raise ConfigError(f"config key 'model.las_probability': must be in [0, 1], got {self.las_probability}")
+
+
+def las_reconstruction_loss(model: ReconstructionModel, images: Tensor, synthesizer: LocalAnomalySynthesizer,
+                            rng: np.random.Generator) -> Tensor:
+    """MambaAD's reconstruction loss with LAS on the input path (the ``las_augment`` rule).
+
+    The decoder reconstructs from the encoder features of the LAS-corrupted batch, and the
+    target is the encoder features of the *clean* batch: the model learns to map corrupted
+    inputs back to normal features. ``images`` are ImageNet-normalised (B, 3, H, W); returns
+    a scalar.
+    """
+    corrupted, _ = synthesizer(images.detach().cpu(), rng)
+    with torch.no_grad():
+        clean_features = model.encoder(images)
+    _, decoded = model(corrupted.to(images.device))
+    return reconstruction_loss(clean_features, decoded)
 
 
 class MambaADLASMethod(MambaADMethod):

@@ -46,6 +46,9 @@ class NearestNeighborMethod(AnomalyMethod):
 
     name = "nearest_neighbor"
     config_class = NearestNeighborMethodConfig
+    per_class = True
+    one_pass = True
+    profiles = {"smoke": "nearest_neighbor_smoke", "demo": "nearest_neighbor_demo"}
 
     def __init__(self, config: NearestNeighborMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
@@ -63,10 +66,8 @@ class NearestNeighborMethod(AnomalyMethod):
                 f"max_bank_size={c.max_bank_size}, image_size={self.image_size})")
 
     def describe(self) -> dict[str, Any]:
-        total = sum(p.numel() for p in self.net.parameters())
-        return {"parameters": {"total": total, "trainable": 0, "frozen": total},
-                "memory_bank": {"patches": len(self.net.memory), "seen": int(self.net.memory.seen)},
-                "architecture": self.summary()}
+        return {**super().describe(),
+                "memory_bank": {"patches": len(self.net.memory), "seen": int(self.net.memory.seen)}}
 
     def load_state_dict(self, state: dict[str, Tensor], source: str = "state dict") -> None:
         self.net.memory.resize_for(state, "memory.")

@@ -87,6 +87,27 @@ def _rescaled_pro_area(fpr: np.ndarray, pro: np.ndarray) -> float:
     return float(-np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
 
 
+def _f1_counts(data: PixelData) -> np.ndarray:
+    """Pixels predicted defective at each of the 21 F1 thresholds on the min-max normalised maps, (21,) int64."""
+    low, high = data.maps.min(), data.maps.max()  # scalars in the maps' dtype
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant maps: 0/0 -> NaN -> never above
+        return data.ranked.count_where(
+            lambda v: ((v - low) / (high - low)).astype(np.float64) > ADER_F1_THRESHOLDS, ADER_F1_THRESHOLDS.size)
+
+
+def ader_pixel_f1max(data: PixelData) -> float:
+    """The release's pixel F1-max alone (21 thresholds on min-max normalised maps).
+
+    Args:
+        data: prepared maps and masks with defect and normal pixels (``undefined_reason`` None).
+    """
+    counts = _f1_counts(data)
+    at_counts = CountRecorder(counts)
+    sweep(data.ranked, [at_counts])
+    at_counts.check_complete()
+    return float(_f1_with_eps(at_counts.tp, counts, data.ranked.n_pos).max())
+
+
 def ader_pixel_metrics(data: PixelData) -> dict[str, float]:
     """Pixel AUROC, AP, F1-max and AU-PRO under the released ADer protocol.
 
@@ -101,9 +122,7 @@ def ader_pixel_metrics(data: PixelData) -> dict[str, float]:
         return nan_pixel_metrics(data.undefined_reason)
     ranked = data.ranked
     low, high = data.maps.min(), data.maps.max()  # scalars in the maps' dtype
-    with np.errstate(invalid="ignore", divide="ignore"):  # constant maps: 0/0 -> NaN -> never above
-        f1_counts = ranked.count_where(
-            lambda v: ((v - low) / (high - low)).astype(np.float64) > ADER_F1_THRESHOLDS, ADER_F1_THRESHOLDS.size)
+    f1_counts = _f1_counts(data)
     pro_thresholds = np.arange(low, high, (high - low) / ADER_PRO_STEPS) if high > low else np.zeros(0)
     pro_counts = ranked.count_where(lambda v: v.astype(np.float64) > pro_thresholds, pro_thresholds.size)
 

@@ -5,17 +5,31 @@ and, under ``protocol="ader"``, its own min-max normalisation of the maps, exact
 the release evaluates one class at a time. The table row "mean" is the plain mean over
 classes of each metric (NaN if any class is NaN, so that an undefined class is never
 silently dropped); its mAD is the mean of the seven means.
+
+Anomalous images without a ground-truth mask (``has_mask`` False, datasets converted
+with ``--missing-mask keep``) count for the image metrics of their class. The pixel
+metrics of a class that has any such image are not computed: they are ``None`` (not NaN,
+no warning), as is its mAD, and a note says why. Scoring only the masked images would
+report a different test set under the same name, and treating the unmasked ones as
+defect-free would count their defects as false positives. The mean of a pixel metric is
+taken over the classes that have it; when that is not every class, the mean's mAD is
+``None`` (its seven means would cover different classes); when no class has it, the
+mean is ``None``. Every such case is named in :attr:`ClassMetrics.notes`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from .inputs import to_numpy
+from .image import image_metrics
+from .inputs import as_binary, to_numpy
+from .pixel_data import PIXEL_KEYS
 from .protocols import METRIC_KEYS, check_protocol, compute_metrics
+
+MEAN_ROW = "mean"
 
 
 @dataclass
@@ -24,19 +38,35 @@ class ClassMetrics:
 
     Attributes:
         per_class: one dict per class, in order of first appearance, with ``"cls_name"``
-            and the keys of :data:`~.protocols.METRIC_KEYS`.
-        mean: mean over classes of each metric key; ``mean["mAD"]`` is the mean of the
-            seven metric means.
+            and the keys of :data:`~.protocols.METRIC_KEYS`; pixel metrics and mAD are
+            ``None`` for a class with anomalous images without a mask.
+        mean: mean over classes of each metric key (over the classes that have it);
+            ``mean["mAD"]`` is the mean of the seven metric means, ``None`` unless every
+            class has every metric.
         protocol: the protocol that produced the numbers.
+        images_without_mask: ``{cls_name: n}`` anomalous images without a mask, for the
+            classes that have any (empty when every anomalous image has a mask).
+        notes: ``{cls_name or "mean": text}`` why values are ``None``, e.g.
+            ``"pixel metrics not computed (3 images without masks)"``; empty when none are.
     """
 
     per_class: list[dict[str, Any]]
-    mean: dict[str, float]
+    mean: dict[str, float | None]
     protocol: str
+    images_without_mask: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """Per-class rows, then a ``"mean"`` row; ready for ``pandas.DataFrame(rows)``."""
-        return [dict(row) for row in self.per_class] + [{"cls_name": "mean", **self.mean}]
+        """Per-class rows, then a ``"mean"`` row; ready for ``pandas.DataFrame(rows)``.
+
+        When there are notes every row gets a ``"note"`` column (empty where nothing is
+        missing), so a table says which classes lack masks.
+        """
+        rows = [dict(row) for row in self.per_class] + [{"cls_name": MEAN_ROW, **self.mean}]
+        if self.notes:
+            for row in rows:
+                row["note"] = self.notes.get(row["cls_name"], "")
+        return rows
 
 
 def _class_indices(class_names: Sequence[str], n_images: int) -> dict[str, np.ndarray]:
@@ -58,6 +88,53 @@ def _select(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return array[indices]
 
 
+def _image_only(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Image metrics of a class whose pixel metrics cannot be computed; pixel keys and mAD None."""
+    metrics: dict[str, float | None] = {key: float(value) for key, value in image_metrics(scores, labels).items()}
+    metrics.update(dict.fromkeys(PIXEL_KEYS + ("mAD",)))
+    return {key: metrics[key] for key in METRIC_KEYS}
+
+
+def class_mean(per_class: Sequence[dict[str, Any]], notes: dict[str, str] | None = None) -> dict[str, float | None]:
+    """The table's "mean" row of per-class rows: the mean of each metric over the classes that
+    have it (see the module docstring); a note for the mean row goes into ``notes``.
+
+    Also merges classes evaluated separately (one model per class).
+    """
+    if not per_class:
+        raise ValueError("class_mean needs at least one class row")
+    notes = {} if notes is None else notes
+    mean: dict[str, float | None] = {}
+    for key in METRIC_KEYS[:-1]:
+        values = [row[key] for row in per_class if row[key] is not None]
+        mean[key] = math.fsum(values) / len(values) if values else None
+    with_pixels = [row["cls_name"] for row in per_class if row[PIXEL_KEYS[0]] is not None]
+    if len(with_pixels) == len(per_class):
+        mean["mAD"] = math.fsum(mean.values()) / len(mean)
+        return mean
+    mean["mAD"] = None
+    if with_pixels:
+        notes[MEAN_ROW] = (f"pixel metrics are means over the {len(with_pixels)} of {len(per_class)} classes with "
+                           f"masks ({', '.join(with_pixels)}); mAD not computed")
+    else:
+        notes[MEAN_ROW] = "pixel metrics and mAD not computed (no class has masks for all its anomalous images)"
+    return mean
+
+
+def _without_mask(has_mask: Any, labels: np.ndarray, n_images: int) -> np.ndarray:
+    """(N,) bool: anomalous images without a mask; validates ``has_mask``."""
+    if has_mask is None:
+        return np.zeros(n_images, dtype=bool)
+    flags = as_binary(has_mask, "has_mask", ndim=1)
+    if len(flags) != n_images:
+        raise ValueError(f"has_mask has {len(flags)} entries but image_scores has {n_images}; they must match")
+    normal_without = int(np.count_nonzero(~flags & ~labels))
+    if normal_without:
+        raise ValueError(f"has_mask is False for {normal_without} normal image(s); a normal image's mask is its "
+                         "blank ground truth, so has_mask must be True")
+    return ~flags
+
+
 def per_class_metrics(
     image_scores: Any,
     image_labels: Any,
@@ -65,6 +142,7 @@ def per_class_metrics(
     masks: Any,
     class_names: Sequence[str],
     protocol: str = "standard",
+    has_mask: Any = None,
 ) -> ClassMetrics:
     """Evaluate each class separately, then average over classes.
 
@@ -72,9 +150,12 @@ def per_class_metrics(
         image_scores: (N,) image scores.
         image_labels: (N,) binary image labels.
         anomaly_maps: (N, H, W) float maps.
-        masks: (N, H, W) binary masks.
+        masks: (N, H, W) binary masks (any content where ``has_mask`` is False).
         class_names: length-N sequence of class names (str).
         protocol: ``"standard"`` or ``"ader"``.
+        has_mask: optional (N,) bool, False for anomalous images without a ground-truth
+            mask (the ``has_mask`` of :class:`~mambaad_lib.data.AnomalyDataset` items);
+            default: every image has its mask. Normal images must be True.
 
     Returns:
         a :class:`ClassMetrics`.
@@ -89,10 +170,18 @@ def per_class_metrics(
         if array.ndim == 0 or len(array) != n_images:
             raise ValueError(f"{name} has shape {tuple(array.shape)} but image_scores has {n_images} entries; "
                              "their first dimensions must match")
-    per_class = []
+    without_mask = _without_mask(has_mask, as_binary(arrays[1], "image_labels", ndim=1), n_images)
+    per_class, images_without_mask, notes = [], {}, {}
     for name, indices in _class_indices(class_names, n_images).items():
-        metrics = compute_metrics(*(_select(array, indices) for array in arrays), protocol=protocol)
+        missing = int(np.count_nonzero(without_mask[indices]))
+        if missing:
+            images_without_mask[name] = missing
+            without = "1 image without a mask" if missing == 1 else f"{missing} images without masks"
+            notes[name] = f"pixel metrics not computed ({without})"
+            metrics = _image_only(*(_select(array, indices) for array in arrays[:2]))
+        else:
+            metrics = compute_metrics(*(_select(array, indices) for array in arrays), protocol=protocol)
         per_class.append({"cls_name": name, **metrics})
-    mean = {key: math.fsum(row[key] for row in per_class) / len(per_class) for key in METRIC_KEYS[:-1]}
-    mean["mAD"] = math.fsum(mean.values()) / len(mean)
-    return ClassMetrics(per_class=per_class, mean=mean, protocol=protocol)
+    mean = class_mean(per_class, notes)
+    return ClassMetrics(per_class=per_class, mean=mean, protocol=protocol,
+                        images_without_mask=images_without_mask, notes=notes)

@@ -10,6 +10,8 @@ definitions of scikit-learn:
   (``average_precision_score``, no interpolation).
 - :class:`F1Max`: the largest 2 * TP / (TP + FP + P) over all thresholds, i.e. the best F1
   along ``precision_recall_curve``.
+
+:class:`CurvePoints` keeps the curves themselves (ROC and precision-recall points), for plots.
 """
 from __future__ import annotations
 
@@ -67,3 +69,29 @@ class F1Max:
     def update(self, block: ThresholdBlock) -> None:
         f1 = 2.0 * block.tp / (block.count + self.n_pos)
         self.value = max(self.value, float(f1.max()))
+
+
+class CurvePoints:
+    """The ROC and precision-recall points at every distinct threshold, highest first.
+
+    ``fpr``/``tpr`` start at (0, 0) (scikit-learn's ``roc_curve`` with
+    ``drop_intermediate=False``); ``precision``/``recall`` are the points of
+    ``precision_recall_curve`` in descending-threshold order. Args: n_pos, n_neg (both > 0).
+    """
+
+    def __init__(self, n_pos: int, n_neg: int) -> None:
+        self.n_pos, self.n_neg = n_pos, n_neg
+        self._tp: list[np.ndarray] = []
+        self._count: list[np.ndarray] = []
+
+    def update(self, block: ThresholdBlock) -> None:
+        self._tp.append(block.tp)
+        self._count.append(block.count)
+
+    def points(self) -> dict[str, np.ndarray]:
+        """``{"fpr", "tpr", "precision", "recall"}`` as float64 arrays."""
+        tp = np.concatenate(self._tp).astype(np.float64)
+        count = np.concatenate(self._count).astype(np.float64)
+        return {"fpr": np.concatenate(([0.0], (count - tp) / self.n_neg)),
+                "tpr": np.concatenate(([0.0], tp / self.n_pos)),
+                "precision": tp / count, "recall": tp / self.n_pos}

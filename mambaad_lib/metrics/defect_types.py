@@ -8,7 +8,6 @@ per-class scales, so pooling classes would mix scales).
 GLASS's LAS pastes Perlin-shaped blobs of foreign texture; defects that are thin or
 structural (:data:`LAS_UNLIKE_DEFECTS`: scratches, cracks, cuts) are not what it imitates,
 so tables report them apart from the region/texture-like ones (hole, stain, patch).
-AUROCs come from scikit-learn.
 """
 from __future__ import annotations
 
@@ -16,39 +15,37 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-from torch.utils.data import Dataset, Subset
 
 from mambaad_lib.data.meta import NORMAL_SPECIE
+from mambaad_lib.metrics.image import image_metrics
 
 LAS_UNLIKE_DEFECTS = ("scratch", "crack", "cut")
 
 
-def dataset_species(dataset: Dataset) -> list[str]:
-    """``specie_name`` of every item of an :class:`AnomalyDataset` (or a ``Subset`` of one), in order."""
-    if isinstance(dataset, Subset):
-        inner = dataset_species(dataset.dataset)
-        return [inner[index] for index in dataset.indices]
-    return [item["specie_name"] for item in dataset.items]
-
-
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < labels.size else float("nan")
+    """AUROC of 1-D scores (NaN unless both labels occur)."""
+    if not 0 < labels.sum() < labels.size:
+        return float("nan")
+    return image_metrics(scores.ravel(), labels.ravel())["i_auroc"]
 
 
 def per_defect_type_metrics(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray,
-                            class_names: Sequence[str], species: Sequence[str]) -> list[dict[str, Any]]:
+                            class_names: Sequence[str], species: Sequence[str],
+                            has_mask: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Image and pixel AUROC per defect type, averaged over classes.
 
     Args:
         scores (N,), labels (N,) 0/1, maps (N, H, W), masks (N, H, W) bool: predictions on a
             test split (e.g. :class:`~mambaad_lib.engine.evaluate.Predictions` fields).
         class_names, species: ``cls_name`` and ``specie_name`` of each image.
+        has_mask (N,) bool: False for anomalous images without a mask; their pixels are left
+            out of pixel AUROC (None: every image has its mask).
     Returns:
         one row per defect type (first-seen order): ``defect_type``, ``las_like`` (bool),
         ``i_auroc``, ``p_auroc``, ``n_classes``, ``n_images`` (defective images of that type).
     """
     class_names, species = np.asarray(class_names), np.asarray(species)
+    with_mask = np.ones(len(species), dtype=bool) if has_mask is None else np.asarray(has_mask, dtype=bool)
     if not len(scores) == len(labels) == len(maps) == len(masks) == len(class_names) == len(species):
         raise ValueError("scores, labels, maps, masks, class_names and species must have one entry per image")
     per_type: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -61,8 +58,9 @@ def per_defect_type_metrics(scores: np.ndarray, labels: np.ndarray, maps: np.nda
                 continue
             keep = normal | chosen
             per_type[defect]["i_auroc"].append(_auroc(np.asarray(labels)[keep], np.asarray(scores)[keep]))
-            per_type[defect]["p_auroc"].append(_auroc(np.asarray(masks)[keep].ravel().astype(np.int64),
-                                                      np.asarray(maps)[keep].ravel()))
+            pixels = keep & with_mask
+            per_type[defect]["p_auroc"].append(_auroc(np.asarray(masks)[pixels].astype(np.int64),
+                                                      np.asarray(maps)[pixels]))
             per_type[defect]["n_images"].append(int(chosen.sum()))
     return [{"defect_type": defect, "las_like": defect not in LAS_UNLIKE_DEFECTS,
              "i_auroc": float(np.nanmean(per_type[defect]["i_auroc"])),

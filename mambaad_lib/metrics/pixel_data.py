@@ -66,11 +66,13 @@ class PixelData:
 
     Attributes:
         maps: (N, H, W) float32 or float64 scores as given (no copy for those dtypes).
+        masks: (N, H, W) bool ground truth (no copy for bool input).
         ranked: the flattened scores sorted with their labels.
         regions: 8-connected ground-truth regions (count 0 without defect pixels).
     """
 
     maps: np.ndarray
+    masks: np.ndarray
     ranked: RankedScores
     regions: Regions
 
@@ -91,7 +93,7 @@ def prepare_pixels(anomaly_maps: Any, masks: Any) -> PixelData:
     check_same_shape(maps, "anomaly_maps", gt, "masks")
     ranked = RankedScores(maps.reshape(-1), gt.reshape(-1))
     regions = label_regions(gt)
-    return PixelData(maps=maps, ranked=ranked, regions=regions)
+    return PixelData(maps=maps, masks=gt, ranked=ranked, regions=regions)
 
 
 def nan_pixel_metrics(reason: str) -> dict[str, float]:

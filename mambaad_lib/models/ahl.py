@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from mambaad_lib.models.base_training import HeadSchedule
 from mambaad_lib.models.devnet import NORMAL, PSEUDO, SEEN
 from mambaad_lib.models.hadg import Episode
 from mambaad_lib.models.openset_features import BatchSampler, FeatureBank
@@ -49,19 +50,14 @@ RELEASE_KIND_WEIGHTS = {NORMAL: 0.5, PSEUDO: 0.5, SEEN: 1.0}
 
 
 @dataclass
-class CDLConfig:
+class CDLConfig(HeadSchedule):
     """CDL hyper-parameters; defaults are the released code's (= paper version B)."""
 
-    epochs: int = 30
     inner_lr: float = 2e-4
     inner_steps: int = 41
     query_batches: int = 20
-    per_kind: int = 16
     outer_lr: float = 2e-3
     outer_weight_decay: float = 1e-4
-    lr_step_epochs: int = 10
-    lr_gamma: float = 0.1
-    grad_clip: float = 1.0
     use_psi: bool = True
     history: int = 5
     weights_from_epoch: int = 5
@@ -70,12 +66,8 @@ class CDLConfig:
     psi_weight_decay: float = 1e-3
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "inner_steps", "query_batches", "per_kind", "history", "psi_hidden", "lr_step_epochs"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"cdl.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("inner_lr", "outer_lr", "psi_lr", "grad_clip"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"cdl.{key} must be > 0, got {getattr(self, key)}")
+        self.check("cdl", counts=("inner_steps", "query_batches", "history", "psi_hidden"),
+                   rates=("inner_lr", "outer_lr", "psi_lr"))
 
 
 class ImportanceLSTM(nn.Module):

@@ -17,22 +17,40 @@ from mambaad_lib.models.openset_features import BatchSampler
 
 
 @dataclass
-class BaseTrainingConfig:
+class HeadSchedule:
+    """Epochs, batch composition and step decay of a head-training schedule (base training and CDL).
+
+    ``per_kind``: samples of each kind (normal, pseudo anomaly, labelled anomaly) per batch;
+    the learning rate is multiplied by ``lr_gamma`` every ``lr_step_epochs`` epochs;
+    gradients are clipped to norm ``grad_clip``.
+    """
+
     epochs: int = 30
-    steps_per_epoch: int = 20
     per_kind: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
     lr_step_epochs: int = 10
     lr_gamma: float = 0.1
     grad_clip: float = 1.0
 
-    def __post_init__(self) -> None:
-        for key in ("epochs", "steps_per_epoch", "per_kind", "lr_step_epochs"):
+    def check(self, section: str, counts: tuple[str, ...], rates: tuple[str, ...]) -> None:
+        """Raise a ValueError naming ``section.key`` unless every count is >= 1 and every rate > 0."""
+        for key in ("epochs", "per_kind", "lr_step_epochs", *counts):
             if getattr(self, key) < 1:
-                raise ValueError(f"base_training.{key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError("base_training.lr and base_training.grad_clip must be > 0")
+                raise ValueError(f"{section}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("grad_clip", *rates):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{section}.{key} must be > 0, got {getattr(self, key)}")
+
+
+@dataclass
+class BaseTrainingConfig(HeadSchedule):
+    """The base heads' recipe: ``steps_per_epoch`` Adam steps (``lr``, ``weight_decay``) per epoch."""
+
+    steps_per_epoch: int = 20
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+
+    def __post_init__(self) -> None:
+        self.check("base_training", counts=("steps_per_epoch",), rates=("lr",))
 
 
 def train_heads(head: nn.Module, sampler: BatchSampler, config: BaseTrainingConfig,

@@ -10,7 +10,7 @@ Data flow at 256x256 with ResNet34 (the paper's default):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -126,9 +126,27 @@ class ReconstructionModel(nn.Module):
     decoder: nn.Module
 
     @classmethod
-    def from_config(cls, config: Any) -> "ReconstructionModel":
-        """A fresh model from a config or its ``asdict`` form (e.g. read back from YAML/JSON)."""
-        return cls(config if isinstance(config, cls.config_class) else cls.config_class(**config))
+    def from_config(cls, config: Any = None, **options: Any) -> "ReconstructionModel":
+        """A fresh model from a config and/or keyword options that override its fields.
+
+        ``config`` may be ``config_class`` itself, any dataclass that has its fields (e.g. a
+        method's ``model:`` section, which adds options of its own) or its ``asdict`` form
+        read back from YAML/JSON; None starts from the defaults.
+
+        Raises:
+            TypeError: an option that is not a field of ``config_class`` (the message lists them).
+        """
+        names = [item.name for item in fields(cls.config_class)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no options {unknown}; its options are {names}")
+        if config is None:
+            values = {}
+        elif isinstance(config, Mapping):
+            values = dict(config)
+        else:
+            values = {name: getattr(config, name) for name in names}
+        return cls(cls.config_class(**{**values, **options}))
 
     @property
     def scan_backend(self) -> str:
@@ -272,26 +290,18 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1))  # along H
 
 
-def build_mambaad(
-    backbone: str = "resnet34",
-    depths: Sequence[int] = (3, 4, 6, 3),
-    scan: ScanSpec = "hilbert",
-    directions: int = 8,
-    hss_per_lss: int | None = None,
-    lss_residual: bool = True,
-    local_kernels: Sequence[int] = (5, 7),
-    local_conv: str = "conv1x1+dw",
-    encoder_weights: str | None = None,
-    image_size: int = 256,
-    drop_path_rate: float = 0.2,
-    scan_backend: str = "auto",
-) -> MambaAD:
-    """Build MambaAD; defaults are the paper's model (ResNet34, depths [3,4,6,3], hilbert x 8).
+def build_mambaad(config: MambaADConfig | None = None, **options: Any) -> MambaAD:
+    """Build MambaAD; defaults are the paper's model (ResNet34, depths [3,4,6,3], Hilbert x 8).
 
-    ``build_mambaad(**asdict(model.config))`` rebuilds the same architecture.
+    Args:
+        config: a :class:`MambaADConfig` (or any dataclass with its fields, such as the
+            ``model:`` section of ``method: mambaad``); None starts from the defaults.
+        **options: fields to set or override: ``backbone``, ``depths``, ``scan``,
+            ``directions``, ``hss_per_lss``, ``lss_residual``, ``local_kernels``,
+            ``local_conv``, ``encoder_weights`` (None = random, ``"imagenet"`` or a path),
+            ``image_size``, ``drop_path_rate``, ``scan_backend`` (see :class:`MambaADConfig`).
+
+    ``build_mambaad(model.config)`` and ``build_mambaad(**asdict(model.config))`` rebuild the
+    same architecture.
     """
-    return MambaAD(MambaADConfig(
-        backbone=backbone, depths=tuple(depths), scan=scan, directions=directions, hss_per_lss=hss_per_lss,
-        lss_residual=lss_residual, local_kernels=tuple(local_kernels), local_conv=local_conv,
-        encoder_weights=encoder_weights, image_size=image_size, drop_path_rate=drop_path_rate,
-        scan_backend=scan_backend))
+    return MambaAD.from_config(config, **options)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -183,30 +184,15 @@ def repeated_image_scores(model: MMAD, images: Tensor, draws: int) -> Tensor:
     return torch.stack([model.anomaly_map(images)[1] for _ in range(draws)])
 
 
-def build_mmad(
-    backbone: str = "resnet34",
-    depths: Sequence[int] = (3, 4, 6, 3),
-    group_scans: Sequence[str] = DEFAULT_GROUP_SCANS,
-    fuser_scan: str = "hilbert",
-    directions: int = 8,
-    dilations: Sequence[int] = (1, 3, 5),
-    release_compat: bool = True,
-    inference_seed: int | None = None,
-    encoder_weights: str | None = None,
-    image_size: int = 256,
-    drop_path_rate: float = 0.2,
-    fuser_drop_path: float = 0.1,
-    fuser_dropout: float = 0.1,
-    scan_backend: str = "auto",
-) -> MMAD:
+def build_mmad(config: MMADConfig | None = None, **options: Any) -> MMAD:
     """Build MMAD; defaults are the released model (ResNet34, depths [3,4,6,3], 4-group
     hilbert -> zorder -> zigzag scanning, 8 directions, release quirks on).
 
+    Args:
+        config: an :class:`MMADConfig` (or any dataclass with its fields, such as the
+            ``model:`` section of ``method: mmad``); None starts from the defaults.
+        **options: fields to set or override (see :class:`MMADConfig`).
+
     ``build_mmad(**asdict(model.config))`` rebuilds the same architecture.
     """
-    return MMAD(MMADConfig(
-        backbone=backbone, depths=tuple(depths), group_scans=tuple(group_scans), fuser_scan=fuser_scan,
-        directions=directions, dilations=tuple(dilations), release_compat=release_compat,
-        inference_seed=inference_seed, encoder_weights=encoder_weights, image_size=image_size,
-        drop_path_rate=drop_path_rate, fuser_drop_path=fuser_drop_path, fuser_dropout=fuser_dropout,
-        scan_backend=scan_backend))
+    return MMAD.from_config(config, **options)

@@ -27,21 +27,20 @@ two things differ from our layout:
 Public entry points: :func:`load_release_checkpoint` (file -> model),
 :func:`load_release_weights` (file -> an existing model, with a :class:`ReleaseLoadReport`),
 :func:`export_release_state_dict` (model -> release key names),
-:func:`detect_checkpoint_format` and :func:`release_checkpoint_for_engine` (the CLI's
-``--release-checkpoint``).
+:func:`detect_checkpoint_format`. The CLI's ``--release-checkpoint`` converts a file into one
+of our checkpoints with :func:`mambaad_lib.engine.release.release_checkpoint_for_engine`.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,9 +48,7 @@ from torch import Tensor, nn
 from mambaad_lib.models.mambaad import MambaAD, build_mambaad
 from mambaad_lib.models.ss2d import SS2D
 from mambaad_lib.scan import RELEASE_DIRECTION_INDEX, inverse_orders, scan_directions
-
-if TYPE_CHECKING:
-    from mambaad_lib.engine.config import RunConfig
+from mambaad_lib.utils.state import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +175,7 @@ OURS_TO_RELEASE: tuple[int, ...] = tuple(int(i) for i in torch.argsort(torch.ten
 # ---- format detection ------------------------------------------------------------------
 
 COMPANION_CHECKPOINT = "companion-checkpoint"
+COMPANION_FORMAT_PREFIX = "mambaad-companion/"  # the 'format' marker of our checkpoint files
 COMPANION_STATE_DICT = "companion-state-dict"
 RELEASE_TRAINING_CHECKPOINT = "release-training-checkpoint"
 RELEASE_STATE_DICT = "release-state-dict"
@@ -202,11 +200,9 @@ def detect_checkpoint_format(obj: object) -> str:
     """Which kind of file ``obj`` (what ``torch.load`` returned) is: one of :data:`FORMAT_DESCRIPTIONS`.
 
     Release files are recognised by their key prefixes; our checkpoints by their format marker
-    (``mambaad_lib.engine.checkpoint.FORMAT``) or, bare, by our module prefixes.
+    (``"mambaad-companion/checkpoint"``) or, bare, by our module prefixes.
     """
-    from mambaad_lib.engine.checkpoint import FORMAT  # lazy: the engine imports the models
-
-    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith(COMPANION_FORMAT_PREFIX):
         return COMPANION_CHECKPOINT
     container = RELEASE_TRAINING_CHECKPOINT
     if isinstance(obj, Mapping) and isinstance(obj.get("net"), Mapping):
@@ -223,36 +219,19 @@ def detect_checkpoint_format(obj: object) -> str:
     return UNKNOWN_FORMAT
 
 
-def read_torch_file(path: str | os.PathLike) -> object:
-    """``torch.load`` on CPU with clear errors for missing, unreadable and truncated files.
-
-    Tensors-only unpickling is tried first; a file that also holds other Python objects
-    (an ADer training checkpoint's optimizer or metric records may) is unpickled fully after
-    a warning, as ``mambaad_lib.engine.checkpoint`` does.
+def read_release_file(path: str | os.PathLike, trust: bool = False) -> object:
+    """What a released ``.pth`` holds, read without running code from it
+    (:func:`mambaad_lib.utils.state.read_torch_file`; ``trust`` unpickles fully).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a folder, or a file torch cannot read (not a checkpoint, truncated, corrupt).
+        ValueError: a folder, or a file torch cannot read (not a checkpoint, truncated, corrupt),
+            or one that names objects beyond tensors and plain data (without ``trust``).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"release checkpoint {str(path)!r} does not exist")
-    if not path.is_file():
+    if path.exists() and not path.is_file():
         raise ValueError(f"release checkpoint {str(path)!r} is not a file (expected a .pth file)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "unsupported global" not in str(error).lower():
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
-    except Exception as error:  # zip/stream errors of truncated files, EOF, bad magic numbers
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt? "
-                         f"({type(error).__name__}: {error})") from None
-    logger.warning("%s holds Python objects besides tensors and needs full unpickling "
-                   "(weights_only=False); load only files you trust", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    return read_torch_file(path, trust=trust)
 
 
 def unwrap_release_state_dict(obj: object, source: str) -> tuple[dict[str, Tensor], str]:
@@ -409,7 +388,7 @@ def _check_index(value: Tensor, key: str, groups: dict[str, str], model: nn.Modu
 
 
 def load_release_weights(path: str | os.PathLike | Mapping[str, Any], model: MambaAD,
-                         strict: bool = True) -> ReleaseLoadReport:
+                         strict: bool = True, trust: bool = False) -> ReleaseLoadReport:
     """Load a released checkpoint (a path, or what ``torch.load`` returned) into ``model``.
 
     Strict (default): nothing is loaded unless every file key is mapped (or documented as
@@ -419,11 +398,11 @@ def load_release_weights(path: str | os.PathLike | Mapping[str, Any], model: Mam
     is listed in the report (the model keeps its own values there).
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`read_torch_file`, :func:`unwrap_release_state_dict`;
+        FileNotFoundError, ValueError: see :func:`read_release_file`, :func:`unwrap_release_state_dict`;
             in strict mode also any problem the report lists.
     """
     source = str(path) if isinstance(path, (str, os.PathLike)) else "release state dict"
-    obj = read_torch_file(path) if isinstance(path, (str, os.PathLike)) else path
+    obj = read_release_file(path, trust) if isinstance(path, (str, os.PathLike)) else path
     state, file_format = unwrap_release_state_dict(obj, source)
     version = detect_code_version(list(state))
     report = ReleaseLoadReport(source=source, file_format=file_format, code_version=version,
@@ -473,7 +452,7 @@ def load_release_weights(path: str | os.PathLike | Mapping[str, Any], model: Mam
 
 
 def load_release_checkpoint(path: str | os.PathLike | Mapping[str, Any], model: MambaAD | None = None,
-                            strict: bool = True, scan_backend: str = "auto") -> MambaAD:
+                            strict: bool = True, scan_backend: str = "auto", trust: bool = False) -> MambaAD:
     """A MambaAD with the released weights of ``path``, in eval mode, on CPU.
 
     Args:
@@ -483,12 +462,13 @@ def load_release_checkpoint(path: str | os.PathLike | Mapping[str, Any], model: 
             [3, 4, 6, 3], hilbert x 8) at 256x256 with a random encoder (the file holds it).
         strict: see :func:`load_release_weights`.
         scan_backend: for the default model (``"auto"``: mamba-ssm on GPU, our kernel on CPU).
+        trust: unpickle the file fully (it may run code); only for files you trust.
     Returns:
         ``model``; the report is logged (INFO, or WARNING when something was not loaded).
     """
     if model is None:
         model = build_mambaad(**RELEASE_ARCHITECTURE, image_size=RELEASE_IMAGE_SIZE, scan_backend=scan_backend)
-    report = load_release_weights(path, model, strict=strict)
+    report = load_release_weights(path, model, strict=strict, trust=trust)
     logger.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
     return model.eval()
 
@@ -544,38 +524,3 @@ def export_release_state_dict(model: MambaAD, code_version: str = RELEASED_VERSI
             dim = module.fuse.out_channels
             exported[key] = dead_weights[key].clone() if key in dead_weights else torch.zeros(dim, 1, 3, 3)
     return exported
-
-
-# ---- the command line's --release-checkpoint --------------------------------------------
-
-
-def release_checkpoint_for_engine(path: str | os.PathLike, config: RunConfig, strict: bool = True,
-                                  out_path: str | os.PathLike | None = None) -> tuple[Path, ReleaseLoadReport]:
-    """Convert a released file into a MambaAD Companion checkpoint that ``runner.evaluate``/``predict`` read.
-
-    The model is built exactly as the engine builds it for ``config`` (method ``mambaad``,
-    the profile's ``model:`` section, ``data.crop_size``), filled by
-    :func:`load_release_weights` and written atomically to ``out_path`` (default
-    ``<paths.runs_dir>/release/<file stem>.pt``) with the run config and, in ``extras``, the
-    load report (so results files name the released file).
-
-    Raises:
-        ValueError: ``config.method`` is not ``mambaad``, or any loading problem (strict).
-    """
-    from mambaad_lib.engine.checkpoint import save_checkpoint
-    from mambaad_lib.engine.config import config_to_dict
-    from mambaad_lib.methods import get_method
-
-    if config.method != "mambaad":
-        raise ValueError(f"--release-checkpoint holds MambaAD weights, but the config's method is "
-                         f"{config.method!r}; use a mambaad profile")
-    method = get_method("mambaad", config.model, config.data.crop_size, torch.device("cpu"), pretrained=False)
-    report = load_release_weights(path, method.network, strict=strict)
-    default = Path(config.paths.runs_dir) / "release" / f"{Path(path).stem}.pt"
-    target = Path(out_path) if out_path is not None else default
-    target.parent.mkdir(parents=True, exist_ok=True)
-    provenance = {"encoder_weights": f"released checkpoint {path} (net_t)", "batchnorm_reestimated_on": 0,
-                  "release_checkpoint": report.as_dict()}
-    save_checkpoint(target, method="mambaad", config=config_to_dict(config), model=method.state_dict(),
-                    extras={"prepare": provenance}, finished=True)
-    return target, report

@@ -46,7 +46,7 @@ import torchvision.transforms.v2.functional as TF
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from mambaad_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mambaad_lib.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from mambaad_lib.synthesis.perlin import perlin_mask
 from mambaad_lib.synthesis.textures import TextureSource, resolve_texture_source
 
