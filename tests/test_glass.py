@@ -178,6 +178,27 @@ def test_distribution_table_chooses_the_band():
     assert method.band == "manifold"
 
 
+def test_fit_hands_the_training_classes_to_the_band_table():
+    from mambaad_lib.methods.base import TrainingData
+
+    class Normal(torch.utils.data.Dataset):
+        classes = ["bottle"]
+
+    seen = []
+    method = small_method()
+    method.fit(TrainingData(normal=Normal(), labelled_anomalies=None, seed=0, batch_size=2),
+               type("Loop", (), {"run": lambda self, normal: seen.append(method.band) or {}})())
+    assert seen == ["hypersphere"] and method.class_names == ["bottle"]
+
+
+def test_format_1_gas_band_is_read_as_the_distribution():
+    config = dataclass_from_dict(GLASSMethodConfig, {**SMALL, "gas": {"steps": 3, "band": "hypersphere"}},
+                                 prefix="model")
+    assert config.distribution == "hypersphere"
+    with pytest.raises(ValueError, match="band must be one of"):
+        dataclass_from_dict(GLASSMethodConfig, {**SMALL, "gas": {"band": "cube"}}, prefix="model")
+
+
 class _Recorder:
     """Records the discriminator's inputs and the LAS masks of one loss computation."""
 

@@ -187,6 +187,8 @@ class GLASSMethodConfig(PatchFeatureOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.gas.band is not None:  # a format-1 config: its one band for every class
+            self.distribution = self.gas.band
         if self.foreground not in FOREGROUND_RULES:
             raise ConfigError(f"config key 'model.foreground': must be one of {list(FOREGROUND_RULES)}, "
                               f"got {self.foreground!r}")

@@ -77,6 +77,9 @@ class GASConfig:
     manifold_max: float = 1.0
     radius_quantile: float = 0.75
     las_shell: tuple[float, float] = (2.0, 4.0)
+    # Format-1 files' key (one band for every class, before the per-class table); GLASS reads
+    # it as ``model.distribution``. New configs leave it null.
+    band: str | None = None
 
     def __post_init__(self) -> None:
         if self.noise_std < 0 or self.step_size < 0:
@@ -87,6 +90,8 @@ class GASConfig:
             raise ValueError(f"need 0 <= manifold_min <= manifold_max, got {self.manifold_min}, {self.manifold_max}")
         if not 0 < self.radius_quantile < 1:
             raise ValueError(f"radius_quantile must be in (0, 1), got {self.radius_quantile}")
+        if self.band is not None and self.band not in BANDS:
+            raise ValueError(f"band must be one of {BANDS} or null, got {self.band!r}")
         self.las_shell = tuple(float(v) for v in self.las_shell)
         if len(self.las_shell) != 2 or not 0 <= self.las_shell[0] <= self.las_shell[1]:
             raise ValueError(f"las_shell must be two factors 0 <= low <= high, got {self.las_shell}")
