@@ -25,6 +25,7 @@ SMALL = {"backbone": "resnet18", "encoder_weights": "none", "discriminator_hidde
 @pytest.fixture
 def registered(monkeypatch):
     monkeypatch.setitem(METHODS, "glass", "mambaad_lib.methods.glass:GLASSMethod")
+    monkeypatch.setitem(METHODS, "glass_unified", "mambaad_lib.methods.glass:GLASSUnifiedMethod")
 
 
 def small_method(**overrides) -> GLASSMethod:
@@ -197,6 +198,22 @@ def test_format_1_gas_band_is_read_as_the_distribution():
     assert config.distribution == "hypersphere"
     with pytest.raises(ValueError, match="band must be one of"):
         dataclass_from_dict(GLASSMethodConfig, {**SMALL, "gas": {"band": "cube"}}, prefix="model")
+
+
+def test_feature_sets_project_gas_around_the_per_position_centres():
+    # What experiments.gas_projection draws: the trained band around the training centres.
+    from mambaad_lib.synthesis.gas import hypersphere_radius
+
+    images = torch.randn(2, 3, 64, 64)
+    method = prepared_method(images, distribution="hypersphere", gas={"steps": 2, "project_every": 2})
+    method.training_step(images)
+    sets = method.feature_sets(images, seed=0)
+    assert set(sets) == {"normal", "GAS", "LAS (inside defects)"}
+    assert sets["normal"].shape == sets["GAS"].shape == (2 * 64, method.net.features.dim)
+    centers = method._centers(2)
+    radius = hypersphere_radius(sets["normal"], centers)
+    distances = (sets["GAS"] - centers).norm(dim=1)
+    assert (distances >= radius * (1 - 1e-4)).all() and (distances <= 2 * radius * (1 + 1e-4)).all()
 
 
 class _Recorder:
