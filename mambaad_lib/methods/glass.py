@@ -44,8 +44,8 @@ earlier code and passes now.
 
 The release keeps the best of its 640 epochs by image+pixel AUROC on the test set; the engine
 evaluates the final model instead (never select on the test set). GLASS trains one model per
-class (``mambaad_lib.methods.per_class``); the same method trained on several classes is our
-unified multi-class extension. The LAS and GAS random streams are seeded by
+class (trait ``per_class``: the engine fans out, checkpoints and results per class, one
+summary); ``glass_unified`` is our unified multi-class extension. The LAS and GAS random streams are seeded by
 ``model.synthesis_seed`` and saved in checkpoints, so a resumed run is identical.
 """
 from __future__ import annotations
