@@ -6,8 +6,8 @@ from PIL import Image
 
 from mambaad_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mambaad_lib.synthesis.las import (
-    AUGMENTATIONS, NONEMPTY_RATE, LASConfig, LocalAnomalySynthesizer, augment_texture, blend,
-    estimate_foreground, las_mask, sample_beta)
+    DRAEM_AUGMENTATIONS, GLASS_AUGMENTATIONS, NONEMPTY_RATE, LASConfig, LocalAnomalySynthesizer, augment_texture,
+    blend, cover_and_crop, estimate_foreground, las_mask, sample_beta)
 from mambaad_lib.synthesis.textures import TextureSource, resolve_texture_source
 
 SIZE = (64, 64)
@@ -75,6 +75,8 @@ def test_bad_configs_are_rejected():
         LASConfig(combine_modes=("xor",))
     with pytest.raises(ValueError, match="n_augmentations"):
         LASConfig(n_augmentations=10)
+    with pytest.raises(ValueError, match="augmentations"):
+        LASConfig(augmentations="imgaug")
 
 
 # ------------------------------------------------------------------------ foreground
@@ -123,13 +125,50 @@ def test_beta_is_clipped_normal():
     assert abs(betas.mean() - 0.5) < 0.01 and 0.08 < betas.std() < 0.11
 
 
-def test_three_distinct_augmentations_keep_shape_and_range(textures):
+@pytest.mark.parametrize("kind, table", [("glass", GLASS_AUGMENTATIONS), ("draem", DRAEM_AUGMENTATIONS)])
+def test_three_distinct_augmentations_keep_shape_and_range(textures, kind, table):
     texture = textures.sample(np.random.default_rng(0), SIZE)
-    out, names = augment_texture(texture, np.random.default_rng(1), 3)
-    assert len(set(names)) == 3 and set(names) <= set(AUGMENTATIONS)
+    out, names = augment_texture(texture, np.random.default_rng(1), 3, kind)
+    assert len(set(names)) == 3 and set(names) <= set(table)
     assert out.shape == texture.shape and out.min() >= 0 and out.max() <= 1
-    for name, augmentation in AUGMENTATIONS.items():
+    for name, augmentation in table.items():
         assert augmentation(texture, np.random.default_rng(2)).shape == texture.shape, name
+
+
+def test_glass_augmentations_are_the_release_list(textures):
+    # datasets/mvtec.py rand_augmenter: 3 colour jitters, two flips, grayscale, autocontrast,
+    # equalise and a +-45 degree affine rotation, no gamma/invert/solarise/posterise.
+    assert set(GLASS_AUGMENTATIONS) == {"contrast", "brightness", "saturation_hue", "horizontal_flip",
+                                        "vertical_flip", "grayscale", "autocontrast", "equalize", "rotate"}
+    texture = textures.sample(np.random.default_rng(0), SIZE)
+    rng = np.random.default_rng(0)
+    assert torch.equal(GLASS_AUGMENTATIONS["horizontal_flip"](texture, rng), texture.flip(-1))
+    assert torch.equal(GLASS_AUGMENTATIONS["vertical_flip"](texture, rng), texture.flip(-2))
+    gray = GLASS_AUGMENTATIONS["grayscale"](texture, rng)
+    assert torch.allclose(gray[0], gray[1]) and torch.allclose(gray[1], gray[2])
+    white = torch.ones(3, *SIZE)
+    rotated = GLASS_AUGMENTATIONS["rotate"](white, np.random.default_rng(3))  # |angle| > 0: black corners
+    assert rotated[:, 0, 0].max() == 0 and rotated[:, SIZE[0] // 2, SIZE[1] // 2].min() == 1
+    # Brightness factor uniform in [0.8, 1.2]: a grey 0.5 lands in [0.4, 0.6], both ends reached.
+    grey = [GLASS_AUGMENTATIONS["brightness"](torch.full((3, 2, 2), 0.5), np.random.default_rng(s)).mean().item()
+            for s in range(200)]
+    assert 0.4 - 1e-6 <= min(grey) < 0.42 and 0.58 < max(grey) <= 0.6 + 1e-6
+
+
+def test_glass_textures_keep_their_aspect_ratio():
+    # A 40x80 texture whose left fifth is red: covering 64x64 keeps the aspect (64x128), so
+    # the centre crop (original columns 20..60) has no red; stretching keeps a red fifth.
+    texture = torch.zeros(3, 40, 80)
+    texture[0, :, :16] = 1.0
+    covered = cover_and_crop(texture, SIZE)
+    assert covered.shape == (3, *SIZE) and covered[0].max() < 0.05
+    source = TextureSource(patches=(texture,), description="test")
+    sample = LocalAnomalySynthesizer(source, LASConfig(n_augmentations=0)).synthesize(
+        torch.zeros(3, *SIZE), np.random.default_rng(0))
+    assert sample.texture[0].max() < 0.05 and sample.augmentations == []
+    stretched = LocalAnomalySynthesizer(source, LASConfig(n_augmentations=0, augmentations="draem")).synthesize(
+        torch.zeros(3, *SIZE), np.random.default_rng(0))
+    assert stretched.texture[0, :, :8].min() > 0.95
 
 
 def test_batch_call_round_trips_normalisation(textures):

@@ -7,7 +7,7 @@ all patches seen, kept by reservoir sampling
 ``model.sampling_seed``); a resumed run continues the same sample. A patch's anomaly
 score is the distance to its nearest bank entry; image score = maximum over patches.
 
-Like PatchCore (and GLASS) it is meant per class (``mambaad_lib.methods.per_class``).
+Like PatchCore (and GLASS) it is meant per class (trait ``per_class``).
 """
 from __future__ import annotations
 

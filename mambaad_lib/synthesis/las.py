@@ -9,7 +9,17 @@ augmented foreign texture:
    uniformly, then restricted to the foreground. An empty result is redrawn up to
    ``max_attempts`` times (see :data:`NONEMPTY_RATE` for the measured rate).
 2. **Texture.** A texture from a :class:`~mambaad_lib.synthesis.textures.TextureSource`,
-   transformed by 3 of the 9 augmentations in :data:`AUGMENTATIONS` (distinct, random order).
+   transformed by 3 distinct augmentations in random order from one of two lists
+   (``LASConfig.augmentations``):
+
+   - ``glass`` (default; the release's ``rand_augmenter`` in ``datasets/mvtec.py``): the
+     texture is resized, keeping its aspect ratio, so that it covers the image, then gets 3 of
+     :data:`GLASS_AUGMENTATIONS` (colour jitter of contrast, of brightness, of saturation and
+     hue; horizontal flip; vertical flip; grayscale; autocontrast; equalise; rotation by up
+     to 45 degrees with black corners), then is centre-cropped to the image size;
+   - ``draem`` (DRAEM's list, :data:`DRAEM_AUGMENTATIONS`: gamma, brightness, sharpness,
+     hue/saturation, solarise, posterise, invert, equalise, rotation): the texture is
+     stretched to the image size first.
 3. **Blend.** ``out = img*(1-m) + (1-beta)*tex*m + beta*img*m`` with
    ``beta ~ N(0.5, 0.1)`` clipped to [0.2, 0.8] (:func:`blend`).
 
@@ -20,12 +30,9 @@ and hole-filled. When there is no clear object (more than 30% of the border band
 the threshold, as in a texture, or the foreground covers under 1% or over 99% of the image)
 the whole image is used.
 
-Use as a training augmentation for a reconstruction model (MambaAD, ``las_augment``): the
-encoder receives the LAS image on the decoder's input path while the reconstruction target
-stays the *clean* image's encoder features, so the decoder learns to reconstruct normal
-features from corrupted ones (a denoising objective; ``method: mambaad_las``).
-:class:`LocalAnomalySynthesizer`'s ``__call__`` takes and returns ImageNet-normalised batches
-for that purpose.
+:class:`LocalAnomalySynthesizer`'s ``__call__`` takes and returns ImageNet-normalised
+batches, the datasets' output (GLASS's training step, and MambaAD's ``las_augment`` in
+:mod:`mambaad_lib.methods.mambaad_las`).
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -43,6 +51,7 @@ from mambaad_lib.synthesis.perlin import perlin_mask
 from mambaad_lib.synthesis.textures import TextureSource, resolve_texture_source
 
 COMBINE_MODES = ("single", "union", "intersection")
+AUGMENTATION_LISTS = ("glass", "draem")
 
 # Guaranteed-by-test lower bound on the fraction of non-empty LAS masks with the default
 # LASConfig. Measured over 1000 seeds on 64x64 images: one draw is non-empty in 93% of cases
@@ -65,6 +74,7 @@ class LASConfig:
     beta_min: float = 0.2
     beta_max: float = 0.8
     n_augmentations: int = 3
+    augmentations: str = "glass"
     max_attempts: int = 10
 
     def __post_init__(self) -> None:
@@ -77,8 +87,11 @@ class LASConfig:
                              f"got {self.min_scale_exp}, {self.max_scale_exp}")
         if not 0.0 <= self.beta_min <= self.beta_max <= 1.0:
             raise ValueError(f"need 0 <= beta_min <= beta_max <= 1, got {self.beta_min}, {self.beta_max}")
-        if not 0 <= self.n_augmentations <= len(AUGMENTATIONS):
-            raise ValueError(f"n_augmentations must be in [0, {len(AUGMENTATIONS)}], got {self.n_augmentations}")
+        if self.augmentations not in AUGMENTATION_LISTS:
+            raise ValueError(f"augmentations must be one of {AUGMENTATION_LISTS}, got {self.augmentations!r}")
+        available = len(_AUGMENTATION_TABLES[self.augmentations])
+        if not 0 <= self.n_augmentations <= available:
+            raise ValueError(f"n_augmentations must be in [0, {available}], got {self.n_augmentations}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
 
@@ -205,26 +218,81 @@ def _rotate(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return rotated[:, pad_h:pad_h + height, pad_w:pad_w + width]
 
 
-# GLASS/DRAEM-style colour and geometry augmentations; LAS applies 3 distinct ones.
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = {
+# DRAEM's colour and geometry augmentations (its release's imgaug list; also DRA's pseudo anomalies).
+DRAEM_AUGMENTATIONS: dict[str, Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = {
     "gamma": _gamma, "brightness": _brightness, "sharpness": _sharpness,
     "hue_saturation": _hue_saturation, "solarize": _solarize, "posterize": _posterize,
     "invert": _invert, "equalize": _equalize, "rotate": _rotate,
 }
 
 
-def augment_texture(texture: torch.Tensor, rng: np.random.Generator,
-                    n_augmentations: int = 3) -> tuple[torch.Tensor, list[str]]:
-    """Apply ``n_augmentations`` distinct augmentations in random order.
+def _jitter_contrast(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    return TF.adjust_contrast(image, float(rng.uniform(0.8, 1.2)))
+
+
+def _jitter_brightness(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    return TF.adjust_brightness(image, float(rng.uniform(0.8, 1.2)))
+
+
+def _jitter_saturation_hue(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    # ColorJitter(saturation=(0.8, 1.2), hue=(-0.2, 0.2)) applies its two factors in random order.
+    saturation, hue = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.2, 0.2))
+    operations = [lambda x: TF.adjust_saturation(x, saturation), lambda x: TF.adjust_hue(x, hue)]
+    for index in rng.permutation(2):
+        image = operations[index](image)
+    return image
+
+
+def _autocontrast(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    return TF.autocontrast(image)
+
+
+def _rotate_black_corners(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    # RandomAffine(degrees=(-45, 45)): nearest-neighbour rotation about the centre, black fill.
+    return TF.rotate(image, float(rng.uniform(-45, 45)), interpolation=TF.InterpolationMode.NEAREST, fill=0.0)
+
+
+# The GLASS release's list (datasets/mvtec.py, rand_augmenter), all with probability 1.
+GLASS_AUGMENTATIONS: dict[str, Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = {
+    "contrast": _jitter_contrast, "brightness": _jitter_brightness, "saturation_hue": _jitter_saturation_hue,
+    "horizontal_flip": lambda image, rng: TF.horizontal_flip(image),
+    "vertical_flip": lambda image, rng: TF.vertical_flip(image),
+    "grayscale": lambda image, rng: TF.rgb_to_grayscale(image, num_output_channels=3),
+    "autocontrast": _autocontrast, "equalize": _equalize, "rotate": _rotate_black_corners,
+}
+
+_AUGMENTATION_TABLES = {"glass": GLASS_AUGMENTATIONS, "draem": DRAEM_AUGMENTATIONS}
+
+
+def augment_texture(texture: torch.Tensor, rng: np.random.Generator, n_augmentations: int = 3,
+                    augmentations: str = "draem") -> tuple[torch.Tensor, list[str]]:
+    """Apply ``n_augmentations`` distinct augmentations of list ``augmentations`` (``glass``
+    or ``draem``) in random order.
 
     texture: (3, H, W) float in [0, 1]. Returns the augmented texture (clamped to [0, 1])
     and the names of the augmentations applied.
     """
-    names = list(AUGMENTATIONS)
+    if augmentations not in _AUGMENTATION_TABLES:
+        raise ValueError(f"augmentations must be one of {AUGMENTATION_LISTS}, got {augmentations!r}")
+    table = _AUGMENTATION_TABLES[augmentations]
+    names = list(table)
     chosen = [names[i] for i in rng.choice(len(names), size=n_augmentations, replace=False)]
     for name in chosen:
-        texture = AUGMENTATIONS[name](texture, rng).clamp(0.0, 1.0)
+        texture = table[name](texture, rng).clamp(0.0, 1.0)
     return texture, chosen
+
+
+def cover_and_crop(texture: torch.Tensor, size: tuple[int, int],
+                   augment: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
+    """The release's texture geometry: resize (3, h, w), keeping the aspect ratio, so that it
+    covers ``size`` = (H, W), apply ``augment``, centre-crop to (3, H, W)."""
+    height, width = texture.shape[-2:]
+    scale = max(size[0] / height, size[1] / width)
+    covering = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
+    if covering != (height, width):
+        texture = F.interpolate(texture[None], size=covering, mode="bilinear", align_corners=False,
+                                antialias=True)[0].clamp(0.0, 1.0)
+    return TF.center_crop(augment(texture), list(size))
 
 
 # ------------------------------------------------------------------------- blending
@@ -281,8 +349,18 @@ class LocalAnomalySynthesizer:
             raise ValueError(f"image must be (3, H, W) RGB in [0, 1], got shape {tuple(image.shape)}")
         size = (int(image.shape[-2]), int(image.shape[-1]))
         mask_array, mode = las_mask(size, rng, self.config, foreground)
-        texture = self.textures.sample(rng, size).to(image.dtype)
-        texture, names = augment_texture(texture, rng, self.config.n_augmentations)
+        names: list[str] = []
+        kind, count = self.config.augmentations, self.config.n_augmentations
+        if kind == "glass":
+            def augment(texture: torch.Tensor) -> torch.Tensor:
+                augmented, chosen = augment_texture(texture, rng, count, kind)
+                names.extend(chosen)
+                return augmented
+
+            texture = cover_and_crop(self.textures.draw(rng), size, augment).to(image.dtype)
+        else:
+            texture, names = augment_texture(self.textures.sample(rng, size), rng, count, kind)
+            texture = texture.to(image.dtype)
         beta = sample_beta(rng, self.config)
         mask = torch.from_numpy(mask_array).to(image.dtype)[None]  # (1, H, W)
         return LASSample(blend(image, texture, mask, beta), mask, texture, beta, mode, names)

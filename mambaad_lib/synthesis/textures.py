@@ -9,8 +9,10 @@ DTD cannot be downloaded offline, so two sources share one interface:
   field, motorcycle, moon, cells, ...; :data:`BUNDLED_TEXTURE_FILES`), cut into square
   patches so that each sample is a local texture rather than a whole scene.
 
-A source hands out float RGB textures in [0, 1] of a requested size, drawn with a numpy
-``Generator`` so that LAS stays deterministic per seed.
+A source hands out float RGB textures in [0, 1], drawn with a numpy ``Generator`` so that
+LAS stays deterministic per seed: as stored (:meth:`TextureSource.draw`; GLASS's LAS then
+resizes, augments and centre-crops them) or stretched to a requested size
+(:meth:`TextureSource.sample`, DRAEM's way).
 """
 from __future__ import annotations
 
@@ -100,7 +102,8 @@ class TextureSource:
         """All image files under ``texture_dir`` (recursive, sorted for determinism)."""
         root = Path(texture_dir)
         if not root.exists():
-            raise FileNotFoundError(f"texture dir {root} does not exist")
+            raise FileNotFoundError(f"texture dir {root} does not exist (a DTD copy or any image folder; "
+                                    f"texture_dir: null uses the textures bundled with scikit-image)")
         if not root.is_dir():
             raise ValueError(f"texture dir {root} is not a directory")
         if not os.access(root, os.R_OK | os.X_OK):
@@ -130,11 +133,14 @@ class TextureSource:
             )
         return cls(patches=patches, description=f"bundled:scikit-image:{patch_size}px")
 
-    def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> torch.Tensor:
-        """One texture, chosen uniformly, resized to ``size``: (3, H, W) float in [0, 1]."""
+    def draw(self, rng: np.random.Generator) -> torch.Tensor:
+        """One texture, chosen uniformly, at its own size: (3, h, w) float in [0, 1]."""
         index = int(rng.integers(len(self)))
-        texture = _load_rgb(self.files[index]) if self.files else self.patches[index]
-        return _resize(texture, size)
+        return _load_rgb(self.files[index]) if self.files else self.patches[index]
+
+    def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> torch.Tensor:
+        """One texture, chosen uniformly, stretched to ``size``: (3, H, W) float in [0, 1]."""
+        return _resize(self.draw(rng), size)
 
 
 def resolve_texture_source(texture_dir: str | os.PathLike | None = None, patch_size: int = 128) -> TextureSource:
