@@ -15,7 +15,9 @@ from mambaad_lib.experiments.inspection import (
     compare_inference_speed, defect_type_comparison, gas_projection, load_benchmark, load_run, map_examples, predict_run,
     roc_pr_curves, run_models, time_inference)
 from mambaad_lib.experiments.settings import PROFILE_SETTINGS, SIZES, TrainingSettings, training_settings
-from mambaad_lib.experiments.summary import SUMMARY_SCHEMA, read_summary, write_summary
+from mambaad_lib.experiments.summary import (
+    SUMMARY_SCHEMA, SeedStats, best_row_sentence, chance_sentence, comparison_sentence, findings,
+    provenance_sentence, read_summary, seed_stats, write_summary)
 from mambaad_lib.experiments.tables import (
     BACKBONE_NAMES, MISSING, benchmark_tables, cost_vs_auroc_points, defect_group_table, defect_type_table,
     for_display, lss_grid, lss_row_label, mean_table, ours_vs_paper, paper_per_category, paper_rows, pct,
@@ -23,6 +25,8 @@ from mambaad_lib.experiments.tables import (
 
 __all__ = [
     "BACKBONE_NAMES", "MISSING", "OPENSET_GRID_METHODS", "PROFILE_SETTINGS", "SIZES", "SUMMARY_SCHEMA", "Context",
+    "SeedStats", "best_row_sentence", "chance_sentence", "comparison_sentence", "findings", "provenance_sentence",
+    "seed_stats",
     "TrainingSettings", "benchmark_tables", "compare_inference_speed", "cost_row", "cost_vs_auroc_points",
     "defect_group_table", "defect_type_comparison", "defect_type_table", "for_display", "gas_projection",
     "load_benchmark", "load_run", "lss_grid", "lss_row_label", "map_examples", "mean_table", "method_means", "openset_grid",
