@@ -63,3 +63,14 @@ def test_reused_runs_are_named_with_the_commit_that_made_them(tmp_path: Path) ->
 
 def test_findings_are_markdown_bullets_without_empty_entries() -> None:
     assert ex.findings(["one.", None, "two."]) == "- one.\n- two."
+
+
+def test_tables_show_missing_values_as_a_dash_with_a_footnote() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"i_auroc": [58.014201, None], "trained": [True, False]}, index=["a", "b"])
+    html = ex.for_display(frame, caption="Table: demo").to_html()
+    assert "58.0<" in html and "58.01" not in html and "nan" not in html.lower()
+    assert ex.MISSING in html and "not trained at this profile" in html and "Table: demo" in html
+    complete = ex.for_display(frame.iloc[:1], caption="Table: demo").to_html()
+    assert "not trained at this profile" not in complete
