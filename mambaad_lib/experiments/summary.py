@@ -8,7 +8,7 @@ written) and the notebook's own keys. Every notebook writes one through
 The second half builds the sentences of each chapter's *What we found* section from the
 rows a notebook computed (:func:`seed_stats`, :func:`comparison_sentence`,
 :func:`best_row_sentence`, :func:`chance_sentence`, :func:`provenance_sentence`,
-:func:`findings`): numbers are interpolated, never typed.
+:func:`findings`, :func:`describe_run`): numbers are interpolated, never typed.
 """
 from __future__ import annotations
 
@@ -162,3 +162,17 @@ def _commit_text(row: Mapping[str, Any]) -> str:
 def findings(sentences: Iterable[str | None]) -> str:
     """The "What we found" list as Markdown: one bullet per sentence (None entries dropped)."""
     return "\n".join(f"- {sentence}" for sentence in sentences if sentence)
+
+
+def describe_run(config: Any) -> str:
+    """One line of what a run config trains: image size, classes, training images, schedule,
+    encoder and decoder depths (a :class:`~mambaad_lib.engine.config.RunConfig`)."""
+    data, train, model = config.data, config.train, config.model
+    text = (f"{data.crop_size}x{data.crop_size} images, classes {list(data.classes or []) or 'all'}, "
+            f"{data.train_per_class or 'all'} normal training images per class, {train.epochs} epochs at batch "
+            f"{train.batch_size} (lr {train.scaled_lr:g})")
+    if hasattr(model, "backbone"):
+        text += f", {model.backbone} encoder ({getattr(model, 'encoder_weights', 'default weights')})"
+    if hasattr(model, "depths"):
+        text += f", depths {list(model.depths)}"
+    return text
