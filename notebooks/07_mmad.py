@@ -249,13 +249,13 @@ published_mad = {row["method"]: row["mAD"] for row in ex.paper_rows("mmad_main_r
 mambaad_mad = ex.paper_rows("main_results", dataset=paper_dataset, method="MambaAD")[0]["mAD"]
 run_rows = list(rows.values())
 stats = ex.seed_stats(run_rows, "standard.i_auroc")
+mmad_cost, mambaad_cost = cost_rows["MMAD (release_compat=True)"], cost_rows["MambaAD"]
 sentences = [
     (f"Published on {paper_dataset}: MMAD {published_mad['MMAD']:.1f} mAD, MambaAD {mambaad_mad:.1f} mAD (MambaAD's "
      f"Table 1), with {published['MMAD (release_compat=True)']['params_m']:.1f} M vs "
      f"{published['MambaAD']['params_m']:.1f} M parameters.") if "MMAD" in published_mad else None,
-    f"Our counts at 256x256: MMAD {cost_rows['MMAD (release_compat=True)']['params (M)']:.2f} M parameters and "
-    f"{cost_rows['MMAD (release_compat=True)']['GFLOPs']:.2f} GFLOPs, MambaAD {cost_rows['MambaAD']['params (M)']:.2f} M "
-    f"and {cost_rows['MambaAD']['GFLOPs']:.2f} GFLOPs.",
+    f"Our counts at 256x256: MMAD {mmad_cost['params (M)']:.2f} M parameters and {mmad_cost['GFLOPs']:.2f} GFLOPs, "
+    f"MambaAD {mambaad_cost['params (M)']:.2f} M and {mambaad_cost['GFLOPs']:.2f} GFLOPs.",
     ex.comparison_sentence(stats, "mmad", "mambaad", "image AUROC (standard)")
     if {"mmad", "mambaad"} <= set(stats) else ex.best_row_sentence(stats, "image AUROC (standard)"),
     ex.chance_sentence(stats, "image AUROC", settings.describe()),

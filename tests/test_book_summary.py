@@ -74,3 +74,20 @@ def test_tables_show_missing_values_as_a_dash_with_a_footnote() -> None:
     assert ex.MISSING in html and "not trained at this profile" in html and "Table: demo" in html
     complete = ex.for_display(frame.iloc[:1], caption="Table: demo").to_html()
     assert "not trained at this profile" not in complete
+
+
+def test_one_timing_routine_times_several_models_in_turns() -> None:
+    """ch02 (backbones) and ch06 (backends) both time through time_models; one model is
+    time_inference."""
+    import pytest
+
+    small = {"backbone": "resnet18", "depths": [1, 1, 1, 1]}
+    timings = ex.time_models(64, {"a": small, "b": {**small, "scan_backend": "reference"}}, repeats=1)
+    assert list(timings) == ["a", "b"] and timings["b"]["scan_backend"] == "reference"
+    for timing in timings.values():
+        assert timing["seconds"] > 0 and timing["images_per_s"] == pytest.approx(1 / timing["seconds"])
+        assert timing["flops_g"] > 0 and timing["repeats"] == 1
+    single = ex.time_inference(64, repeats=1, scan_backend="reference", **small)
+    assert single["scan_backend"] == "reference" and single["flops_g"] == pytest.approx(timings["b"]["flops_g"])
+    with pytest.raises(ValueError, match="repeats"):
+        ex.time_models(64, {"a": small}, repeats=0)

@@ -206,8 +206,8 @@ def time_models(image_size: int, models: Mapping[str, Mapping[str, Any]], batch_
     networks = {}
     for label, options in models.items():
         seed_everything(seed)
-        networks[label] = build_mambaad(image_size=image_size, **{
-            key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}).to(device).eval()
+        plain = {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
+        networks[label] = build_mambaad(image_size=image_size, **plain).to(device).eval()
     images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
