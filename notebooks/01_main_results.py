@@ -83,7 +83,7 @@ ex.for_display(mean_table, caption=f"Class means (%), ours (first seed) and the 
 
 # %%
 per_class = ex.per_class_table(record)
-ex.for_display(per_class, caption=f"Ours per class (%), both protocols, `{dataset_name}`, first seed.")
+ex.for_display(per_class, caption=f"Ours per class (%), both protocols, {dataset_name}, first seed.")
 
 # %%
 paper_per_category = ex.paper_per_category(paper_dataset)

@@ -41,9 +41,11 @@ def test_one_seed_is_never_read_as_a_ranking() -> None:
 def test_rows_at_chance_are_named_with_the_budget() -> None:
     stats = ex.seed_stats(_rows("a", [0.52]) + _rows("b", [0.81]), "ader.i_auroc")
     sentence = ex.chance_sentence(stats, "image AUROC", "4 epochs on 12 images")
-    assert sentence.startswith("1 of 2 rows (a) sit at chance") and "4 epochs on 12 images" in sentence
+    assert sentence.startswith("1 of 2 rows (a) sits at chance") and "4 epochs on 12 images" in sentence
     assert ex.chance_sentence({"b": stats["b"]}, "image AUROC", "x") is None
-    assert ex.chance_sentence({"a": stats["a"]}, "image AUROC", "x").startswith("Every row (a)")
+    assert ex.chance_sentence({"a": stats["a"]}, "image AUROC", "x").startswith("The one trained row (a) sits")
+    both = ex.seed_stats(_rows("a", [0.52]) + _rows("c", [0.47]), "ader.i_auroc")
+    assert ex.chance_sentence(both, "image AUROC", "x").startswith("Every row (a, c) sit at chance")
 
 
 def test_reused_runs_are_named_with_the_commit_that_made_them(tmp_path: Path) -> None:

@@ -125,8 +125,14 @@ def chance_sentence(stats: Mapping[str, SeedStats], metric: str, budget: str) ->
     at_chance = [label for label, value in stats.items() if abs(value.mean - CHANCE) <= CHANCE_MARGIN]
     if not at_chance:
         return None
-    which = "every row" if len(at_chance) == len(stats) else f"{len(at_chance)} of {len(stats)} rows"
-    return (f"{which.capitalize()} ({', '.join(at_chance)}) sit at chance on {metric} (within "
+    if len(stats) == 1:
+        which = "The one trained row"
+    elif len(at_chance) == len(stats):
+        which = "Every row"
+    else:
+        which = f"{len(at_chance)} of {len(stats)} rows"
+    verb = "sits" if len(at_chance) == 1 else "sit"
+    return (f"{which} ({', '.join(at_chance)}) {verb} at chance on {metric} (within "
             f"{100 * CHANCE_MARGIN:.0f} points of {100 * CHANCE:.0f}): this budget ({budget}) stops training before "
             "the model learns, so these rows rank nothing; a larger profile trains longer.")
 
