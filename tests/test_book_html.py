@@ -26,6 +26,9 @@ FINDINGS_HEADING = "What we found"
 # Wordings of references to notes that are not part of the repository.
 MISSING_SOURCE_PHRASES = ("facts file", "facts table", "_facts.md")
 MD_REFERENCE = re.compile(r"\b([\w./-]+\.md)\b")
+# NaN shown as a value: a table cell, or a word of a printed output (stream or plain-text result)
+NAN_CELL = re.compile(r"<t[dh][^>]*>\s*(?:NaN|nan)\s*</t[dh]>")
+PRINTED_OUTPUT = re.compile(r'class="output (?:stream|text_plain)[^"]*">(.*?)</pre>', re.S)
 
 
 class _Page(HTMLParser):
@@ -68,7 +71,11 @@ def _problems(page: Path, known_files: set[str]) -> list[str]:
     """What a reader should not meet on ``page``: NaN, references to missing files, dead links."""
     parsed = _read(page)
     text = " ".join(parsed.text)
-    problems = [f"NaN in {page.name}"] if re.search(r"\bNaN\b", text) else []
+    # a value shown as NaN (prose that explains when a metric is NaN, as the metrics page does, is fine)
+    html = page.read_text(encoding="utf-8")
+    shown = NAN_CELL.findall(html) + [block for block in PRINTED_OUTPUT.findall(html)
+                                      if re.search(r"\b(?:NaN|nan)\b", block)]
+    problems = [f"{len(shown)} NaN value(s) in {page.name}"] if shown else []
     problems += [f"{page.name} mentions {phrase!r}" for phrase in MISSING_SOURCE_PHRASES if phrase in text]
     problems += [f"{page.name} names {name}, not in the repository" for name in set(MD_REFERENCE.findall(text))
                  if Path(name).name not in known_files]
