@@ -154,4 +154,4 @@ def test_smoke_chapter_reads_as_a_finished_text(tmp_path: Path) -> None:
     assert "Traceback" not in text
     problems = _problems(page, _repository_files())
     assert not problems, problems
-    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)  # checkpoints of ~80 MB: free the disk now
