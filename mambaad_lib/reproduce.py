@@ -1,22 +1,29 @@
 """``mambaad reproduce``: execute the book's notebooks with papermill, then build the book.
 
-    mambaad reproduce --profile demo                      # every notebooks/NN_*.py, then the book
-    mambaad reproduce --profile demo --only 03_scan_methods --no-build
+    mambaad reproduce --profile smoke --only 03_scan_methods   # into the scratch folder _rerun/
+    mambaad reproduce --profile demo --into-book               # the committed book: book/experiments/, results/
     mambaad reproduce --profile paper --dataset-root /data --dataset-name mvtec --device cuda
 
 Each notebook (jupytext percent format) is read with ``jupytext.read``, executed by
 ``papermill.execute_notebook`` with the profile's parameters in the repository root (so
-``results/`` and ``runs/`` resolve there), and written atomically to
-``book/experiments/<stem>.ipynb``. The run's wall times go to
-``results/reproduce/<profile>.json``. ``_toc.yml`` is regenerated from the pages and the
-executed notebooks that exist, then ``jupyter-book build`` renders them without executing
-anything (``execute_notebooks: "off"``).
+``data/`` resolves there), and written atomically to ``<book>/book/experiments/<stem>.ipynb``.
+
+Where outputs go (:func:`output_paths`): by default into the scratch folder ``_rerun/``
+(ignored by git): executed notebooks in ``_rerun/book/experiments/``, results in
+``_rerun/results/``, runs in ``_rerun/runs/``, and the book is built from a copy of the
+hand-written pages in ``_rerun/`` (``_rerun/_build/html/``), so a rerun never overwrites the
+committed book. ``--into-book`` writes the committed book instead: ``book/experiments/``,
+``results/``, ``runs/`` and ``_build/html/`` in the repository root. The run's wall times go
+to ``<results>/reproduce/<profile>.json``. ``_toc.yml`` is regenerated from the pages and
+the executed notebooks that exist, then ``jupyter-book build`` renders them without
+executing anything (``execute_notebooks: "off"``).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +42,48 @@ PROFILES = ("smoke", "demo", "paper")
 # Hand-written pages in reading order; a page that does not exist is left out of the toc.
 BOOK_PAGES_BEFORE = ("book/datasets", "book/metrics")
 BOOK_PAGES_AFTER = ("book/model_costs", "book/release_checkpoints", "book/reproducibility", "book/api")
+SCRATCH = "_rerun"  # where a rerun goes unless --into-book (ignored by git; RUN_OUTPUT_PATHS lists it)
+# What a book in the scratch folder copies from the checkout (the notebooks' outputs are its own).
+BOOK_SOURCES = ("_config.yml", "book/figures", "book/_static")
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where one ``reproduce`` writes: the book root (``_config.yml``, ``_toc.yml``, ``_build/``),
+    its executed notebooks, and the notebooks' ``results_root`` and ``runs_root`` relative to
+    the checkout (None: the notebooks' own ``results`` and ``runs``), so that summaries record
+    paths that hold on every machine."""
+
+    book_root: Path
+    notebooks: Path
+    results_root: str | None
+    runs_root: str | None
+
+
+def output_paths(into_book: bool = False, root: str | Path = REPO_ROOT) -> OutputPaths:
+    """The committed book's folders under ``root`` (``into_book``), else those of ``root/_rerun/``."""
+    if into_book:
+        return OutputPaths(Path(root), Path(root) / "book" / "experiments", None, None)
+    scratch = Path(root) / SCRATCH
+    return OutputPaths(scratch, scratch / "book" / "experiments", f"{SCRATCH}/results", f"{SCRATCH}/runs")
+
+
+def prepare_scratch_book(root: str | Path = REPO_ROOT, scratch: str | Path | None = None) -> Path:
+    """Copy the book's hand-written pages, ``_config.yml`` and static files into ``scratch``
+    (default ``root/_rerun``), replacing older copies; executed notebooks there are kept."""
+    root = Path(root)
+    scratch = Path(scratch) if scratch is not None else root / SCRATCH
+    (scratch / "book").mkdir(parents=True, exist_ok=True)
+    for page in (root / "book").glob("*.md"):
+        shutil.copy2(page, scratch / "book" / page.name)
+    for name in BOOK_SOURCES:
+        source, target = root / name, scratch / name
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        elif source.is_file():
+            shutil.copy2(source, target)
+    return scratch
 
 
 @dataclass
@@ -257,24 +306,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                         help="seeds of every compared row (default: the notebooks' own)")
     parser.add_argument("--timeout", type=int, help="seconds a single cell may run (default: no limit)")
+    parser.add_argument("--into-book", action="store_true",
+                        help="write the committed book (book/experiments/, results/, runs/, _build/) instead of "
+                             f"the scratch folder {SCRATCH}/ (default; ignored by git)")
     steps = parser.add_mutually_exclusive_group()  # together they would do nothing
     steps.add_argument("--no-build", action="store_true", help="execute the notebooks but do not build the book")
     steps.add_argument("--build-only", action="store_true", help="only build the book from executed notebooks")
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """What ``mambaad reproduce`` does with parsed arguments."""
-    require_repository("mambaad reproduce (it executes the notebooks and writes the book)")
+def run(args: argparse.Namespace, root: str | Path | None = None) -> int:
+    """What ``mambaad reproduce`` does with parsed arguments (``root``: the checkout, default
+    :data:`REPO_ROOT`)."""
+    if root is None:
+        require_repository("mambaad reproduce (it executes the notebooks and writes the book)")
+    root = Path(root) if root is not None else REPO_ROOT
+    paths = output_paths(getattr(args, "into_book", False), root)
+    if paths.book_root != root:
+        prepare_scratch_book(root, paths.book_root)
+        print(f"writing to the scratch folder {paths.book_root} (--into-book writes the committed book)")
     if not args.build_only:
         started = time.perf_counter()
         runs = run_notebooks(args.profile, args.only, dataset_root=args.dataset_root,
                              dataset_name=args.dataset_name, device=args.device, seeds=args.seeds,
+                             results_root=paths.results_root, runs_root=paths.runs_root,
+                             notebooks_dir=root / "notebooks", out_dir=paths.notebooks, cwd=root,
                              timeout=args.timeout, progress=not getattr(args, "quiet", False))
         print(f"{len(runs)} notebook(s) executed in {time.perf_counter() - started:.0f} s")
     if not args.no_build:
         started = time.perf_counter()
-        index = build_book()
+        index = build_book(paths.book_root)
         print(f"book built in {time.perf_counter() - started:.0f} s: open {index}")
     return 0
 

@@ -3,6 +3,12 @@
 matplotlib is a ``book`` extra, imported only inside the functions that draw. Figures are
 built with :class:`matplotlib.figure.Figure` directly (no pyplot state), so they work the
 same in scripts, tests and notebooks; save them with ``figure.savefig(path)``.
+
+Legibility at page width: the book's text column is :data:`PAGE_WIDTH_IN` inches wide, so a
+wider figure is shown scaled down. :func:`save_figure` raises every text of a figure to at
+least :data:`MIN_FONT_PT` points *as shown* (:func:`smallest_font_at_page_width`); legends
+sit outside the data (beside or below the axes) and scatter labels are placed so that they
+do not overlap (:func:`plot_cost_vs_metric`).
 """
 from __future__ import annotations
 
@@ -20,6 +26,69 @@ from mambaad_lib.synthesis.las import LASSample, LocalAnomalySynthesizer, estima
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+PAGE_WIDTH_IN = 7.0   # the book's text column (sphinx-book-theme, about 700 CSS pixels)
+MIN_FONT_PT = 8.0     # the smallest text a reader meets on the page
+
+
+def _renderer(figure: "Figure"):
+    """A renderer of ``figure`` after a layout pass (an Agg canvas is attached when it has none)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(figure.canvas, "get_renderer"):
+        FigureCanvasAgg(figure)
+    figure.draw_without_rendering()
+    return figure.canvas.get_renderer()
+
+
+def _texts(figure: "Figure") -> list:
+    """Every visible, non-empty text of ``figure`` after a layout pass (tick labels included)."""
+    from matplotlib.text import Text
+
+    figure.draw_without_rendering()
+    return [text for text in figure.findobj(Text) if text.get_visible() and text.get_text().strip()]
+
+
+def smallest_font_at_page_width(figure: "Figure") -> float:
+    """The smallest font of ``figure`` in points as the book shows it (figures wider than
+    :data:`PAGE_WIDTH_IN` are scaled down to it)."""
+    scale = min(1.0, PAGE_WIDTH_IN / figure.get_figwidth())
+    return min((text.get_fontsize() for text in _texts(figure)), default=MIN_FONT_PT / scale) * scale
+
+
+def make_legible(figure: "Figure") -> "Figure":
+    """Raise every text of ``figure`` below :data:`MIN_FONT_PT` (as shown at page width) to it."""
+    needed = MIN_FONT_PT * max(1.0, figure.get_figwidth() / PAGE_WIDTH_IN)
+    for text in _texts(figure):
+        if text.get_fontsize() < needed:
+            text.set_fontsize(needed)
+    return figure
+
+
+def _legend_outside(axis, below: bool = False, **options) -> None:
+    """The axis's legend beside (right of) or below the axes, never on the data."""
+    if below:
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=MIN_FONT_PT, **options)
+    else:
+        axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=MIN_FONT_PT, borderaxespad=0.0, **options)
+
+
+def _place_labels(axis, annotations: Sequence, step_pt: float = 9.0) -> None:
+    """Move scatter labels (``axis.annotate`` results) until no two overlap: each label tries
+    offsets below and above its point, right then left, nearest first."""
+    figure = axis.figure
+    renderer = _renderer(figure)
+    placed: list = []
+    candidates = [(4, 3)] + [(dx, sign * k * step_pt + (3 if sign > 0 else 0))
+                             for k in range(1, 5) for sign in (-1, 1) for dx in (4, -4)]
+    for annotation in annotations:
+        for dx, dy in candidates:
+            annotation.set_position((dx, dy))
+            annotation.set_horizontalalignment("left" if dx > 0 else "right")
+            box = annotation.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(annotation.get_window_extent(renderer))
 
 
 def _to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -172,7 +241,7 @@ def plot_roc_pr(curves: dict[str, dict[str, Sequence[float]]], title: str = "") 
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9.0, 4.0), layout="constrained")
+    figure = Figure(figsize=(PAGE_WIDTH_IN, 4.6), layout="constrained")
     roc, pr = figure.subplots(1, 2)
     for name, curve in curves.items():
         roc.plot(curve["fpr"], curve["tpr"], label=f"{name} (AUROC {100 * curve.get('auroc', np.nan):.1f})")
@@ -182,7 +251,7 @@ def plot_roc_pr(curves: dict[str, dict[str, Sequence[float]]], title: str = "") 
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     pr.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.02))
     for axis in (roc, pr):
-        axis.legend(fontsize=7, loc="lower right" if axis is roc else "lower left")
+        _legend_outside(axis, below=True)
         axis.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
@@ -197,14 +266,14 @@ def plot_grouped_bars(categories: Sequence[str], series: dict[str, Sequence[floa
 
     positions = np.arange(len(categories))
     width = 0.8 / max(1, len(series))
-    figure = Figure(figsize=(max(5.0, 0.35 * len(categories) * len(series) + 2.5), 3.8), layout="constrained")
+    figure = Figure(figsize=(PAGE_WIDTH_IN, 4.0), layout="constrained")
     axis = figure.subplots()
     for index, (name, values) in enumerate(series.items()):
         heights = np.array([np.nan if v is None else float(v) for v in values])
         axis.bar(positions + (index - (len(series) - 1) / 2) * width, heights, width, label=name)
-    axis.set_xticks(positions, categories, rotation=30, ha="right", fontsize=8)
+    axis.set_xticks(positions, categories, rotation=30, ha="right", fontsize=MIN_FONT_PT)
     axis.set_ylabel(ylabel)
-    axis.legend(fontsize=8)
+    _legend_outside(axis)
     axis.grid(axis="y", alpha=0.3)
     if title:
         axis.set_title(title, fontsize=10)
@@ -233,7 +302,7 @@ def plot_scaling(sizes: Sequence[int], series: dict[str, Sequence[float]], ylabe
     axis.set_xticks(sizes_array, [str(int(s)) for s in sizes_array])
     axis.set(xlabel="image side (pixels)", ylabel=ylabel)
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
+    _legend_outside(axis, below=True)
     if title:
         axis.set_title(title)
     return figure
@@ -244,22 +313,30 @@ def plot_cost_vs_metric(points: Sequence[dict], x: str, y: str, xlabel: str, yla
     """Scatter of ``points`` (dicts with ``label``, ``group`` and the ``x``/``y`` keys), labelled."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.0, 4.2), layout="constrained")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    figure = Figure(figsize=(PAGE_WIDTH_IN, 5.0), layout="constrained")
     axis = figure.subplots()
     groups = list(dict.fromkeys(point["group"] for point in points))
     markers = "osD^v"
+    labels = []
     for index, group in enumerate(groups):
         members = [p for p in points if p["group"] == group and p.get(x) is not None and p.get(y) is not None]
         axis.scatter([p[x] for p in members], [p[y] for p in members], marker=markers[index % len(markers)],
                      s=45, label=group)
-        for point in members:
-            axis.annotate(point["label"], (point[x], point[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        labels += [axis.annotate(point["label"], (point[x], point[y]), fontsize=MIN_FONT_PT, xytext=(4, 3),
+                                 textcoords="offset points") for point in members]
     axis.set_xscale("log")
+    # Major ticks at 1, 2, 5 x 10^k as plain numbers, no minor labels: no colliding tick labels.
+    axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set(xlabel=xlabel, ylabel=ylabel)
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
+    _legend_outside(axis, below=True)
     if title:
         axis.set_title(title)
+    _place_labels(axis, labels)
     return figure
 
 
@@ -294,7 +371,7 @@ def plot_feature_projection(projection: dict[str, np.ndarray], title: str = "") 
         points = np.asarray(points)
         axis.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, label=f"{name} ({len(points)})")
     axis.set(xlabel="principal component 1", ylabel="principal component 2")
-    axis.legend(fontsize=8, markerscale=2)
+    _legend_outside(axis, markerscale=2)
     axis.grid(alpha=0.3)
     if title:
         axis.set_title(title)
@@ -305,7 +382,8 @@ def save_figure(figure: "Figure", path: str, dpi: int = 110):
     """Save ``figure`` as a PNG (folder created) and return an IPython image to display it.
 
     Notebooks end a figure cell with ``viz.save_figure(fig, ...)``: the executed notebook
-    shows the picture and the PNG stays beside the results it was drawn from.
+    shows the picture and the PNG stays beside the results it was drawn from. Texts smaller
+    than :data:`MIN_FONT_PT` at page width are enlarged first (:func:`make_legible`).
     """
     from pathlib import Path
 
@@ -313,5 +391,6 @@ def save_figure(figure: "Figure", path: str, dpi: int = 110):
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    make_legible(figure)
     figure.savefig(target, dpi=dpi)
     return Image(filename=str(target))

@@ -13,7 +13,8 @@
 # %% [markdown]
 # # Scan orders and directions (Table 3)
 #
-# **The paper's claim.** An SS2D block reads the 2-D feature map as 1-D sequences. The
+# **The paper's claim** ([arXiv:2404.06564](https://arxiv.org/abs/2404.06564), Sec. 3.4 and
+# Sec. 4.3, Table 3). An SS2D block reads the 2-D feature map as 1-D sequences. The
 # order matters little among single methods (sweep, snake scan, Z-order, zigzag, Hilbert all
 # reach about 98 image AUROC), eight Hilbert directions are the best row, and mixing two
 # methods is worse than either alone.
@@ -112,7 +113,7 @@ rows = ex.run_grid(ctx, grid, settings, trained)
 # %%
 paper = {ex.scan_row_label(r): r for r in ex.paper_rows("scan_methods")}
 table = ex.ours_vs_paper(rows, paper, keys=("i_auroc", "p_auroc", "p_aupro", "mAD"))
-ex.for_display(table)
+ex.for_display(table, caption=f"Metrics (%): ours ({profile}, mean over {len(ctx.seeds)} seed(s)) beside Table 3.")
 
 # %%
 shown = table.loc[trained]
@@ -124,6 +125,27 @@ viz.save_figure(viz.plot_ours_vs_paper(
 # %%
 summary = ctx.write_summary({"settings": settings.describe(), "trained_rows": trained, "rows": rows})
 print(f"summary written to {summary}")
+
+# %% [markdown]
+# ## What we found
+
+# %%
+single = {label: row for label, row in paper.items() if "+" not in label}
+best_paper = max(single, key=lambda label: single[label]["i_auroc"])
+spread_paper = max(r["i_auroc"] for r in single.values()) - min(r["i_auroc"] for r in single.values())
+mixed = [row for label, row in paper.items() if "+" in label]
+stats = ex.seed_stats(rows, "ader.i_auroc")
+pixel = ex.seed_stats(rows, "ader.p_auroc")
+sentences = [
+    f"In the paper's Table 3 the single-method rows span {spread_paper:.1f} image AUROC points, the best being "
+    f"{best_paper} ({single[best_paper]['i_auroc']:.1f}); the {len(mixed)} mixed rows reach "
+    f"{min(r['i_auroc'] for r in mixed):.1f}-{max(r['i_auroc'] for r in mixed):.1f}.",
+    ex.best_row_sentence(stats, "image AUROC (ader)"),
+    ex.best_row_sentence(pixel, "pixel AUROC (ader)"),
+    ex.chance_sentence(stats, "image AUROC", settings.describe()),
+    ex.provenance_sentence(rows),
+]
+display(Markdown(ex.findings(sentences)))
 
 # %% [markdown]
 # ## Try it yourself

@@ -13,7 +13,8 @@
 # %% [markdown]
 # # The LSS module: local branches, kernels, HSS blocks per LSS, residual
 #
-# **The paper's claim.** A Locality-Enhanced State Space (LSS) module runs a global branch
+# **The paper's claim** ([arXiv:2404.06564](https://arxiv.org/abs/2404.06564), Sec. 3.3 and
+# Sec. 4.3, the LSS table). A Locality-Enhanced State Space (LSS) module runs a global branch
 # (a chain of HSS blocks: Mamba scans) beside local convolution branches with several kernel
 # sizes. Its ablation varies the local branch (only a depthwise convolution, or 1x1 +
 # depthwise + 1x1), the kernel set, the number of HSS blocks per LSS (one, or the final
@@ -72,12 +73,13 @@ rows = ex.run_grid(ctx, grid, settings, trained)
 # %% [markdown]
 # ## What each option costs
 # Parameters (M) and GFLOPs at 256x256 of the row's options on the paper's model (ResNet34,
-# [3,4,6,3]), the size of the paper's table.
+# [3,4,6,3]), the model of the paper's table (not the smaller model this profile trains).
 
 # %%
 costs = pd.DataFrame([{"row": r["label"], "trained here": r["trained"], "params (M)": round(r["params_m_256"], 2),
                        "GFLOPs": round(r["flops_g_256"], 2)} for r in rows]).drop_duplicates("row").set_index("row")
-costs
+ex.for_display(costs, caption="Parameters and GFLOPs at 256x256 of each row's options on the paper's model "
+                              "(ResNet34, [3,4,6,3]).", digits=2)
 
 # %% [markdown]
 # ## Ours beside the paper's LSS table (percent)
@@ -86,7 +88,8 @@ costs
 # %%
 paper = {ex.lss_row_label(r): r for r in ex.paper_rows("lss_design")}
 table = ex.ours_vs_paper(rows, paper, keys=("i_auroc", "p_auroc", "p_aupro"))
-ex.for_display(table)
+ex.for_display(table, caption=f"Metrics (%): ours ({profile}, mean over {len(ctx.seeds)} seed(s)) beside the "
+                              "paper's LSS table.")
 
 # %%
 shown = table.loc[trained]
@@ -98,6 +101,27 @@ viz.save_figure(viz.plot_ours_vs_paper(
 # %%
 summary = ctx.write_summary({"settings": settings.describe(), "trained_rows": trained, "rows": rows})
 print(f"summary written to {summary}")
+
+# %% [markdown]
+# ## What we found
+
+# %%
+final = "G3 conv1x1+dw 5,7"
+best_paper = max(paper, key=lambda label: paper[label]["p_aupro"])
+cost_of = {r["label"]: r for r in rows}
+stats = ex.seed_stats(rows, "ader.p_aupro")
+sentences = [
+    f"In the paper's LSS table the final design ({final}) reaches {paper[final]['i_auroc']:.1f} image AUROC and "
+    f"{paper[final]['p_aupro']:.1f} AU-PRO; the best AU-PRO is {best_paper}'s ({paper[best_paper]['p_aupro']:.1f}); "
+    f"the rows span {min(r['i_auroc'] for r in paper.values()):.1f}-{max(r['i_auroc'] for r in paper.values()):.1f} "
+    "image AUROC.",
+    f"On the paper's model the options cost {min(r['params_m_256'] for r in rows):.2f}-"
+    f"{max(r['params_m_256'] for r in rows):.2f} M parameters ({final}: {cost_of[final]['params_m_256']:.2f} M).",
+    ex.best_row_sentence(stats, "pixel AU-PRO (ader)"),
+    ex.chance_sentence(ex.seed_stats(rows, "ader.i_auroc"), "image AUROC", settings.describe()),
+    ex.provenance_sentence(rows),
+]
+display(Markdown(ex.findings(sentences)))
 
 # %% [markdown]
 # ## Try it yourself

@@ -13,7 +13,9 @@
 # %% [markdown]
 # # Anomaly synthesis: GLASS's LAS and GAS, and LAS for MambaAD
 #
-# **The idea.** GLASS trains a discriminator on normal features against two kinds of
+# **The paper** (GLASS: [arXiv:2407.09359](https://arxiv.org/abs/2407.09359); MambaAD, the
+# method it is compared with: [arXiv:2404.06564](https://arxiv.org/abs/2404.06564), Sec. 4.2).
+# GLASS trains a discriminator on normal features against two kinds of
 # synthetic anomalies: *LAS* (local anomaly synthesis) pastes Perlin-shaped blobs of a
 # foreign, augmented texture into the image; *GAS* (global anomaly synthesis) pushes normal
 # features outwards by gradient ascent on the discriminator, into a band around the normal
@@ -86,8 +88,8 @@ runs = {(label, seed): ex.run_row(ctx.config(method, settings, seed=seed, schedu
 records = {label: [ex.read_record(runs[label, seed]["results_file"]) for seed in ctx.seeds] for label in methods}
 means = pd.DataFrame({label: {key: ex.pct(value) for key, value in ex.method_means(records[label]).items()}
                       for label in methods}).T
-means.index.name = f"class mean over {len(ctx.seeds)} seed(s), standard protocol (%)"
-ex.for_display(means)
+means.index.name = "method"
+ex.for_display(means, caption=f"Class means (%), standard protocol, mean over {len(ctx.seeds)} seed(s).")
 
 # %% [markdown]
 # ## GAS: where the synthetic features sit
@@ -99,7 +101,9 @@ ex.for_display(means)
 # %%
 if "GLASS" in methods:
     projection = ex.gas_projection(runs["GLASS", ctx.seeds[0]]["results_file"], seed=ctx.seeds[0])
-    display(pd.Series(projection["scores"], name="mean discriminator output").to_frame())
+    display(ex.for_display(pd.Series(projection["scores"], name="mean discriminator output").to_frame(),
+                           caption="The trained discriminator's mean output per feature set (1 = anomalous).",
+                           digits=3))
     display(viz.save_figure(viz.plot_feature_projection(projection["points"], "GLASS feature space"),
                             ctx.figures / "gas_projection.png"))
 else:
@@ -116,11 +120,11 @@ else:
 comparison = ex.defect_type_comparison({label: runs[label, ctx.seeds[0]]["results_file"] for label in methods},
                                        ctx.figures / "defect_types.json")
 per_type = ex.defect_type_table(comparison)
-per_type
+ex.for_display(per_type, caption="AUROC (%) per defect type, first seed, mean over classes.")
 
 # %%
 groups = ex.defect_group_table(comparison)
-groups
+ex.for_display(groups, caption="AUROC (%) of the LAS-like and the thin/structural defect groups, first seed.")
 
 # %%
 types = list(per_type.index)
@@ -134,6 +138,28 @@ summary = ctx.write_summary({
     "means": means.reset_index().to_dict("records"), "per_defect_type": comparison,
     "gas_projection_scores": projection["scores"] if projection else None})
 print(f"summary written to {summary}")
+
+# %% [markdown]
+# ## What we found
+
+# %%
+run_rows = list(runs.values())
+stats = ex.seed_stats(run_rows, "standard.i_auroc")
+pixel = ex.seed_stats(run_rows, "standard.p_auroc")
+group_gaps = []
+for label, entry in comparison["methods"].items():
+    by_kind = {group["las_like"]: group["i_auroc"] for group in entry["groups"]}
+    if True in by_kind and False in by_kind:
+        group_gaps.append(f"{label} {100 * by_kind[True]:.1f} vs {100 * by_kind[False]:.1f}")
+sentences = [
+    ex.best_row_sentence(stats, "image AUROC (standard)"),
+    ex.best_row_sentence(pixel, "pixel AUROC (standard)"),
+    ("Image AUROC on region/texture-like vs thin/structural defects (first seed): " + "; ".join(group_gaps) + ".")
+    if group_gaps else None,
+    ex.chance_sentence(stats, "image AUROC", settings.describe() + "; GLASS and the baseline: their own profiles"),
+    ex.provenance_sentence(run_rows),
+]
+display(Markdown(ex.findings(sentences)))
 
 # %% [markdown]
 # ## Try it yourself

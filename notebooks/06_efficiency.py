@@ -13,7 +13,8 @@
 # %% [markdown]
 # # Efficiency: selective-scan backends, throughput, cost growth with image size
 #
-# **The paper's claim.** Mamba's selective scan is linear in the sequence length, so
+# **The paper's claim** ([arXiv:2404.06564](https://arxiv.org/abs/2404.06564), Sec. 1 and
+# Sec. 4.3, efficiency comparison; Table 2). Mamba's selective scan is linear in the sequence length, so
 # MambaAD models global context at a cost that grows with the number of pixels (quadratic
 # in the image side), not with its square as self-attention would. Table 2 lists the
 # parameters and FLOPs of every backbone/depth.
@@ -25,9 +26,10 @@
 #
 # **What to look for.** Slopes on the log-log plot: 2 means cost proportional to the pixel
 # count. Speed-ups are ratios measured in one process on one machine; absolute images/s
-# depend on the machine. The book's demo timings were taken on a 2-core CPU shared with
-# other jobs, batch 1, best of two calls: read them as orders of magnitude; the benchmark
-# files (`benchmarks/*.py`, repeated runs) are the careful measurements.
+# depend on the machine. Every timing of the book goes through one routine
+# (`ex.time_models`): batch 1, the timed models taking turns, best of `repeats` calls after
+# a warm-up round; the benchmark files (`benchmarks/*.py`, repeated runs) are the careful
+# measurements.
 
 # %% tags=["parameters"]
 profile = "smoke"            # smoke | demo | paper
@@ -81,13 +83,12 @@ display(Markdown(
 bench_model = ex.load_benchmark("bench_model")
 bench_tables = ex.benchmark_tables(ex.load_benchmark("bench_scan"), bench_model)
 for title, table in bench_tables.items():
-    display(Markdown(f"**{title}**"))
-    display(table)
+    display(ex.for_display(table, caption=title, digits=2))
 if not bench_tables:
     print("no benchmark files in results/benchmarks/ yet: run python benchmarks/bench_scan.py")
 
 # %%
-if bench_model:
+if bench_model and len(bench_model["backends"]) > 1:  # one bar compares nothing
     names = list(bench_model["backends"])
     display(viz.save_figure(viz.plot_bars(
         names, [bench_model["backends"][name]["inference_images_per_s"] for name in names], "images / s",
@@ -98,15 +99,18 @@ if bench_model:
 # ## Model throughput per scan backend (measured here)
 
 # %%
-backend_rows = [ex.time_inference(backend_size[profile], repeats=repeats[profile], scan_backend=name,
-                                  device=device, seed=ctx.seeds[0], **model) for name in timed_backends]
+by_name = ex.time_models(backend_size[profile], {name: {**model, "scan_backend": name} for name in timed_backends},
+                         repeats=repeats[profile], device=device, seed=ctx.seeds[0])
+backend_rows = list(by_name.values())
 by_backend = pd.DataFrame(backend_rows).set_index("scan_backend")
-by_backend
+ex.for_display(by_backend, caption=f"Inference per scan backend, {backend_size[profile]}px, batch 1, {device}, "
+                                   "timed in turns.", digits=3)
 
 # %%
-viz.save_figure(viz.plot_bars(list(by_backend.index), list(by_backend["images_per_s"]), "images / s (batch 1)",
-                              f"inference throughput per scan backend, {backend_size[profile]}px, {device}"),
-                ctx.figures / "backends.png")
+if len(by_backend) > 1:  # one bar compares nothing
+    viz.save_figure(viz.plot_bars(list(by_backend.index), list(by_backend["images_per_s"]), "images / s (batch 1)",
+                                  f"inference throughput per scan backend, {backend_size[profile]}px, {device}"),
+                    ctx.figures / "backends.png")
 
 # %% [markdown]
 # ## Cost growth with the image side
@@ -121,7 +125,8 @@ scaling = pd.concat([
                   "GFLOPs (scan recurrence)": [r["scan_flops_g"] for r in counted]}, index=flops_sizes),
     pd.Series({r["image_size"]: r["seconds"] for r in timed}, name="seconds / image (here)")], axis=1).sort_index()
 scaling.index.name = "image side"
-scaling
+ex.for_display(scaling, caption="GFLOPs counted at every side; seconds per image measured at the sides timed in "
+                                "this profile.", digits=3)
 
 # %%
 viz.save_figure(viz.plot_scaling(flops_sizes, {"dense GFLOPs": [r["flops_g"] for r in counted],
@@ -157,6 +162,33 @@ summary = ctx.write_summary({
     "model": model, "backends": backend_rows, "scaling_counted": counted, "scaling_timed": timed,
     "benchmarks": list(bench_tables), "cost_vs_auroc": points})
 print(f"summary written to {summary}")
+
+# %% [markdown]
+# ## What we found
+
+# %%
+import numpy as np
+
+
+def loglog_slope(sides, values):
+    """Exponent p of cost ~ side^p: the least-squares slope on log-log axes."""
+    return float(np.polyfit(np.log(sides), np.log(values), 1)[0])
+
+
+sentences = [
+    f"Counted FLOPs grow as side^{loglog_slope(flops_sizes, [r['flops_g'] for r in counted]):.2f} (dense layers) "
+    f"and side^{loglog_slope(flops_sizes, [r['scan_flops_g'] for r in counted]):.2f} (scan recurrence) over "
+    f"{flops_sizes[0]}-{flops_sizes[-1]} px: an exponent of 2 is cost proportional to the pixel count, linear in "
+    "the sequence length as the paper claims.",
+    (f"Measured time grows as side^{loglog_slope(sizes[profile], [r['seconds'] for r in timed]):.2f} over "
+     f"{sizes[profile][0]}-{sizes[profile][-1]} px on `{device}` (fixed per-call costs pull it below the FLOPs' "
+     "exponent at small sides).") if len(sizes[profile]) > 1 else None,
+    (f"Scan backends at {backend_size[profile]}px: " + ", ".join(
+        f"{name} {by_name[name]['images_per_s']:.2f} images/s" for name in by_name) +
+     (f"; `cpu` is {by_name['cpu']['images_per_s'] / by_name['reference']['images_per_s']:.1f}x the `reference` "
+      "backend" if {"cpu", "reference"} <= set(by_name) else "") + ".") if by_name else None,
+]
+display(Markdown(ex.findings(sentences)))
 
 # %% [markdown]
 # ## Try it yourself

@@ -13,7 +13,9 @@
 # %% [markdown]
 # # MMAD: the other state-space detector, beside MambaAD
 #
-# **What MMAD claims.** MMAD (Ma, Xu, Li, Jia, Wang, Wang, 2024) keeps MambaAD's frame (a
+# **What MMAD claims** (its released code and result tables, github `xyd2023/MMAD`; MambaAD,
+# the model it changes: [arXiv:2404.06564](https://arxiv.org/abs/2404.06564), Sec. 3 and 4.2).
+# MMAD (Ma, Xu, Li, Jia, Wang, Wang, 2024) keeps MambaAD's frame (a
 # frozen ResNet34, a fused bottleneck, a Mamba decoder that reconstructs the encoder's
 # features) and changes both learned parts. Its **Dilated Mamba Fuser** puts dilated
 # convolutions, a plain Mamba block and a channel-attention step between MambaAD's
@@ -72,7 +74,6 @@ if threads is not None:
     # On a shared 2-core machine one thread per process avoids OpenMP threads spinning at
     # barriers while other jobs hold the cores (measured: ~20x slower MMAD steps at 2 threads).
     torch.set_num_threads(threads)
-ANALYTIC_MMAD_PARAMS = 24_898_254  # MMAD's released code, counted module by module (equal to the instantiated release)
 ctx.ensure_dataset()
 # Same data for both; the same schedule and small architecture except under `paper`, where
 # each method keeps its published protocol (its own paper profile).
@@ -80,16 +81,13 @@ shared = profile != "paper"
 configs = {method: ctx.config(method, settings, model={"release_compat": release_compat} if method == "mmad" else {},
                               schedule=shared, architecture=shared)
            for method in methods}
-lines = [f"**Run here (profile `{profile}`, dataset `{dataset_name}`, {threads or 'default'} torch thread(s)):**"]
-for method, config in configs.items():
-    m = config.model
-    lines.append(f"- `{method}`: {config.data.crop_size}x{config.data.crop_size} images, classes "
-                 f"{config.data.classes or 'all'}, {config.data.train_per_class or 'all'} normal training images "
-                 f"per class, {config.train.epochs} epochs at batch {config.train.batch_size} "
-                 f"(lr {config.train.scaled_lr:g}), {m.backbone} encoder ({m.encoder_weights}), depths "
-                 f"{list(m.depths)}" + (f", release_compat={m.release_compat}" if method == "mmad" else ""))
-lines.append(f"- why: {settings.note}")
-display(Markdown("\n".join(lines)))
+
+# %%
+display(Markdown("\n".join(
+    [f"**Run here (profile `{profile}`, dataset `{dataset_name}`, {threads or 'default'} torch thread(s)):**"]
+    + [f"- `{method}`: {ex.describe_run(config)}" + (f", release_compat={release_compat}" if method == "mmad" else "")
+       for method, config in configs.items()]
+    + [f"- why: {settings.note}"])))
 
 # %% [markdown]
 # ## Size and cost of the published architectures
@@ -100,6 +98,7 @@ display(Markdown("\n".join(lines)))
 # (Fig. 3 of MMAD says x3/x4/x6/x3; only the code's structure gives 25.0M).
 
 # %%
+ANALYTIC_MMAD_PARAMS = 24_898_254  # MMAD's released code, counted module by module (equal to the instantiated release)
 with torch.device("meta"):
     networks = {"MMAD (release_compat=True)": build_mmad(release_compat=True),
                 "MMAD (corrected)": build_mmad(release_compat=False),
@@ -123,7 +122,8 @@ display(Markdown(
     f"{ANALYTIC_MMAD_PARAMS:,} ({100 * (mmad_total / ANALYTIC_MMAD_PARAMS - 1):+.3f}%); the release stores its "
     "scan index tables as non-trainable parameters too (+161,792, 25.06M), we keep them as buffers. "
     f"The corrected model drops the {inert:,} inert parameters of the size-1 attention."))
-cost_table
+ex.for_display(cost_table, caption="Parameters and GFLOPs at 256x256 (ResNet34, [3,4,6,3]), ours counted beside "
+                                   "the published figures.", digits=3)
 
 # %% [markdown]
 # ## Train and evaluate both on the same data
@@ -162,7 +162,7 @@ for row in ex.paper_rows("mmad_main_results", dataset=paper_dataset, version="20
 for row in ex.paper_rows("main_results", dataset=paper_dataset, method="MambaAD"):
     metric_rows[f"published: MambaAD ({paper_dataset}, MambaAD Table 1)"] = {k: row.get(k) for k in METRIC_KEYS}
 metrics_table = pd.DataFrame.from_dict(metric_rows, orient="index")
-metrics_table
+ex.for_display(metrics_table, caption="Class means (%): ours (first seed) beside the published tables.")
 
 # %%
 source = "ours, offline" if profile != "paper" else "ours"
@@ -193,7 +193,7 @@ efficiency = pd.DataFrame.from_dict({method: {
     "training s/step": round(record["training"]["wall_time_s"] / max(1, record["training"]["steps"]), 2),
     "images/s (evaluation)": round(rows[method]["images_per_s"], 2),
     "images/s (interleaved)": round(speed[method], 2)} for method, record in records.items()}, orient="index")
-efficiency
+ex.for_display(efficiency, caption="Cost of the trained models at the training size.", digits=2)
 
 # %% [markdown]
 # ## The release's inference-time Gumbel draw
@@ -216,7 +216,8 @@ if "mmad" in loaded:
                          "std between images": float(scores.mean(dim=0).std()),
                          "max |difference| between draws": float((scores - scores[0]).abs().max())}
     network.set_inference_seed(configs["mmad"].model.inference_seed)
-    display(pd.DataFrame.from_dict(gumbel, orient="index"))
+    display(ex.for_display(pd.DataFrame.from_dict(gumbel, orient="index"), digits=4,
+                           caption="MMAD's image scores over repeated inferences of the same batch."))
     draw_std = gumbel["unseeded (release)"]["mean per-image std across draws"]
     image_std = gumbel["unseeded (release)"]["std between images"]
     display(Markdown(f"Unseeded, a score moves by {draw_std:.2g} (std) between draws, "
@@ -238,6 +239,29 @@ summary = ctx.write_summary({
     "runs": rows, "metrics": metrics_table.reset_index().to_dict("records"),
     "efficiency": efficiency.reset_index().to_dict("records"), "gumbel": gumbel})
 print(f"summary written to {summary}")
+
+# %% [markdown]
+# ## What we found
+
+# %%
+published_mad = {row["method"]: row["mAD"] for row in ex.paper_rows("mmad_main_results", dataset=paper_dataset,
+                                                                    version="2024-09-01")}
+mambaad_mad = ex.paper_rows("main_results", dataset=paper_dataset, method="MambaAD")[0]["mAD"]
+run_rows = list(rows.values())
+stats = ex.seed_stats(run_rows, "standard.i_auroc")
+mmad_cost, mambaad_cost = cost_rows["MMAD (release_compat=True)"], cost_rows["MambaAD"]
+sentences = [
+    (f"Published on {paper_dataset}: MMAD {published_mad['MMAD']:.1f} mAD, MambaAD {mambaad_mad:.1f} mAD (MambaAD's "
+     f"Table 1), with {published['MMAD (release_compat=True)']['params_m']:.1f} M vs "
+     f"{published['MambaAD']['params_m']:.1f} M parameters.") if "MMAD" in published_mad else None,
+    f"Our counts at 256x256: MMAD {mmad_cost['params (M)']:.2f} M parameters and {mmad_cost['GFLOPs']:.2f} GFLOPs, "
+    f"MambaAD {mambaad_cost['params (M)']:.2f} M and {mambaad_cost['GFLOPs']:.2f} GFLOPs.",
+    ex.comparison_sentence(stats, "mmad", "mambaad", "image AUROC (standard)")
+    if {"mmad", "mambaad"} <= set(stats) else ex.best_row_sentence(stats, "image AUROC (standard)"),
+    ex.chance_sentence(stats, "image AUROC", settings.describe()),
+    ex.provenance_sentence(run_rows),
+]
+display(Markdown(ex.findings(sentences)))
 
 # %% [markdown]
 # ## Try it yourself

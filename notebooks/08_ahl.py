@@ -17,7 +17,8 @@
 # gets **M labelled anomalies** (M = 10 or 1). They come from a few *seen* anomaly types; the
 # test set also holds *unseen* types. DevNet (a deviation loss on a top-k scored map) and DRA
 # (four heads: normal, seen, pseudo and composite residual anomalies) are the base models.
-# **AHL** (Zhu et al., CVPR 2024) plugs on top of either one:
+# **AHL** (Zhu et al., CVPR 2024, [arXiv:2310.12790](https://arxiv.org/abs/2310.12790), Sec. 3;
+# results: Tables 1 and 2) plugs on top of either one:
 #
 # * **HADG** clusters the normal features with k-means (C = 3) and builds T = 6 episodes, each
 #   a support and a query set with *different* normal clusters, different halves of the seen
@@ -64,7 +65,7 @@ cells = grid[profile]
 
 # %%
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from mambaad_lib.paper import paper_table
 
@@ -89,7 +90,9 @@ print(f"  methods: {methods}; model after the last epoch (no test-set selection)
 # %%
 rows = ex.openset_grid(ctx, cells["classes"], cells["settings"], methods, progress=False)
 runs = pd.DataFrame(rows)
-runs[["label", "setting", "known_type", "cls_name", "seed", "i_auroc", "i_ap", "p_auroc"]].round(3)
+per_class = runs.pivot_table(index=["setting", "cls_name"], columns="label", values="i_auroc", aggfunc="mean")[methods]
+ex.for_display(100 * per_class, caption=f"Image AUROC (%) per setting and class, mean over {len(ctx.seeds)} seed(s); "
+                                        f"every run is in results/08_ahl/{profile}/.")
 
 # %% [markdown]
 # **Summary**: per seed, the mean over classes (and known types) of image AUC-ROC and AUC-PR;
@@ -107,8 +110,10 @@ for metric in ("i_auroc", "i_ap"):
 ctx.write_summary({"label": "OFFLINE: random ResNet-18 encoder (BatchNorm re-estimated), synthetic data",
                    "grid": cells, "methods": methods, "summary": summary, "runs": rows})
 table = pd.DataFrame(summary)
-table["ours (offline)"] = table["mean"].map("{:.3f}".format) + " ± " + table["std"].map("{:.3f}".format)
-table.pivot(index=["setting", "metric"], columns="method", values="ours (offline)")[methods]
+table["ours (offline)"] = ((100 * table["mean"]).map("{:.1f}".format) + " ± "
+                           + (100 * table["std"]).map("{:.1f}".format))
+ex.for_display(table.pivot(index=["setting", "metric"], columns="method", values="ours (offline)")[methods],
+               caption="Ours (offline, %): mean over classes, then mean ± std over seeds.")
 
 # %% [markdown]
 # **The paper's numbers** (AUC-ROC, ImageNet ResNet-18 fine-tuned by the base model, real
@@ -120,8 +125,10 @@ table.pivot(index=["setting", "metric"], columns="method", values="ours (offline
 general = pd.DataFrame(paper_table("ahl_general"))
 hard = pd.DataFrame(paper_table("ahl_hard"))
 columns = ["dataset", "DevNet", "DRA", "AHL (DevNet)", "AHL (DRA)"]
-display(general[general["M"] == "10"][columns].set_index("dataset"))
-display(hard[hard["M"] == "10"][columns].set_index("dataset"))
+display(ex.for_display(general[general["M"] == "10"][columns].set_index("dataset"),
+                       caption="The AHL paper's Table 1 (general setting, M = 10): AUC-ROC, mean ± std."))
+display(ex.for_display(hard[hard["M"] == "10"][columns].set_index("dataset"),
+                       caption="The AHL paper's Table 2 (hard setting, M = 10, mean over known classes): AUC-ROC."))
 
 # %%
 import matplotlib.pyplot as plt
@@ -154,6 +161,25 @@ viz.save_figure(fig, ctx.figures / "auroc_bars.png")
 # a few outlier images take whole clusters and too few survive the size rule), and the
 # features are layer3 maps of the library's frozen encoders instead of a fine-tuned layer4.
 #
+# ## What we found
+
+# %%
+sentences = []
+for setting in dict.fromkeys(row["setting"] for row in summary):
+    stats = {row["method"]: ex.SeedStats(row["mean"], row["std"], row["n_seeds"]) for row in summary
+             if row["setting"] == setting and row["metric"] == "i_auroc"}
+    sentences.append(f"{setting.capitalize()} setting: " + ex.best_row_sentence(stats, "image AUC-ROC"))
+    for base_method in ("DevNet", "DRA"):
+        if {base_method, f"AHL ({base_method})"} <= set(stats):
+            sentences.append(ex.comparison_sentence(stats, f"AHL ({base_method})", base_method,
+                                                    f"{setting} setting, image AUC-ROC"))
+    sentences.append(ex.chance_sentence(stats, f"image AUC-ROC ({setting})",
+                                        f"{base.model.base_training.epochs} base epochs and "
+                                        f"{base.model.cdl.epochs} CDL epochs on a random encoder"))
+sentences.append(ex.provenance_sentence(rows))
+display(Markdown(ex.findings(sentences)))
+
+# %% [markdown]
 # ## Try it yourself
 # * `model.release_compat: true` (the `ahl_demo` profile, or `overrides` of `ex.openset_grid`) runs the released code's behaviour
 #   (cluster-prefix bug, shared generators, delayed Adam step, constant composite head, random

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -173,50 +173,70 @@ def defect_type_comparison(results_files: Mapping[str, str | Path], out_file: st
 # ---- timing ---------------------------------------------------------------------------------
 
 
-def time_inference(image_size: int, batch_size: int = 1, repeats: int = 2, scan_backend: str = "auto",
-                   device: str = "cpu", seed: int = 0, **model: Any) -> dict[str, Any]:
-    """Best-of-``repeats`` seconds of one ``anomaly_map`` call of a random-weight MambaAD.
+def _interleaved_best_seconds(calls: Mapping[str, Callable[[], Any]], repeats: int,
+                              synchronize: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of every call, the calls taking turns (one of each per round,
+    after one warm-up round), so a load change on a shared machine affects all of them alike.
 
-    One warm-up call precedes the timed ones. Returns ``seconds``, ``images_per_s``, the
-    resolved ``scan_backend`` and the model's GFLOPs at this size.
+    The one timing routine of the book: :func:`time_models` (models' ``anomaly_map``) and
+    :func:`compare_inference_speed` (methods' ``predict``) both go through it.
     """
-    seed_everything(seed)
-    network = build_mambaad(image_size=image_size, scan_backend=scan_backend,
-                            **{key: tuple(value) if isinstance(value, list) else value
-                               for key, value in model.items()}).to(device).eval()
-    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    best = float("inf")
-    with torch.no_grad():
-        for attempt in range(repeats + 1):
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    best = {label: float("inf") for label in calls}
+    for round_index in range(repeats + 1):
+        for label, call in calls.items():
             started = time.perf_counter()
-            network.anomaly_map(images)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if attempt:  # the first call warms caches and kernels up
-                best = min(best, time.perf_counter() - started)
-    return {"image_size": image_size, "batch_size": batch_size, "seconds": best,
-            "images_per_s": batch_size / best, "scan_backend": network.scan_backend,
-            "flops_g": count_flops(network, image_size)["total"]}
+            call()
+            synchronize()
+            if round_index:  # round 0 warms caches and kernels up
+                best[label] = min(best[label], time.perf_counter() - started)
+    return best
+
+
+def time_models(image_size: int, models: Mapping[str, Mapping[str, Any]], batch_size: int = 1, repeats: int = 3,
+                device: str = "cpu", seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Inference time of random-weight MambaAD models (``label -> build_mambaad options``,
+    e.g. ``{"R18": {"backbone": "resnet18"}}``, ``scan_backend`` included) on one random
+    batch (B, 3, image_size, image_size), timed in turns (:func:`_interleaved_best_seconds`).
+
+    Returns per label ``image_size``, ``batch_size``, ``seconds`` (one ``anomaly_map`` call),
+    ``images_per_s``, ``repeats``, the resolved ``scan_backend`` and the GFLOPs at this size.
+    """
+    networks = {}
+    for label, options in models.items():
+        seed_everything(seed)
+        plain = {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
+        networks[label] = build_mambaad(image_size=image_size, **plain).to(device).eval()
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        best = _interleaved_best_seconds({label: (lambda net=net: net.anomaly_map(images))
+                                          for label, net in networks.items()}, repeats, synchronize)
+    return {label: {"image_size": image_size, "batch_size": batch_size, "seconds": best[label],
+                    "images_per_s": batch_size / best[label], "repeats": repeats,
+                    "scan_backend": networks[label].scan_backend,
+                    "flops_g": count_flops(networks[label], image_size)["total"]} for label in networks}
+
+
+def time_inference(image_size: int, batch_size: int = 1, repeats: int = 3, scan_backend: str = "auto",
+                   device: str = "cpu", seed: int = 0, **model: Any) -> dict[str, Any]:
+    """:func:`time_models` of one model (``model``: ``build_mambaad`` options)."""
+    return time_models(image_size, {"model": {**model, "scan_backend": scan_backend}}, batch_size, repeats,
+                       device, seed)["model"]
 
 
 def compare_inference_speed(methods: Mapping[str, AnomalyMethod], images: torch.Tensor, repeats: int = 3
                             ) -> dict[str, float]:
-    """Images per second of ``method.predict(images)`` for every method, best of ``repeats``.
-
-    The methods take turns (one call of each per round, after one warm-up round), so a load
-    change on a shared machine affects all of them alike; the ratios are the result to read.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    best = {label: float("inf") for label in methods}
-    for round_index in range(repeats + 1):
-        for label, method in methods.items():
-            started = time.perf_counter()
-            method.predict(images)
+    """Images per second of ``method.predict(images)`` for every method, best of ``repeats``,
+    timed in turns (:func:`_interleaved_best_seconds`): the ratios are the result to read."""
+    def synchronize() -> None:
+        for method in methods.values():
             if method.device.type == "cuda":
                 torch.cuda.synchronize(method.device)
-            if round_index:  # round 0 warms caches and kernels up
-                best[label] = min(best[label], time.perf_counter() - started)
+
+    best = _interleaved_best_seconds({label: (lambda method=method: method.predict(images))
+                                      for label, method in methods.items()}, repeats, synchronize)
     return {label: images.shape[0] / seconds for label, seconds in best.items()}
 
 

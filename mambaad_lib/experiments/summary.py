@@ -4,14 +4,22 @@
 ``profile``, ``environment`` (versions and the code's commit, read when the file is
 written) and the notebook's own keys. Every notebook writes one through
 :meth:`~mambaad_lib.experiments.Context.write_summary`.
+
+The second half builds the sentences of each chapter's *What we found* section from the
+rows a notebook computed (:func:`seed_stats`, :func:`comparison_sentence`,
+:func:`best_row_sentence`, :func:`chance_sentence`, :func:`provenance_sentence`,
+:func:`findings`, :func:`describe_run`): numbers are interpolated, never typed.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from mambaad_lib.engine.results import environment
+import numpy as np
+
+from mambaad_lib.engine.results import environment, read_record
 from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.utils.schema import to_plain
 
@@ -44,3 +52,133 @@ def read_summary(results_root: str | Path, notebook: str, profile: str, name: st
         raise FileNotFoundError(f"no summary {str(path)!r}: run notebook {notebook} with profile {profile!r} first "
                                 f"(mambaad reproduce --profile {profile} --only {notebook})")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---- "What we found": sentences built from a notebook's results ------------------------------
+# Every number in these sentences is interpolated from the rows a notebook just computed, so a
+# rerun rewrites them; nothing here is typed by hand.
+
+CHANCE = 0.5            # AUROC of a detector that ranks at random
+CHANCE_MARGIN = 0.05    # within 5 points of chance counts as "at chance"
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """A row's metric over seeds, in [0, 1]: mean, population std (0 for one seed), seed count."""
+
+    mean: float
+    std: float
+    n: int
+
+    def text(self) -> str:
+        """``"72.4 ± 1.3 %"`` (percent, one decimal); one seed: ``"72.4 % (one seed)"``."""
+        if self.n == 1:
+            return f"{100 * self.mean:.1f} % (one seed)"
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} %"
+
+
+def seed_stats(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, SeedStats]:
+    """``key`` (e.g. ``"ader.i_auroc"``) of every trained row label over its seeds, in row order.
+
+    Rows with ``trained`` false or no value of ``key`` are left out (a label with none is absent).
+    """
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get("trained", True) and row.get(key) is not None:
+            values.setdefault(row["label"], []).append(float(row[key]))
+    return {label: SeedStats(float(np.mean(found)), float(np.std(found)), len(found))
+            for label, found in values.items()}
+
+
+def comparison_sentence(stats: Mapping[str, SeedStats], first: str, second: str, metric: str) -> str:
+    """Whether ``first`` and ``second`` differ by more than their seed spread.
+
+    The spread is the larger of the two standard deviations over seeds; with one seed the
+    spread is unknown and the sentence says so.
+    """
+    a, b = stats[first], stats[second]
+    gap = 100 * (a.mean - b.mean)
+    head = f"{metric}: {first} {a.text()} vs {second} {b.text()}, a difference of {gap:+.1f} points"
+    if min(a.n, b.n) < 2:
+        return (f"{head}; with one seed per row the seed spread is unknown, so this is not a ranking "
+                f"(rerun with `seeds = [0, 1, 2]`).")
+    spread = 100 * max(a.std, b.std)
+    verdict = "larger than" if abs(gap) > spread else "within"
+    return f"{head}, {verdict} the seed spread ({spread:.1f} points, {min(a.n, b.n)} seeds)."
+
+
+def best_row_sentence(stats: Mapping[str, SeedStats], metric: str) -> str:
+    """The best and worst rows of ``metric`` and whether their gap exceeds the seed spread."""
+    if not stats:
+        return f"No trained row has a value of {metric}."
+    if len(stats) == 1:
+        label, value = next(iter(stats.items()))
+        return f"{metric}: the one trained row, {label}, reaches {value.text()}."
+    ranked = sorted(stats, key=lambda label: stats[label].mean, reverse=True)
+    return f"Best row: {ranked[0]}. " + comparison_sentence(stats, ranked[0], ranked[-1], metric)
+
+
+def chance_sentence(stats: Mapping[str, SeedStats], metric: str, budget: str) -> str | None:
+    """Say which rows sit at chance (``metric`` within :data:`CHANCE_MARGIN` of 0.5) and that
+    the training ``budget`` (e.g. ``"4 epochs on 12 images per class"``) is the reason; None
+    when no row does."""
+    at_chance = [label for label, value in stats.items() if abs(value.mean - CHANCE) <= CHANCE_MARGIN]
+    if not at_chance:
+        return None
+    if len(stats) == 1:
+        which = "The one trained row"
+    elif len(at_chance) == len(stats):
+        which = "Every row"
+    else:
+        which = f"{len(at_chance)} of {len(stats)} rows"
+    verb = "sits" if len(at_chance) == 1 else "sit"
+    return (f"{which} ({', '.join(at_chance)}) {verb} at chance on {metric} (within "
+            f"{100 * CHANCE_MARGIN:.0f} points of {100 * CHANCE:.0f}): this budget ({budget}) stops training before "
+            "the model learns, so these rows rank nothing; a larger profile trains longer.")
+
+
+def provenance_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How many of ``rows`` (trained ones) were trained in this execution and which were reused
+    from earlier finished runs, with the commit each reused run was made at (short hash, and
+    whether that checkout had uncommitted changes), read from its results file."""
+    trained = [row for row in rows if row.get("trained", True) and row.get("results_file")]
+    reused = [row for row in trained if row.get("reused")]
+    if not reused:
+        return f"All {len(trained)} run(s) shown were trained in this execution."
+    commits: dict[str, list[str]] = {}
+    for row in reused:
+        commits.setdefault(_commit_text(row), []).append(str(row["label"]))
+    made = "; ".join(f"{', '.join(dict.fromkeys(labels))} at {commit}" for commit, labels in commits.items())
+    return (f"{len(trained) - len(reused)} of {len(trained)} run(s) were trained in this execution; "
+            f"{len(reused)} reused an identical finished run: {made}.")
+
+
+def _commit_text(row: Mapping[str, Any]) -> str:
+    if "git_commit" in row:
+        commit, dirty = row.get("git_commit"), row.get("git_dirty")
+    else:  # rows that do not carry the provenance (open-set grid): read it from the results file
+        environment_ = (read_record(row["results_file"]) or {}).get("environment") or {}
+        commit, dirty = environment_.get("git_commit"), environment_.get("git_dirty")
+    if not commit:
+        return "an unknown commit (not run from a git checkout)"
+    state = {True: "with uncommitted changes", False: "clean"}.get(dirty, "cleanliness unknown")
+    return f"commit {commit[:10]} ({state})"
+
+
+def findings(sentences: Iterable[str | None]) -> str:
+    """The "What we found" list as Markdown: one bullet per sentence (None entries dropped)."""
+    return "\n".join(f"- {sentence}" for sentence in sentences if sentence)
+
+
+def describe_run(config: Any) -> str:
+    """One line of what a run config trains: image size, classes, training images, schedule,
+    encoder and decoder depths (a :class:`~mambaad_lib.engine.config.RunConfig`)."""
+    data, train, model = config.data, config.train, config.model
+    text = (f"{data.crop_size}x{data.crop_size} images, classes {list(data.classes or []) or 'all'}, "
+            f"{data.train_per_class or 'all'} normal training images per class, {train.epochs} epochs at batch "
+            f"{train.batch_size} (lr {train.scaled_lr:g})")
+    if hasattr(model, "backbone"):
+        text += f", {model.backbone} encoder ({getattr(model, 'encoder_weights', 'default weights')})"
+    if hasattr(model, "depths"):
+        text += f", depths {list(model.depths)}"
+    return text

@@ -2,8 +2,8 @@
 
 Every function returns a pandas ``DataFrame`` (the only module of the library that builds
 them), values in percent rounded to one decimal as the paper prints them; a value that does
-not exist (an untrained row, a metric not computed) is None, shown as "--" by
-:func:`for_display`.
+not exist (an untrained row, a metric not computed) is None, shown as "—" with a footnote by
+:func:`for_display`, which every table of the book goes through.
 """
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 from mambaad_lib.metrics import METRIC_KEYS
 from mambaad_lib.paper import paper_table
 from mambaad_lib.scan import SCAN_METHODS
 
-MISSING = "--"
+MISSING = "—"
+MISSING_NOTE = (f"{MISSING} not trained at this profile (the paper's value only), or not computed for this run "
+                "(the results file's notes say why).")
 # The paper's backbone names -> ours (encoder names) and the row-label prefixes.
 BACKBONE_NAMES: dict[str, str] = {"ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "resnet50",
                                   "WideResNet50": "wide_resnet50_2"}
@@ -30,9 +33,18 @@ def pct(value: float | None, digits: int = 1) -> float | None:
     return round(100 * value, digits)
 
 
-def for_display(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``frame`` with missing values shown as "--" (never NaN on a page)."""
-    return frame.astype(object).where(frame.notna(), MISSING)
+def for_display(frame: pd.DataFrame, caption: str | None = None, digits: int = 1,
+                note: str = MISSING_NOTE) -> Styler:
+    """``frame`` as a page shows it: floats with ``digits`` decimals, missing values (None,
+    NaN) as "—" and, when there is one, ``note`` as a footnote under ``caption``.
+
+    Returns a pandas ``Styler`` (a notebook cell's value renders it as an HTML table).
+    """
+    styler = frame.style.format(precision=digits, na_rep=MISSING)
+    text = [caption] if caption else []
+    if frame.isna().to_numpy().any():
+        text.append(note)
+    return styler.set_caption(" ".join(text)) if text else styler
 
 
 def paper_rows(name: str, **equal: str) -> list[dict[str, Any]]:

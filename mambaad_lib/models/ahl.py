@@ -1,4 +1,4 @@
-"""AHL's Collaborative Differentiable Learning (CDL) and its importance weighting (``ahl_facts.md`` 5).
+"""AHL's Collaborative Differentiable Learning (CDL) and its importance weighting (AHL, arXiv:2310.12790).
 
 The unified model g has the architecture of the base model's heads (DevNet or DRA). At every
 epoch, for every episode i (from :mod:`~mambaad_lib.models.hadg`):

@@ -1,4 +1,4 @@
-"""Supervised training of DevNet / DRA heads on cached features (``ahl_facts.md`` section 10).
+"""Supervised training of DevNet / DRA heads on cached features (released DRA/DevNet ``train.py``).
 
 Recipe of both official codes: Adam (lr 2e-4, weight decay 1e-5), learning rate x0.1 every
 10 epochs, gradient-norm clipping at 1.0, ``steps_per_epoch`` (20) batches per epoch; 30

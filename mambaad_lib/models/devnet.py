@@ -1,6 +1,6 @@
 """DevNet for images: the deviation loss, top-k pooling and the one-head scorer.
 
-Deviation loss (Pang et al., KDD 2019; ``ahl_facts.md`` 5.1): reference scores r drawn
+Deviation loss (Pang et al., KDD 2019; released code Choubo/deviation-network-image): reference scores r drawn
 from N(0, 1) (5,000, fresh each call), ``dev = (s - mean(r)) / std(r)``; the loss is
 ``|dev|`` for normal samples and ``max(0, margin - dev)`` for anomalies (margin 5), averaged.
 

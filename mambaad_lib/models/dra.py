@@ -1,4 +1,4 @@
-"""DRA's four heads (Ding et al., CVPR 2022) on multi-scale feature maps (``ahl_facts.md`` 5.2).
+"""DRA's four heads (Ding et al., CVPR 2022) on multi-scale feature maps (Choubo/DRA ``modeling/net.py``).
 
 - normal (holistic) head: global average pool -> Linear C->256 -> ReLU -> Linear 256->1,
   trained with target "is normal";
@@ -13,7 +13,7 @@ Every head runs on each scale and its two scores are averaged. Score =
 ``composite="dra"`` is DRA's head (3x3 conv, stride 1, padding 1; trainable BatchNorm with
 weight 1, bias 0). ``composite="ahl_release"`` is the released AHL head: stride 3, no
 padding, BatchNorm normalising with fixed statistics (0, 1) and affine weight and bias
-initialised to 0. As ``ahl_facts.md`` explains, that head's ReLU input is exactly 0 and it
+initialised to 0. In that released code, the head's ReLU input is exactly 0 and it
 stays a constant: it is kept only to reproduce the released code's behaviour.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Heterogeneous Anomaly Distribution Generation (AHL, ``ahl_facts.md`` section 4).
+"""Heterogeneous Anomaly Distribution Generation (AHL, arXiv:2310.12790, Sec. 3).
 
 1. k-means (C = 3) on the flattened scale-0 features of the normal training images
    (``cluster_on="pooled"``: on their global average, a departure for small random-encoder

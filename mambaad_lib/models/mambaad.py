@@ -31,7 +31,7 @@ BOTTLENECK_STRIDE = 32
 # InstanceNorm in the LSS local branches needs more than one pixel: a 2x2 bottleneck at least.
 MIN_IMAGE_SIDE = 2 * BOTTLENECK_STRIDE
 MAP_SIGMA = 4.0
-# The release weights its summed per-scale MSE by 5 (facts, section 3).
+# The release weights its summed per-scale MSE by 5 (the released trainer, lewandofskee/MambaAD).
 RELEASE_LOSS_WEIGHT = 5.0
 
 

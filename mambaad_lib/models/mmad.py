@@ -1,4 +1,4 @@
-"""MMAD: frozen CNN encoder -> Dilated Mamba Fuser -> Hybrid Mamba Decoder (mmad_facts.md).
+"""MMAD: frozen CNN encoder -> Dilated Mamba Fuser -> Hybrid Mamba Decoder (xyd2023/MMAD ``model/mmad.py``).
 
 Data flow at 256x256 with ResNet34 (the release's default):
 

@@ -1,4 +1,4 @@
-"""MMAD's Hybrid Mamba Decoder (HMD) and its HSS module (mmad_facts.md sections 4-5).
+"""MMAD's Hybrid Mamba Decoder (HMD) and its HSS module (xyd2023/MMAD ``model/mmad.py``: ``HMD``).
 
 Naming: MMAD's "VSS block" is MambaAD's HSS block (:class:`~mambaad_lib.models.ss2d.HSSBlock`);
 MMAD's **HSS module** (:class:`HybridStateSpaceModule`) is a larger unit that takes the place

@@ -1,5 +1,5 @@
 """MMAD's Dilated Mamba Fuser (DMF): MambaAD's MFF_OCE with a dilated-convolution and Mamba
-step between the multi-scale fusion and the one-class embedding (mmad_facts.md section 3).
+step between the multi-scale fusion and the one-class embedding (xyd2023/MMAD ``model/mmad.py``).
 
 With ResNet34 features at 256x256 (c1, c2, c3 = 64, 128, 256):
 

@@ -1,6 +1,6 @@
 """Cached multi-scale features and the labelled batches DevNet, DRA and AHL train on.
 
-AHL trains on cached feature maps only (``ahl_facts.md`` section 3): every normal training
+AHL trains on cached feature maps only (mala-lab/AHL's released code): every normal training
 image, its three pseudo-anomalous versions and the labelled anomalies go through the frozen
 encoder once, at two scales (the image and the image downsized by 2, nearest neighbour as
 in DRA). Training batches are then gathered from the cache.

@@ -1,4 +1,4 @@
-"""AHL's three pseudo-anomaly generators on images in [0, 1] (``ahl_facts.md`` 4.3).
+"""AHL's three pseudo-anomaly generators on images in [0, 1] (AHL, arXiv:2310.12790).
 
 - ``cutpaste``: a patch (area U(0.02, 0.15) of the image, aspect ratio log-uniform in
   [0.3, 1/0.3]) cut from the image itself, colour-jittered (brightness, contrast,
