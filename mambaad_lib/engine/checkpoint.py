@@ -7,7 +7,8 @@ A checkpoint is one ``torch.save`` file, written atomically::
      "model": <state dict>, "optimization": <optimiser, scheduler and random-stream state>,
      "rng": <seeding.rng_state()>, "progress": <TrainProgress as dict>,
      "extras": <facts gathered before training, e.g. untrained metrics>,
-     "finished": bool, "checksum": <SHA-256 of every tensor above>}
+     "finished": bool, "checksum": <SHA-256 of every tensor above>,
+     "calibration": <optional: thresholds from normal images, see engine.calibration>}
 
 ``runs/<experiment>/<run_id>/last.pt`` is rewritten every ``train.checkpoint_every`` epochs
 and when a run is interrupted (the previous one is kept as ``last.prev.pt``, a fallback when

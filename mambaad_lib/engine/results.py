@@ -20,7 +20,10 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     run_dir                      the run's folder (checkpoints), null for "evaluate"
     encoder                      {encoder_weights, batchnorm_reestimated_on, warning?}: a random
                                  encoder is flagged here and in the warning text
-    data                         {root, name, classes, n_train, n_test}
+    data                         {root, name, classes, n_train, n_calibration, n_test}: n_calibration =
+                                 normal images the run calibrated on (held out of training by
+                                 train.calibration_share, or of train.calibration_dir); null for
+                                 "evaluate"
     model                        {parameters: {total, trainable, frozen}, flops?: {total, scan},
                                   architecture, ...}
     training                     null for "evaluate"; else {epochs, steps, wall_time_s,
@@ -34,8 +37,16 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     metrics_untrained            same shape, the model before training (when
                                  train.evaluate_untrained), else null
     openset                      open-set methods: the split (setting, labelled images), else null
+    thresholds                   decisions on the test split (unified models; per-class methods
+                                 under classes.<cls>): {calibration: the model's stored
+                                 calibration or null, at_calibrated_threshold: counts, precision,
+                                 recall, F1 and share of normal images flagged at its image
+                                 threshold, f1_optimal: {threshold, f1, precision, recall} chosen
+                                 on the test labels (reported, never stored), note}; null in
+                                 records written before it existed
+                                 (mambaad_lib.engine.calibration)
     classes                      per-class methods: {cls: {run_dir, checkpoint, training,
-                                 encoder, model}} of each class's model, else null
+                                 encoder, model, thresholds}} of each class's model, else null
     examples                     PNG paths relative to the results file's folder
     notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
     wall_time_s                  whole command, seconds
@@ -67,7 +78,8 @@ SCHEMA_VERSION = 2
 # What runs and book builds write inside a checkout: changes there do not make the code dirty.
 RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
 # Fields added in schema version 2, with the value a version-1 record stands for.
-_V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": []}
+_V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
+                                "thresholds": None}
 
 
 def results_path(results_dir: str | Path, experiment: str, profile: str, run_id: str) -> Path:
