@@ -12,7 +12,9 @@ training normals held out, ``train.calibration_dir``, or ``mambaad calibrate`` a
 - **pixel threshold** ``t_p``: the ``q``-quantile of the normal maps' *maxima*, so that about
   ``q`` of normal images have no pixel above it (a quantile over all pixels would mark
   ``1 - q`` of every normal image, a blob in each); for methods whose score is the map's
-  maximum (MambaAD, MMAD, GLASS, ...) ``t_p = t``;
+  maximum (MambaAD, MMAD) ``t_p = t``; methods that score the unblurred patches (GLASS,
+  the nearest-neighbour baseline) have ``t_p < t``, and an image can then be labelled normal
+  while a few of its pixels lie above ``t_p``;
 - **medians** ``m`` of the normal scores and ``m_p`` of the normal maps' pixels (on a
   regular subsample of at most 64 x 64 per map): the typical normal value.
 

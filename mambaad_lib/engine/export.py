@@ -176,7 +176,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, cls: st
     example = torch.randn(EXAMPLE_BATCH, 3, crop, crop, generator=torch.Generator().manual_seed(0))
     dynamic = {"images": {0: torch.export.Dim("batch", min=1)}}
     facts = deployment_facts(predictor)
-    graph = AnomalyMapGraph(model)
+    graph = AnomalyMapGraph(model).eval()
     with torch.no_grad():
         expected_maps, expected_scores = (tensor.numpy() for tensor in graph(example))
         model_bytes = (_onnx_bytes if fmt == "onnx" else _pt2_bytes)(graph, example, dynamic, facts)
