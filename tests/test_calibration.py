@@ -82,6 +82,15 @@ def test_hold_out_takes_a_share_of_every_class(tmp_path):
         hold_out(single, 0.5, seed=0)
 
 
+def test_calibration_keys_are_checked():
+    with pytest.raises(ConfigError, match="train.calibration_dir.*both choose calibration images"):
+        load_config("smoke", {"train.calibration_share": 0.1, "train.calibration_dir": "normal/"})
+    with pytest.raises(ConfigError, match="train.calibration_share.*must be in \\[0, 1\\)"):
+        load_config("smoke", {"train.calibration_share": 1.0})
+    with pytest.raises(ConfigError, match="train.calibration_quantile"):
+        load_config("smoke", {"train.calibration_quantile": 0})
+
+
 def test_stored_calibration_survives_a_rewrite_of_the_checkpoint(tmp_path):
     from mambaad_lib.engine.checkpoint import save_checkpoint
 

@@ -246,3 +246,23 @@ def test_calibrate_command_stores_thresholds_that_predict_then_uses(runs, worksp
     assert sorted(row["label"] for row in rows) == ["anomalous", "normal"]  # the median splits two images
     assert main(["calibrate", "--checkpoint", str(path), "--images", str(tmp_path / "nowhere")]) == 2
     assert "calibration folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_with_a_calibration_folder_calibrates_each_class_model_on_its_subfolder(workspace, tmp_path, capsys):
+    normal = workspace / "data" / "synthetic_smoke" / "brick" / "test" / "good"
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "brick").symlink_to(normal, target_is_directory=True)
+    assert main(["train", "--profile", "smoke", "--model", "nearest_neighbor", "--quiet", "--run-id", "folder",
+                 "--data-root", str(workspace / "data"), "--classes", "brick", "--calibration-dir",
+                 str(tmp_path / "calibration"), "--results-dir", str(tmp_path / "results"),
+                 "--runs-dir", str(tmp_path / "runs"), "--set", "eval.num_examples=0"]) == 0
+    record = json.loads(next((tmp_path / "results").rglob("folder.json")).read_text())
+    assert record["data"]["n_calibration"] == 2 and record["data"]["n_train"] == 4  # nothing held out
+    calibration = read_calibration(load_checkpoint(next((tmp_path / "runs").rglob("brick/final.pt"))))
+    assert calibration.n_images == 2 and str(tmp_path / "calibration" / "brick") in calibration.source
+    assert main(["train", "--profile", "smoke", "--model", "nearest_neighbor", "--quiet", "--run-id", "missing",
+                 "--data-root", str(workspace / "data"), "--classes", "coin", "--calibration-dir",
+                 str(tmp_path / "calibration"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err
+    assert "calibration folder" in error and "coin" in error and "/<class>/" in error

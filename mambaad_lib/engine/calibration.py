@@ -205,7 +205,7 @@ def folder_images(folder: Path, geometry: ImageGeometry) -> ImageFolder:
     if problems:
         raise ValueError(f"{len(problems)} of {len(files)} calibration images in {str(folder)!r} cannot be used:\n  "
                          + "\n  ".join(problems))
-    return ImageFolder(files, geometry)
+    return ImageFolder(files, geometry, folder)
 
 
 def run_calibration_images(config: RunConfig, per_class: bool, train: Dataset) -> tuple[Dataset, Dataset | None]:
@@ -225,7 +225,7 @@ def calibrate_run(method: AnomalyMethod, images: Dataset, config: RunConfig, che
     """Calibrate a trained model on ``images`` and store the result in its ``checkpoint``."""
     settings = config.train
     source = (f"{len(images)} training normals held out (train.calibration_share={settings.calibration_share})"
-              if settings.calibration_share > 0 else f"{len(images)} images of {settings.calibration_dir}")
+              if settings.calibration_share > 0 else f"{len(images)} images of {images.folder}")  # an ImageFolder
     loader = DataLoader(images, batch_size=config.eval.batch_size, shuffle=False, num_workers=config.data.num_workers)
     calibration = calibrate((method.predict(batch["image"]) for batch in loader), settings.calibration_quantile,
                             source)

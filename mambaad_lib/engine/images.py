@@ -157,11 +157,12 @@ class ImageGeometry:
 
 class ImageFolder(Dataset):
     """Image files as model inputs: items ``{"image": (3, crop, crop), "img_path": str}``
-    (e.g. a folder of normal images for calibration)."""
+    (e.g. a folder of normal images for calibration); ``folder`` names where they came from."""
 
-    def __init__(self, files: Sequence[Path], geometry: ImageGeometry) -> None:
+    def __init__(self, files: Sequence[Path], geometry: ImageGeometry, folder: Path | None = None) -> None:
         self.files = list(files)
         self.geometry = geometry
+        self.folder = folder
 
     def __len__(self) -> int:
         return len(self.files)
