@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "unfinished run of this experiment with the same config)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace a finished run of the same --run-id (its checkpoints and results file)")
+    train.add_argument("--allow-empty-classes", action="store_true",
+                       help="train although some selected classes have no normal training images "
+                            "(= --set data.allow_empty_classes=true); by default that stops the run before training")
     _add_common(train)
 
     evaluate = commands.add_parser(
@@ -301,6 +304,8 @@ def _cmd_train(args, extra) -> int:
     base = None
     if args.resume is not None and args.profile is None:
         base = _stored_config_for_resume(args.resume)
+    if args.allow_empty_classes:
+        args.sets.append("data.allow_empty_classes=true")
     config = _config(args, extra, base=base)
     outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet,
                            overwrite=args.overwrite)
@@ -538,13 +543,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"mambaad: {interrupt or 'interrupted'}", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
-            KeyError, ImportError) as error:
+    except (CLIError, ValueError, OSError, RuntimeError, KeyError, ImportError) as error:
         if args.debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mambaad: error: {message}", file=sys.stderr)
+        print(f"mambaad: error: {_error_message(error)}", file=sys.stderr)
         return 2
+
+
+def _error_message(error: Exception) -> str:
+    """The message of an expected error; operating-system errors (disk full, permissions) as
+    one line naming the path."""
+    from mambaad_lib.utils.errors import os_error_message
+
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and error.errno is not None:
+        return os_error_message(error)
+    return str(error)
 
 
 if __name__ == "__main__":

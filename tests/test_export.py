@@ -22,6 +22,8 @@ from mambaad_lib.ops.reference import selective_scan_reference
 
 TOLERANCE = 1e-4  # exported vs eager maps and scores (absolute)
 SCAN_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}  # relative to the largest output
+ONNX_MISSING = ("the ONNX parity test needs onnx, onnxruntime and onnxscript, which are not installed: "
+                "pip install -e '.[export]' (the dev extra includes them)")
 
 
 def _scan_inputs(batch, channels, length, d_state=16, groups=None, dtype=torch.float64):
@@ -86,9 +88,8 @@ def _checkpoint(tmp_path, profile: str, **overrides) -> tuple:
 
 @pytest.mark.slow
 def test_onnx_equals_eager_pytorch_on_the_smoke_model(tmp_path, capsys):
-    onnx = pytest.importorskip("onnx")
-    onnxruntime = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    onnx, onnxruntime, _ = (pytest.importorskip(name, reason=ONNX_MISSING)
+                            for name in ("onnx", "onnxruntime", "onnxscript"))
     path, method, calibration = _checkpoint(tmp_path, "smoke")
     out = tmp_path / "exported" / "mambaad.onnx"
     assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(out), "--quiet"]) == 0

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mambaad_lib.data import transform_image
+from mambaad_lib.data.io import to_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_SIDE = 8
@@ -67,6 +68,7 @@ def describe_input(item: Any) -> str:
 
 
 def _checked_mode(image: Image.Image, name: str) -> Image.Image:
+    image = to_8bit(image, name)  # 16-bit greyscale scaled as the datasets' images are; floats refused
     if image.mode not in ACCEPTED_MODES:
         raise ValueError(f"{name}: image mode {image.mode} with {len(image.getbands())} channel(s) "
                          f"({''.join(image.getbands())}); expected RGB (3 channels) or greyscale. "
@@ -81,8 +83,9 @@ def load_input(item: ImageInput) -> Image.Image:
 
     Accepted: a path to an image file, a PIL image, or a uint8 numpy array ``(H, W, 3)`` (RGB)
     or ``(H, W)`` (greyscale). RGB and greyscale (replicated to three channels, as the
-    datasets do) only: images with alpha, CMYK, 16-bit or palette images are refused rather
-    than silently converted.
+    datasets do) only, 16-bit greyscale scaled to 8 bits as the datasets' images are
+    (:func:`~mambaad_lib.data.io.to_8bit`); images with alpha, CMYK, floating-point or palette
+    images are refused rather than silently converted.
     """
     name = describe_input(item)
     if isinstance(item, (str, Path)):

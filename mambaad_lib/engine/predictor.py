@@ -118,7 +118,7 @@ class Predictor:
                 for a single model, or bare weights without ``config``.
         """
         checkpoint = _choose_checkpoint(path, cls)
-        content = load_checkpoint(checkpoint, trust=trust)
+        content = load_checkpoint(checkpoint, trust=trust, pass_on=True)  # load_for_inference takes it over
         if config is None:
             if not content.get("config"):
                 raise ValueError(f"{checkpoint} holds weights only; pass config= (e.g. load_config('smoke')) to say "
@@ -128,7 +128,7 @@ class Predictor:
             config = dataclasses.replace(config, device=device)
             if cls is not None and Path(path).is_dir():
                 config = for_classes(config, [cls])
-        method, _ = load_for_inference(checkpoint, config, trust=trust, content=content)
+        method, _ = load_for_inference(checkpoint, config, trust=trust)
         return predictor_type(method, config, read_calibration(content), batch_size=batch_size, resize=resize,
                               checkpoint=checkpoint)
 
