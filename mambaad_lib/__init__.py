@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "count_parameters": "mambaad_lib.models.costs",
     "count_flops": "mambaad_lib.models.costs",
+    "Predictor": "mambaad_lib.engine.predictor",
+    "Prediction": "mambaad_lib.engine.predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

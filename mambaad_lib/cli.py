@@ -1,4 +1,4 @@
-"""The ``mambaad`` command: train, evaluate, predict, make data, check data, show the setup.
+"""The ``mambaad`` command: train, evaluate, predict, calibrate, export, make data, check data, show the setup.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     mambaad train --profile smoke                 # train + evaluate, writes results/smoke/smoke/<run>.json
     mambaad evaluate --profile smoke              # re-evaluate the newest finished smoke run
     mambaad predict my_images/ --checkpoint runs/smoke/<run>/final.pt --out predictions/
+    mambaad calibrate --checkpoint runs/smoke/<run>/final.pt --images normal_images/
+    mambaad export --checkpoint runs/smoke/<run>/final.pt --format onnx --out model.onnx
     mambaad train --profile paper --dataset visa --experiment paper_visa --device cuda
     mambaad train --profile demo --train.epochs 5 --model.depths 2,2,2,2
 
@@ -44,6 +46,8 @@ ALIASES: dict[str, tuple[str, str]] = {
     "data_root": ("data.root", "folder holding meta_<dataset>.json"),
     "dataset": ("data.name", "dataset name (meta_<name>.json)"),
     "classes": ("data.classes", "comma-separated classes (default: all)"),
+    "calibration_dir": ("train.calibration_dir", "train: a folder of normal images (DIR/<class>/ for per-class "
+                        "methods) to calibrate decision thresholds on after training"),
     "results_dir": ("paths.results_dir", "results folder (default results/ in the current folder)"),
     "runs_dir": ("paths.runs_dir", "checkpoint/scratch folder (default runs/ in the current folder)"),
 }
@@ -145,11 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(evaluate)
 
     predict = commands.add_parser(
-        "predict", help="anomaly maps and scores for your own images", formatter_class=raw, allow_abbrev=False,
-        description="Write <name>_map.npy, <name>_overlay.png and scores.csv for image files or folders. "
-                    "Images are resized like the training images; RGB or greyscale only.")
+        "predict", help="anomaly maps, scores and decisions for your own images", formatter_class=raw,
+        allow_abbrev=False,
+        description="Write <name>_map.npy (at the image's resolution), <name>_overlay.png, scores.csv and "
+                    "scores.jsonl (score, normalised score, label) for image files or folders. Images are resized "
+                    "like the training images; RGB or greyscale only. Labels and overlay colours come from the "
+                    "checkpoint's calibration (see mambaad calibrate). Unreadable files are listed at the end "
+                    "(exit code 2); the others' results are kept.")
     predict.add_argument("inputs", nargs="+", metavar="IMG|DIR", help="image files and/or folders of images")
-    predict.add_argument("--checkpoint", metavar="FILE", help="a checkpoint written by train (one model)")
+    predict.add_argument("--checkpoint", metavar="FILE|RUN",
+                         help="a checkpoint written by train, or the run folder of a per-class method with --class")
+    predict.add_argument("--class", dest="cls", metavar="CLASS", help="the class model of a per-class run folder")
     predict.add_argument("--release-checkpoint", metavar="PTH",
                           help="the authors' released MambaAD weights (a .pth from huggingface.co/Lewandofski/MambaAD); "
                                "see book/release_checkpoints.md")
@@ -162,6 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(predict, profile_required=False)
     _add_trust(predict)
     _add_common(predict)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="store decision thresholds in a checkpoint, from normal images", allow_abbrev=False,
+        description="Score normal images with a checkpoint and store its calibration in it (atomically): the image "
+                    "and pixel thresholds at --quantile of the normal scores and the normalised score's statistics "
+                    "(book/deployment.md). Per-class run folders calibrate each class model on DIR/<class>/.")
+    calibrate.add_argument("--checkpoint", required=True, metavar="FILE|RUN",
+                           help="a checkpoint written by train, or the run folder of a per-class method")
+    calibrate.add_argument("--images", required=True, metavar="DIR",
+                           help="normal images the model did not train on (searched recursively)")
+    calibrate.add_argument("--quantile", type=float, default=0.99,
+                           help="share of normal images kept below the thresholds (default 0.99)")
+    calibrate.add_argument("--class", dest="cls", metavar="CLASS", help="calibrate only this class model")
+    calibrate.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    _add_trust(calibrate)
+    _add_common(calibrate)
+
+    export = commands.add_parser(
+        "export", help="export a MambaAD or MMAD checkpoint to ONNX or torch.export", allow_abbrev=False,
+        description="Write the whole inference (maps, blur, scores) as an ONNX model or a torch.export program "
+                    "(dynamic batch size, the checkpoint's image size), check it against PyTorch, and describe its "
+                    "input and calibration in the file's metadata (book/deployment.md).")
+    export.add_argument("--checkpoint", required=True, metavar="FILE|RUN", help="a MambaAD or MMAD checkpoint")
+    export.add_argument("--format", required=True, choices=("onnx", "pt2"), dest="export_format",
+                        help="onnx (run with onnxruntime) or pt2 (torch.export.load)")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    export.add_argument("--class", dest="cls", metavar="CLASS", help="the class model of a per-class run folder")
+    _add_trust(export)
+    _add_common(export)
 
     synth = commands.add_parser(
         "synth", help="generate the synthetic benchmark", formatter_class=raw, allow_abbrev=False,
@@ -345,8 +384,41 @@ def _cmd_predict(args, extra) -> int:
         checkpoint = Path(args.checkpoint)
         config = _checkpoint_config(args, extra, checkpoint)
     csv_path = predict(config, checkpoint, args.inputs, args.out, resize=args.resize, progress=not args.quiet,
-                       trust=args.trust_checkpoint)
-    print(f"wrote {csv_path} and one map + overlay per image in {csv_path.parent}")
+                       trust=args.trust_checkpoint, cls=args.cls)
+    print(f"wrote {csv_path}, scores.jsonl and one map + overlay per image in {csv_path.parent}")
+    return 0
+
+
+def _cmd_calibrate(args, extra) -> int:
+    from mambaad_lib.engine.predictor import calibrate_checkpoint
+
+    if extra:
+        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
+    if not 0 < args.quantile < 1:
+        raise CLIError(f"--quantile must be in (0, 1), got {args.quantile}")
+    stored = calibrate_checkpoint(args.checkpoint, args.images, args.quantile, cls=args.cls, device=args.device,
+                                  trust=args.trust_checkpoint)
+    for name, calibration in stored.items():
+        print(f"{name + ': ' if name else ''}image threshold {calibration.image_threshold:.6g}, pixel threshold "
+              f"{calibration.pixel_threshold:.6g} (quantile {calibration.quantile:g} of {calibration.n_images} "
+              f"normal images)")
+    print(f"calibration stored in {args.checkpoint}")
+    return 0
+
+
+def _cmd_export(args, extra) -> int:
+    from mambaad_lib.engine.export import export_checkpoint
+
+    if extra:
+        raise CLIError(f"unrecognized arguments: {' '.join(extra)}")
+    report = export_checkpoint(args.checkpoint, args.export_format, args.out, cls=args.cls,
+                               trust=args.trust_checkpoint)
+    runtime = "onnxruntime" if report.format == "onnx" else "torch.export.load"
+    checked = "not checked (onnxruntime is not installed)" if report.max_map_difference is None else \
+        (f"{runtime} vs eager PyTorch on example images: max difference {report.max_map_difference:.2g} (maps), "
+         f"{report.max_score_difference:.2g} (scores)")
+    print(f"wrote {report.path} ({report.format}, input images (batch, 3, {report.metadata['input']['shape'][2]}, "
+          f"{report.metadata['input']['shape'][3]})); {checked}")
     return 0
 
 
@@ -450,7 +522,8 @@ def _cmd_reproduce(args, extra) -> int:
     return run(args)
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "synth": _cmd_synth,
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "calibrate": _cmd_calibrate,
+            "export": _cmd_export, "synth": _cmd_synth,
             "prep": _cmd_prep, "validate-data": _cmd_validate, "info": _cmd_info, "reproduce": _cmd_reproduce}
 
 

@@ -41,7 +41,8 @@ NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.py$")
 PROFILES = ("smoke", "demo", "paper")
 # Hand-written pages in reading order; a page that does not exist is left out of the toc.
 BOOK_PAGES_BEFORE = ("book/datasets", "book/metrics")
-BOOK_PAGES_AFTER = ("book/model_costs", "book/release_checkpoints", "book/reproducibility", "book/api")
+BOOK_PAGES_AFTER = ("book/model_costs", "book/release_checkpoints", "book/deployment", "book/reproducibility",
+                    "book/api")
 SCRATCH = "_rerun"  # where a rerun goes unless --into-book (ignored by git; RUN_OUTPUT_PATHS lists it)
 # What a book in the scratch folder copies from the checkout (the notebooks' outputs are its own).
 BOOK_SOURCES = ("_config.yml", "book/figures", "book/_static")
@@ -233,7 +234,7 @@ def toc_text(root: str | Path = REPO_ROOT, experiments_dir: str = "book/experime
     """``_toc.yml`` for the pages and executed notebooks that exist under ``root``.
 
     Order: introduction (root), datasets, metrics, one chapter per executed notebook
-    (``NN_*.ipynb``, in number order), model costs, release checkpoints, reproducibility, API.
+    (``NN_*.ipynb``, in number order), model costs, release checkpoints, deployment, reproducibility, API.
     """
     root = Path(root)
 

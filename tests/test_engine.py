@@ -283,8 +283,8 @@ def test_predict_writes_maps_overlays_and_scores(smoke_run, smoke_root, tmp_path
     _write_image(images / "b.png", "L", 64)
     csv_path = predict(config, outcome.run_dir / FINAL, [images], tmp_path / "out", progress=False)
     lines = csv_path.read_text().splitlines()
-    assert lines[0] == "image,score,map,overlay" and len(lines) == 3
-    assert np.load(tmp_path / "out" / "a_map.npy").shape == (64, 64)
+    assert lines[0] == "image,score,normalized_score,label,map,overlay" and len(lines) == 3
+    assert np.load(tmp_path / "out" / "a_map.npy").shape == (100, 100)  # the image's own resolution
     assert Image.open(tmp_path / "out" / "b_overlay.png").size == (64, 64)
 
 
@@ -292,7 +292,7 @@ def test_predict_writes_maps_overlays_and_scores(smoke_run, smoke_root, tmp_path
     ("RGBA", 64, True, "mode RGBA with 4 channel"),
     ("RGB", 100, False, "is 100x100, the model takes 64x64"),
 ])
-def test_predict_rejects_bad_images_and_writes_nothing(smoke_run, tmp_path, mode, size, resize, message):
+def test_predict_reports_bad_images_and_keeps_the_good_ones(smoke_run, tmp_path, mode, size, resize, message):
     outcome, _ = smoke_run
     config = load_config(None, base=load_checkpoint(outcome.run_dir / FINAL)["config"])
     good = _write_image(tmp_path / "good.png", "RGB", 64)
@@ -300,7 +300,8 @@ def test_predict_rejects_bad_images_and_writes_nothing(smoke_run, tmp_path, mode
     with pytest.raises(ValueError, match=message):
         predict(config, outcome.run_dir / FINAL, [good, bad], tmp_path / "out", resize=resize,
                        progress=False)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.png", "good.png"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "good_map.npy", "good_overlay.png", "scores.csv", "scores.jsonl"]
 
 
 @pytest.mark.slow

@@ -143,6 +143,20 @@ def test_evaluate_and_predict_refuse_code_in_a_checkpoint(tmp_path, marker, toy,
     assert not (tmp_path / "out").exists()
 
 
+def test_predictor_calibrate_and_export_refuse_code_in_a_checkpoint(tmp_path, marker, toy, capsys):
+    from mambaad_lib import Predictor
+
+    evil = _our_checkpoint_with(RunsCode(marker), tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError, match=SYSTEM_GLOBAL):
+        Predictor.from_checkpoint(evil, device="cpu")
+    images = next((tmp_path / "data").rglob("*.png")).parent
+    for command, options in (("calibrate", ["--images", str(images)]),
+                             ("export", ["--format", "pt2", "--out", str(tmp_path / "m.pt2")])):
+        assert main([command, "--checkpoint", str(evil), *options, "--quiet"]) == 2
+        _one_line_error(capsys, SYSTEM_GLOBAL, "evil.pt", "--trust-checkpoint")
+    assert not (tmp_path / "m.pt2").exists()
+
+
 def test_train_resume_refuses_a_planted_last_checkpoint(tmp_path, marker, toy, capsys):
     assert main(["train", "--profile", str(toy), "--run-id", "planted", "--quiet"]) == 0
     run_dir = tmp_path / "runs" / "toy" / "planted"

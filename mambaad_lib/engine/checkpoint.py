@@ -7,7 +7,8 @@ A checkpoint is one ``torch.save`` file, written atomically::
      "model": <state dict>, "optimization": <optimiser, scheduler and random-stream state>,
      "rng": <seeding.rng_state()>, "progress": <TrainProgress as dict>,
      "extras": <facts gathered before training, e.g. untrained metrics>,
-     "finished": bool, "checksum": <SHA-256 of every tensor above>}
+     "finished": bool, "checksum": <SHA-256 of every tensor above>,
+     "calibration": <optional: thresholds from normal images, see engine.calibration>}
 
 ``runs/<experiment>/<run_id>/last.pt`` is rewritten every ``train.checkpoint_every`` epochs
 and when a run is interrupted (the previous one is kept as ``last.prev.pt``, a fallback when
@@ -85,7 +86,9 @@ def load_checkpoint(path: str | Path, trust: bool = False, pass_on: bool = False
     path = Path(path)
     identity = _identity(path, trust)
     if _handover is not None and identity is not None and _handover[0] == identity:
-        content, _handover = _handover[1], None
+        content = _handover[1]
+        if not pass_on:  # a look that passes on again keeps it for the next load
+            _handover = None
         return content
     content = _read_checkpoint(path, trust)
     _handover = (identity, content) if pass_on and identity is not None else None

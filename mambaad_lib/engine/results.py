@@ -24,7 +24,10 @@ atomically. Schema ``mambaad-companion/results`` version 2::
                                  release's timm file for ``imagenet``, ``torchvision``, a local
                                  file, or ``none``: random, flagged in the warning text); null for
                                  methods without a frozen encoder
-    data                         {root, name, classes, n_train, n_test}
+    data                         {root, name, classes, n_train, n_calibration, n_test}: n_calibration =
+                                 normal images the run calibrated on (held out of training by
+                                 train.calibration_share, or of train.calibration_dir); null for
+                                 "evaluate"
     model                        {parameters: {total, trainable, frozen}, flops?: {total, scan},
                                   architecture, ...}
     training                     null for "evaluate"; else {epochs, steps, wall_time_s,
@@ -48,8 +51,16 @@ atomically. Schema ``mambaad-companion/results`` version 2::
                                  epoch ({label, protocol: {mean, per_class}}): "selected on the test
                                  set, as the release prints", never the headline; null for < 2
     openset                      open-set methods: the split (setting, labelled images), else null
+    thresholds                   decisions on the test split (unified models; per-class methods
+                                 under classes.<cls>): {calibration: the model's stored
+                                 calibration or null, at_calibrated_threshold: counts, precision,
+                                 recall, F1 and share of normal images flagged at its image
+                                 threshold, f1_optimal: {threshold, f1, precision, recall} chosen
+                                 on the test labels (reported, never stored), note}; null in
+                                 records written before it existed
+                                 (mambaad_lib.engine.calibration)
     classes                      per-class methods: {cls: {run_dir, checkpoint, training,
-                                 encoder, model}} of each class's model, else null
+                                 encoder, model, thresholds}} of each class's model, else null
     examples                     PNG paths relative to the results file's folder
     notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
     threads                      CPU thread settings when the record was made
@@ -91,7 +102,7 @@ SCHEMA_VERSION = 2
 RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
 # Fields added in schema version 2, with the value a version-1 record stands for.
 _V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
-                                "evaluations": [], "best_over_evaluations": None, "threads": None}
+                                "evaluations": [], "best_over_evaluations": None, "threads": None, "thresholds": None}
 # Before records named each protocol's ground truth, every protocol evaluated nearest-resized
 # masks binarised at > 0 and the dataset's image labels.
 GROUND_TRUTH_BEFORE_RECORDED = {"masks": "nearest", "labels_from_masks": False}

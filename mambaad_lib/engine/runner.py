@@ -33,8 +33,10 @@ from mambaad_lib.data import AnomalyDataset, meta_path
 from mambaad_lib.data.openset import split_openset
 from mambaad_lib.data.preflight import preflight
 from mambaad_lib.data.subsets import dataset_items, first_per_class, subset
+from mambaad_lib.engine.calibration import (
+    Calibration, calibrate_run, read_calibration, run_calibration_images, threshold_report)
 from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir, load_checkpoint
-from mambaad_lib.engine.config import RunConfig, config_to_dict
+from mambaad_lib.engine.config import RunConfig, config_from_dict, config_to_dict
 from mambaad_lib.engine.convergence import convergence
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
@@ -79,6 +81,8 @@ class _Fitted:
     extras: dict[str, Any]
     training: dict[str, Any]
     openset: dict[str, Any] | None
+    calibration: Calibration | None = None
+    n_calibration: int | None = None  # images calibrated on in this run (None: evaluation of a checkpoint)
 
 
 # ---- devices and data --------------------------------------------------------------------
@@ -190,9 +194,18 @@ def _config_differences(config: RunConfig, stored: dict[str, Any]) -> list[str]:
     def free(key: str) -> bool:
         return any(key == free_key or key.startswith(free_key + ".") for free_key in RESUME_FREE_KEYS)
 
-    now, then = _flat(config_to_dict(config)), _flat(stored)
+    now, then = _flat(config_to_dict(config)), _flat(_with_defaults(stored))
     return [f"{key}: stored {then.get(key)!r} vs now {now.get(key)!r}"
             for key in sorted(set(now) | set(then)) if not free(key) and now.get(key) != then.get(key)]
+
+
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with keys added since it was written set to their defaults (which stand
+    for what the older code did), so that it compares equal to the same config today."""
+    try:
+        return json.loads(json.dumps(config_to_dict(config_from_dict(stored))))
+    except ConfigError:
+        return stored
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any]:
@@ -272,7 +285,7 @@ def find_reusable(config: RunConfig, run_id: str) -> dict[str, Any] | None:
     record = read_record(path) if path.is_file() else None
     if record is None or record.get("kind") != "train":
         return None
-    if record.get("config") != json.loads(json.dumps(config_to_dict(config))):
+    if _with_defaults(record.get("config") or {}) != json.loads(json.dumps(config_to_dict(config))):
         return None
     checkpoints = [entry["checkpoint"] for entry in (record.get("classes") or {}).values()] or \
         [(record.get("training") or {}).get("checkpoint") or ""]
@@ -383,6 +396,7 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
     method_class = get_method_class(config.method)
     device = resolve_device(config.device)
     datasets = build_datasets(config)
+    datasets["train"], calibration_images = run_calibration_images(config, method_class.per_class, datasets["train"])
     labelled, openset = None, None
     if method_class.learning_type is LearningType.OPEN_SET:
         datasets["test"], labelled, openset = take_labelled_anomalies(datasets["test"], config)
@@ -412,12 +426,15 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
     training = method.fit(data, trainer)
     training.setdefault("wall_time_s", time.perf_counter() - fit_started)
     training["checkpoint"] = str(trainer.save(FINAL, finished=True))
+    calibration = calibrate_run(method, calibration_images, config, training["checkpoint"]) \
+        if calibration_images is not None else None
     predictions, metrics = _evaluate(method, datasets["test"], config, progress, "evaluate")
     _log_metrics("trained", metrics)
     if config.eval.every_epochs:
         trainer.extras.setdefault("evaluations", []).append(
             {"epoch": trainer.state.epoch, "step": trainer.state.global_step, "final": True, "metrics": metrics})
-    return _Fitted(method, datasets, predictions, metrics, trainer.extras, training, openset)
+    return _Fitted(method, datasets, predictions, metrics, trainer.extras, training, openset, calibration,
+                   len(calibration_images) if calibration_images is not None else 0)
 
 
 def _scheduled_evaluation(method: AnomalyMethod, test: Dataset, config: RunConfig
@@ -493,12 +510,13 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         data={"root": config.data.root, "name": config.data.name,
               "classes": sorted(set(fitted.predictions.class_names)),
               "n_train": len(fitted.datasets["train"]) if "train" in fitted.datasets else None,
-              "n_test": len(fitted.datasets["test"])},
+              "n_calibration": fitted.n_calibration, "n_test": len(fitted.datasets["test"])},
         model=method.describe(), training=_training_facts(fitted.training) if kind == "train" else None,
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
         ground_truth={name: {"masks": PROTOCOLS[name].masks, "labels_from_masks": PROTOCOLS[name].labels_from_masks}
                       for name in fitted.metrics},
+        thresholds=threshold_report(fitted.predictions.scores, fitted.predictions.labels, fitted.calibration),
         evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
@@ -570,6 +588,8 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
         data={"root": config.data.root, "name": config.data.name,
               "classes": [record["data"]["classes"][0] for record in records],
               "n_train": sum(record["data"]["n_train"] or 0 for record in records),
+              "n_calibration": None if kind == "evaluate" else
+              sum(record["data"].get("n_calibration") or 0 for record in records),
               "n_test": sum(record["data"]["n_test"] for record in records)},
         model={key: value for key, value in first["model"].items() if key != "training"},
         training=training,
@@ -582,6 +602,7 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
         classes={record["data"]["classes"][0]: {
             "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
             "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model"),
+            "thresholds": record.get("thresholds"),
             "best_over_evaluations": record.get("best_over_evaluations")}
             for record in records},
         examples=[path for record in records for path in record.get("examples", [])],
@@ -668,7 +689,8 @@ def evaluate(config: RunConfig, checkpoint: str | Path, run_id: str | None = Non
             datasets["test"], _, openset = take_labelled_anomalies(datasets["test"], class_config)
         predictions, metrics = _evaluate(method, datasets["test"], class_config, progress, "evaluate")
         _log_metrics("evaluated", metrics)
-        fitted = _Fitted(method, datasets, predictions, metrics, content.get("extras", {}), {}, openset)
+        fitted = _Fitted(method, datasets, predictions, metrics, content.get("extras", {}), {}, openset,
+                         read_calibration(content))
         records.append(_record(class_config, fitted, run_id, "evaluate", results_file, provenance, started, None,
                                checkpoint=str(path)))
     record = records[0] if list(targets) == [None] else \

@@ -35,6 +35,12 @@ class TrainConfig:
     The learning rate is ``lr * batch_size / lr_reference_batch``; it is multiplied by
     ``lr_step_gamma`` once, after ``lr_step_at`` of all optimisation steps. ``batch_size`` is
     the global batch (split across processes under torchrun).
+
+    Calibration (opt-in; :mod:`mambaad_lib.engine.calibration`): ``calibration_share`` of the
+    normal training images of every class is held out of training (0: train on all, as the
+    paper), or ``calibration_dir`` names a folder of normal images (``<dir>/<class>/`` for
+    per-class methods); after training, thresholds at ``calibration_quantile`` of their
+    scores are stored in ``final.pt``.
     """
 
     epochs: int = 500
@@ -51,6 +57,9 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     evaluate_untrained: bool = False
     deterministic: bool = True
+    calibration_share: float = 0.0
+    calibration_dir: str | None = None
+    calibration_quantile: float = 0.99
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
@@ -70,6 +79,12 @@ class TrainConfig:
                 f"must be >= 1 (epochs), got {self.checkpoint_every}")
         require(self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
                 "train.checkpoint_every_steps", f"must be >= 1 or null, got {self.checkpoint_every_steps}")
+        require(0 <= self.calibration_share < 1, "train.calibration_share",
+                f"must be in [0, 1) (a share of the training normals), got {self.calibration_share}")
+        require(not (self.calibration_share > 0 and self.calibration_dir), "train.calibration_dir",
+                "and train.calibration_share > 0 both choose calibration images; set one of them")
+        require(0 < self.calibration_quantile < 1, "train.calibration_quantile",
+                f"must be in (0, 1), got {self.calibration_quantile}")
 
     @property
     def scaled_lr(self) -> float:

@@ -47,6 +47,9 @@ BACKENDS: dict[str, BackendSpec] = {
                     frozenset({"cuda", "cpu"}), "chunked parallel scan in PyTorch (GPU path without a CUDA build)"),
         BackendSpec("cpu", "mambaad_lib.ops.cpu", "selective_scan_cpu",
                     frozenset({"cpu"}), "fused C++/OpenMP CPU kernel, compiled at first use"),
+        BackendSpec("export", "mambaad_lib.ops.export", "selective_scan_export",
+                    frozenset({"cuda", "cpu", "mps"}),
+                    "log-depth parallel scan in PyTorch, a short fixed graph (for ONNX / torch.export)"),
         BackendSpec("reference", "mambaad_lib.ops.reference", "selective_scan_reference",
                     frozenset({"cuda", "cpu", "mps"}), "step-by-step PyTorch reference (slow, for tests)"),
     )
