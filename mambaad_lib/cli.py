@@ -31,6 +31,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "epochs": ("train.epochs", "training epochs"),
     "batch_size": ("train.batch_size", "training batch size (the learning rate scales with it)"),
     "lr": ("train.lr", "learning rate at batch 16"),
+    "precision": ("train.precision", "training precision: fp32, bf16 or fp16 (mixed precision; the scan stays fp32)"),
     "encoder_weights": ("model.encoder_weights",
                         "imagenet (needs network or the torch hub cache), none (random encoder, offline "
                         "check only) or PATH to a local ResNet weights file"),
@@ -434,6 +435,10 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_pred
 
 
 def _print_summary(record: dict[str, Any], results_file: Path) -> None:
+    from mambaad_lib.engine.distributed import current
+
+    if not current().is_main:  # under torchrun rank 0 reports
+        return
     for title, key in (("untrained", "metrics_untrained"), ("result", "metrics")):
         metrics = record.get(key)
         if not metrics:

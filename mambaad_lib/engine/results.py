@@ -10,6 +10,13 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     method, traits               "mambaad", "glass", ...; the method's traits (learning type,
                                  per class, one pass, resumable)
     seed, device                 the run's seed; "cpu" / "cuda" (resolved, never "auto")
+    execution                    {world_size, nodes, backend, per_process_batch, precision}: the
+                                 processes the command ran in (torchrun: world_size > 1, backend
+                                 "nccl"/"gloo"; one process: 1 and null), the training images per
+                                 process and step (train.batch_size / world_size; null for
+                                 "evaluate") and the training precision ("fp32", "bf16", "fp16";
+                                 evaluation is always fp32); null in files written before it existed
+                                 (one process, fp32)
     scan_backend                 resolved selective-scan backend ("cpu", "mamba_ssm", ...) or null
     environment                  {torch, torchvision, numpy, python, platform, cuda (or null),
                                   package_version, git_commit, git_dirty, git_dirty_paths,
@@ -67,7 +74,8 @@ SCHEMA_VERSION = 2
 # What runs and book builds write inside a checkout: changes there do not make the code dirty.
 RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
 # Fields added in schema version 2, with the value a version-1 record stands for.
-_V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": []}
+_V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
+                                "execution": None}
 
 
 def results_path(results_dir: str | Path, experiment: str, profile: str, run_id: str) -> Path:

@@ -17,6 +17,11 @@ GLASS's learning rates are in the ``model`` section; ``train.lr`` and the step d
 used. GLASS trains one model per class (``mambaad_lib.methods.per_class``); run as a single
 unified model it is a different (multi-class) experiment. The LAS and GAS random streams are
 seeded by ``model.synthesis_seed`` and saved in checkpoints, so a resumed run is identical.
+
+Under torchrun (:meth:`GLASSMethod.distribute`) adaptor and discriminator train through
+DistributedDataParallel (the discriminator's BatchNorm synchronised); LAS and GAS are
+computed on the gathered global batch from the streams every process shares, and each
+process keeps its rows, so the result equals the one-process run's.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from torch import Tensor, nn
 
 from mambaad_lib.data.transforms import denormalize
 from mambaad_lib.utils.errors import ConfigError
-from mambaad_lib.methods.base import AnomalyMethod
+from mambaad_lib.methods.base import AnomalyMethod, Parallel
 from mambaad_lib.methods.encoder import FrozenEncoderOptions, prepare_random_encoder
 from mambaad_lib.models.glass import GLASSNet, GLASSNetConfig, focal_loss, patch_labels
 from mambaad_lib.models.patch_features import PatchFeatureConfig, PatchFeatureExtractor
@@ -116,6 +121,7 @@ class GLASSMethod(AnomalyMethod):
     config_class = GLASSMethodConfig
     per_class = True  # the release trains one model per class
     profiles = {"smoke": "glass_smoke", "demo": "glass_demo"}
+    distributed = True
 
     def __init__(self, config: GLASSMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
@@ -126,6 +132,7 @@ class GLASSMethod(AnomalyMethod):
         self.las_rng = np.random.default_rng(config.synthesis_seed)
         self.gas_generator = torch.Generator().manual_seed(config.synthesis_seed)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.loss_forward = self.loss  # through DDP once distributed
 
     @property
     def network(self) -> nn.Module:
@@ -140,6 +147,10 @@ class GLASSMethod(AnomalyMethod):
     def prepare(self, batches: Iterable[Tensor]) -> dict[str, Any]:
         return prepare_patch_features(self.net.features, self.config, batches, self.device)
 
+    def distribute(self, parallel: Parallel) -> None:
+        self.parallel = parallel
+        self.loss_forward = parallel.wrap(self.net, self.loss)
+
     def configure_optimization(self, train, total_steps: int) -> None:
         self.optimizers = {
             "adaptor": torch.optim.Adam(self.net.adaptor.parameters(), lr=self.config.adaptor_lr),
@@ -152,11 +163,16 @@ class GLASSMethod(AnomalyMethod):
             return None
         return torch.stack([estimate_foreground(image) for image in clean])[:, None]
 
+    def _las(self, cpu_images: Tensor) -> tuple[Tensor, Tensor]:
+        """LAS images (B, 3, H, W) and masks (B, 1, H, W) of this process's images: the whole
+        global batch is synthesized (one stream for all processes), each keeps its rows."""
+        images = self.parallel.gather(cpu_images)
+        las_images, las_masks = self.las(images, self.las_rng, self._foregrounds(denormalize(images)))
+        return self.parallel.local(las_images), self.parallel.local(las_masks)
+
     def loss(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
         """GLASS loss on normal images (B, 3, H, W) and its three terms."""
-        cpu_images = images.detach().cpu()
-        foregrounds = self._foregrounds(denormalize(cpu_images))
-        las_images, las_masks = self.las(cpu_images, self.las_rng, foregrounds)  # (B,3,H,W), (B,1,H,W)
+        las_images, las_masks = self._las(images.detach().cpu())  # (B,3,H,W), (B,1,H,W)
 
         normal, grid = self.net.adapted(images)                       # (N, D)
         las_features, _ = self.net.adapted(las_images.to(self.device))  # (N, D)
@@ -166,7 +182,10 @@ class GLASSMethod(AnomalyMethod):
         was_training = discriminator.training
         discriminator.eval()
         anchor = normal.detach()
-        gas = synthesize_gas(anchor, discriminator, self.config.gas, self.gas_generator)
+        # On the global batch's features, like LAS: the noise stream and the hypersphere band's
+        # centre are those of the one-process run.
+        gas = self.parallel.local(synthesize_gas(self.parallel.gather(anchor), discriminator, self.config.gas,
+                                                 self.gas_generator))
         discriminator.train(was_training)
         gas_features = normal + (gas - anchor)
 
@@ -182,7 +201,7 @@ class GLASSMethod(AnomalyMethod):
     def training_step(self, images: Tensor) -> float:
         if not self.optimizers:
             raise RuntimeError("configure_optimization must be called before training_step")
-        loss, _ = self.loss(images)
+        loss, _ = self.loss_forward(images)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
