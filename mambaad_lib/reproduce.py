@@ -34,7 +34,8 @@ NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.py$")
 PROFILES = ("smoke", "demo", "paper")
 # Hand-written pages in reading order; a page that does not exist is left out of the toc.
 BOOK_PAGES_BEFORE = ("book/datasets", "book/metrics")
-BOOK_PAGES_AFTER = ("book/model_costs", "book/release_checkpoints", "book/reproducibility", "book/api")
+BOOK_PAGES_AFTER = ("book/model_costs", "book/release_checkpoints", "book/reproducibility", "book/training_bigger",
+                    "book/api")
 
 
 @dataclass

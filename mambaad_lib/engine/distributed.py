@@ -215,7 +215,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     for which torch's ``SyncBatchNorm`` has no implementation (DDP refuses it on CPU).
 
     In a training step of a distributed run the batch mean and the biased variance about it
-    are computed with differentiable all-reduces (in float32), and the running statistics
+    are computed with differentiable all-reduces (in float32 at least), and the running statistics
     get the unbiased variance, as BatchNorm's; elsewhere (evaluation, one process) it is
     plain BatchNorm. Works for 1-D, 2-D and 3-D inputs (N, C, ...).
     """
@@ -233,7 +233,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative average, as BatchNorm's
                 momentum = 1.0 / float(self.num_batches_tracked)
-        x = input.float()
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precisions: statistics in fp32
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64)
