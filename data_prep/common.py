@@ -20,7 +20,10 @@ Unlabeled entries (``specie_name=None``, e.g. MVTec AD 2's private test sets) ar
 prediction only.
 
 Re-running is idempotent: identical targets are left alone, changed ones are replaced
-atomically. The source is only ever read.
+atomically, and files that the previous conversion listed in its meta but this one no longer
+writes are removed (nothing else in the target is touched). A failed conversion leaves no
+trace in a target it created (nor empty folders in an existing one). The source is only
+ever read; a symbolic link in it that points nowhere is reported, not skipped.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NoReturn, Sequence
 
 import numpy as np
 from PIL import Image
@@ -41,7 +44,8 @@ from tqdm import tqdm
 
 from mambaad_lib.data.io import load_image, load_mask, mask_value_problem
 from mambaad_lib.data.meta import (MISSING_MASK_KEY, NORMAL_SPECIE, SPLITS, UNLABELED_KEY, dataset_dir, make_item,
-                                   write_meta)
+                                   meta_path, read_meta, write_meta)
+from mambaad_lib.utils.errors import os_error_message
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_MODES", "MISSING_MASK_MODES", "MISSING_MASK_HINT", "VALIDATION_MODES", "Entry",
            "ConversionError", "list_images", "require_dir", "normal_train_entries", "convert_entries", "format_counts",
@@ -99,11 +103,13 @@ class Entry:
 
 def list_images(folder: Path, missing_ok: bool = False) -> list[Path]:
     """Image files directly inside ``folder`` (by extension, any case), sorted, hidden files skipped;
-    ``[]`` for a folder that does not exist when ``missing_ok``."""
+    ``[]`` for a folder that does not exist when ``missing_ok``. Symbolic links are listed
+    even when they point nowhere, so that validation reports them."""
     if missing_ok and not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -214,9 +220,18 @@ def _place(source: Path, target: Path, link: bool) -> bool:
             shutil.copyfile(source, temporary)
         # Replacing (never writing into) the target keeps a previous hard link's source intact.
         os.replace(temporary, target)
+    except OSError as error:
+        _reraise_naming(error, target)
     finally:
         temporary.unlink(missing_ok=True)
     return True
+
+
+def _reraise_naming(error: OSError, target: Path) -> NoReturn:
+    """Raise ``error`` again, naming ``target`` if it names no file (a full disk fails a write, not an open)."""
+    if error.filename is None and error.errno:
+        raise type(error)(error.errno, error.strerror, str(target)) from error
+    raise error
 
 
 def _write_binary_mask(sources: Sequence[Path], target: Path) -> bool:
@@ -233,6 +248,8 @@ def _write_binary_mask(sources: Sequence[Path], target: Path) -> bool:
     try:
         temporary.write_bytes(data)
         os.replace(temporary, target)
+    except OSError as error:
+        _reraise_naming(error, target)
     finally:
         temporary.unlink(missing_ok=True)
     return True
@@ -359,33 +376,28 @@ def convert_entries(entries: Sequence[Entry], src: str | os.PathLike, root: str 
 
     meta: dict = {split: {} for split in SPLITS}
     unlabeled: dict[str, dict[str, list[str]]] = {}
-    written = kept = 0
-    verb = "link" if link else "copy"
-    for (entry, image_target, mask_target), needs_rewrite in zip(
-            tqdm(planned, desc=f"writing {name}", unit="image", disable=True if dry_run else None), rewrite_mask):
+    for entry, image_target, mask_target in planned:
         if entry.labeled:
             mask_rel = _relative(mask_target, root) if mask_target else ""
             meta[entry.split].setdefault(entry.cls_name, []).append(
                 make_item(_relative(image_target, root), mask_rel, entry.cls_name, entry.specie_name))
         else:
             unlabeled.setdefault(entry.split, {}).setdefault(entry.cls_name, []).append(_relative(image_target, root))
-        if dry_run:
+    targets = {target for _, image_target, mask_target in planned for target in (image_target, mask_target) if target}
+    stale = [path for path in _previous_files(root, name, folder, log) if path not in targets]
+    counts = _count(entries)
+    if dry_run:
+        verb = "link" if link else "copy"
+        for entry, image_target, mask_target in planned:
             log(f"{verb} {entry.image} -> {image_target}")
             if mask_target:
                 log(f"mask {' + '.join(map(str, entry.mask_files))} -> {mask_target}")
-            continue
-        image_target.parent.mkdir(parents=True, exist_ok=True)
-        changed = [_place(entry.image, image_target, link)]
-        if mask_target:
-            mask_target.parent.mkdir(parents=True, exist_ok=True)
-            changed.append(_write_binary_mask(entry.mask_files, mask_target) if needs_rewrite
-                           else _place(entry.mask_files[0], mask_target, link))
-        written += sum(changed)
-        kept += len(changed) - sum(changed)
-    counts = _count(entries)
-    if dry_run:
-        log(f"dry run: would write {len(planned)} images and the meta file {root / f'meta_{name}.json'}")
+        for path in stale:
+            log(f"remove {path} (listed by the previous conversion, not by this one)")
+        log(f"dry run: would write {len(planned)} images and the meta file {meta_path(root, name)}")
     else:
+        written, kept = _write_planned(planned, rewrite_mask, folder, link, name)
+        _remove_files(stale, folder)
         for split in SPLITS:
             meta[split] = dict(sorted(meta[split].items()))
         if keeps_missing:
@@ -394,9 +406,80 @@ def convert_entries(entries: Sequence[Entry], src: str | os.PathLike, root: str 
             meta[UNLABELED_KEY] = {set_name: dict(sorted(per_class.items()))
                                    for set_name, per_class in sorted(unlabeled.items())}
         path = write_meta(root, name, meta)
-        log(f"wrote {written} file(s), {kept} already up to date; meta: {path}")
+        removed = f", {len(stale)} stale file(s) of the previous conversion removed" if stale else ""
+        log(f"wrote {written} file(s), {kept} already up to date{removed}; meta: {path}")
     log(format_counts(counts))
     return counts
+
+
+def _previous_files(root: Path, name: str, folder: Path, log: Callable[[str], None]) -> list[Path]:
+    """The files inside ``folder`` that the existing ``meta_<name>.json`` lists (a previous conversion's)."""
+    if not meta_path(root, name).is_file():
+        return []
+    try:
+        previous = read_meta(root, name)
+    except ValueError as error:
+        log(f"warning: the existing meta file cannot be read, so files of the previous conversion are kept ({error})")
+        return []
+    listed = [value for split in SPLITS for items in previous[split].values() for item in items
+              for value in (item["img_path"], item["mask_path"]) if value]
+    listed += [path for per_class in previous.get(UNLABELED_KEY, {}).values() for paths in per_class.values()
+               for path in paths]
+    inside = folder.resolve()
+    return sorted({root / value for value in listed if inside in (root / value).resolve().parents})
+
+
+def _remove_files(paths: Sequence[Path], folder: Path) -> None:
+    """Delete ``paths`` and the folders (below ``folder``) that this leaves empty."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    for parent in sorted({parent for path in paths for parent in path.parents if folder in parent.parents},
+                         key=lambda directory: len(directory.parts), reverse=True):
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+def _make_parent(path: Path, created: list[Path]) -> None:
+    """Create ``path``'s missing parent folders, recording each in ``created`` (outermost first)."""
+    missing = []
+    for parent in path.parents:
+        if parent.is_dir():
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        parent.mkdir(exist_ok=True)
+        created.append(parent)
+
+
+def _write_planned(planned: Sequence[tuple[Entry, Path, Path | None]], rewrite_mask: Sequence[bool], folder: Path,
+                   link: bool, name: str) -> tuple[int, int]:
+    """Place every planned image and mask; returns (files written, files already up to date).
+
+    On failure (a full disk, a failed hard link, ...) a target folder this call created is
+    removed with everything in it, and no folder it created elsewhere is left empty.
+    """
+    fresh = not folder.exists()
+    created: list[Path] = []
+    written = kept = 0
+    try:
+        for (entry, image_target, mask_target), needs_rewrite in zip(
+                tqdm(planned, desc=f"writing {name}", unit="image", disable=None), rewrite_mask):
+            _make_parent(image_target, created)
+            changed = [_place(entry.image, image_target, link)]
+            if mask_target:
+                _make_parent(mask_target, created)
+                changed.append(_write_binary_mask(entry.mask_files, mask_target) if needs_rewrite
+                               else _place(entry.mask_files[0], mask_target, link))
+            written += sum(changed)
+            kept += len(changed) - sum(changed)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        for directory in reversed(created):
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        raise
+    return written, kept
 
 
 def converter_parser(prog: str, description: str, default_name: str,
@@ -435,5 +518,8 @@ def run_converter(convert: Callable[..., dict], parser: argparse.ArgumentParser,
                 mask_mode=args.mask_mode, missing_mask=args.missing_mask, **extra(args))
     except (ConversionError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, no permission: one line naming the path
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 1
     return 0

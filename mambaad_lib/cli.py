@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a detector, evaluate it, write results", formatter_class=raw, allow_abbrev=False,
         description="Train on the normal images of all classes (one unified model), evaluate the test split "
                     "with both metric protocols, write results/<experiment>/<profile>/<run_id>.json and "
-                    "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.",
+                    "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.\n"
+                    "Several GPUs or machines: the same command under torchrun, e.g.\n"
+                    "  torchrun --nproc_per_node 4 -m mambaad_lib.cli train --profile paper --device cuda\n"
+                    "(train.batch_size stays the global batch; rank 0 writes; see book/training_bigger.md).",
         epilog=_config_epilog())
     _add_config_options(train, profile_required=False)
     train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>-<random>)")
@@ -117,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "unfinished run of this experiment with the same config)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace a finished run of the same --run-id (its checkpoints and results file)")
+    train.add_argument("--allow-empty-classes", action="store_true",
+                       help="train although some selected classes have no normal training images "
+                            "(= --set data.allow_empty_classes=true); by default that stops the run before training")
     _add_common(train)
 
     evaluate = commands.add_parser(
@@ -263,6 +269,8 @@ def _cmd_train(args, extra) -> int:
     base = None
     if args.resume is not None and args.profile is None:
         base = _stored_config_for_resume(args.resume)
+    if args.allow_empty_classes:
+        args.sets.append("data.allow_empty_classes=true")
     config = _config(args, extra, base=base)
     outcome = runner.train(config, run_id=args.run_id, resume=args.resume, progress=not args.quiet,
                            overwrite=args.overwrite)
@@ -470,13 +478,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"mambaad: {interrupt or 'interrupted'}", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
-            KeyError, ImportError) as error:
+    except (CLIError, ValueError, OSError, RuntimeError, KeyError, ImportError) as error:
         if args.debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mambaad: error: {message}", file=sys.stderr)
+        print(f"mambaad: error: {_error_message(error)}", file=sys.stderr)
         return 2
+
+
+def _error_message(error: Exception) -> str:
+    """The message of an expected error; operating-system errors (disk full, permissions) as
+    one line naming the path."""
+    from mambaad_lib.utils.errors import os_error_message
+
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and error.errno is not None:
+        return os_error_message(error)
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -258,8 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                         help="seeds of every compared row (default: the notebooks' own)")
     parser.add_argument("--timeout", type=int, help="seconds a single cell may run (default: no limit)")
-    parser.add_argument("--no-build", action="store_true", help="execute the notebooks but do not build the book")
-    parser.add_argument("--build-only", action="store_true", help="only build the book from executed notebooks")
+    steps = parser.add_mutually_exclusive_group()  # together they would do nothing
+    steps.add_argument("--no-build", action="store_true", help="execute the notebooks but do not build the book")
+    steps.add_argument("--build-only", action="store_true", help="only build the book from executed notebooks")
     return parser
 
 

@@ -6,6 +6,11 @@ gradients of the first step as the optimiser saw them (under DDP: averaged over
 processes), kill its own process (SIGKILL) or send itself SIGTERM after a given step on a
 given rank, and evaluate a checkpoint in the same process group afterwards.
 
+With ``--record DIR`` every process writes ``DIR/rank<r>.json``: its pid, how often it ran
+the data preflight, who held the run folder's lock during its first step, and the error
+that stopped it (if one did; processes then wait for each other before exiting, so every
+process's error is recorded before torchrun stops the group).
+
 float64 (``--float64``, a test device only): the model's weights and its input images in
 double precision, so that a comparison of two runs shows the arithmetic of the distributed
 machinery rather than how fast the smoke model amplifies float32 rounding.
@@ -16,11 +21,14 @@ import argparse
 import json
 import os
 import signal
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.config import load_config
+from mambaad_lib.engine.runs import lock_holder
 from mambaad_lib.engine.trainer import TrainingInterrupted
 
 INTERRUPTED = 130  # the CLI's exit status after a checkpointed stop
@@ -54,11 +62,20 @@ def main() -> int:
     parser.add_argument("--stop-rank", type=int, default=1, help="... of this rank ...")
     parser.add_argument("--stop-step", type=int, default=1, help="... after this global step")
     parser.add_argument("--evaluate", help="then evaluate this checkpoint (results under <results_dir>-evaluate)")
+    parser.add_argument("--record", help="write what this process saw to DIR/rank<r>.json")
     args = parser.parse_args()
     config = load_config("smoke", json.loads(args.overrides))
     rank = int(os.environ.get("RANK", "0"))
     if args.float64:
         train_in_float64()
+    seen = {"pid": os.getpid(), "preflight_runs": 0, "lock_holder": None, "error": None}
+    check_data = runner.check_data
+
+    def counted_check_data(*check_args, **check_kwargs):
+        seen["preflight_runs"] += 1
+        return check_data(*check_args, **check_kwargs)
+
+    runner.check_data = counted_check_data
 
     def after_step(trainer) -> None:
         step = trainer.state.global_step
@@ -66,6 +83,8 @@ def main() -> int:
             torch.save({name: parameter.grad.detach().clone()
                         for name, parameter in trainer.method.network.named_parameters()
                         if parameter.grad is not None}, args.gradients)
+        if step == 1:
+            seen["lock_holder"] = lock_holder(trainer.run_dir)
         if args.stop_signal and rank == args.stop_rank and step == args.stop_step:
             os.kill(os.getpid(), getattr(signal, args.stop_signal))
 
@@ -73,10 +92,29 @@ def main() -> int:
         runner.train(config, run_id=args.run_id, resume=args.resume, progress=False, callbacks=[after_step])
     except TrainingInterrupted:
         return INTERRUPTED
+    except Exception as error:
+        if not args.record:
+            raise
+        seen["error"] = f"{type(error).__name__}: {error}"
+        return failed(args.record, rank, seen)
     if args.evaluate:
         config.paths.results_dir += "-evaluate"
         runner.evaluate(config, args.evaluate, run_id="evaluation", progress=False)
+    if args.record:
+        write_record(args.record, rank, seen)
     return 0
+
+
+def write_record(folder: str, rank: int, seen: dict) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def failed(folder: str, rank: int, seen: dict) -> int:
+    write_record(folder, rank, seen)
+    if dist.is_initialized():
+        dist.barrier()  # torchrun stops the group when the first process exits: record every error first
+    return 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_toc_lists_existing_pages_and_executed_notebooks(tmp_path: Path) -> None
 def test_book_builds_from_smoke_outputs(tmp_path: Path) -> None:
     pytest.importorskip("jupyter_book")
     pytest.importorskip("papermill")
-    from mambaad_lib.experiments import ensure_dataset
+    from mambaad_lib.experiments import Context
     from mambaad_lib.reproduce import build_book
 
     book = tmp_path / "book_root"
@@ -51,7 +51,7 @@ def test_book_builds_from_smoke_outputs(tmp_path: Path) -> None:
         shutil.copy(page, book / "book" / page.name)
     if (REPO_ROOT / "book" / "figures").is_dir():
         shutil.copytree(REPO_ROOT / "book" / "figures", book / "book" / "figures")
-    ensure_dataset(tmp_path / "data", "synthetic_smoke", "smoke")
+    Context("test", dataset_root=str(tmp_path / "data"), dataset_name="synthetic_smoke").ensure_dataset()
     run_notebooks("smoke", ["03_scan_methods"], dataset_root=str(tmp_path / "data"), dataset_name="synthetic_smoke",
                   results_root=str(tmp_path / "results"), runs_root=str(tmp_path / "runs"),
                   out_dir=book / "book" / "experiments", progress=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from mambaad_lib.utils.errors import ConfigError
 WORKER = Path(__file__).with_name("distributed_worker.py")
 REPOSITORY = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 600
+# The shared reference runs also evaluate after epoch 1 of 2: sharded evaluation inside training.
+EVALUATE_EVERY_EPOCH = {"eval.every_epochs": 1}
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -102,8 +105,8 @@ def launch(command: list[str], worker_args: list[str]) -> subprocess.CompletedPr
                           timeout=LAUNCH_TIMEOUT_S, cwd=REPOSITORY)
 
 
-def train(root: Path, out: Path, launcher: list[str], *extra: str) -> Run:
-    completed = launch(launcher, ["--overrides", json.dumps(overrides(root, out)), *extra])
+def train(root: Path, out: Path, launcher: list[str], *extra: str, **config: object) -> Run:
+    completed = launch(launcher, ["--overrides", json.dumps(overrides(root, out, **config)), *extra])
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
     return Run(out)
 
@@ -137,15 +140,17 @@ def smoke_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(smoke_root, tmp_path_factory) -> Run:
     """The one-process float64 run the distributed float64 runs are compared with."""
-    return train(smoke_root, tmp_path_factory.mktemp("one_process"), [sys.executable], "--float64")
+    return train(smoke_root, tmp_path_factory.mktemp("one_process"), [sys.executable], "--float64",
+                 **EVALUATE_EVERY_EPOCH)
 
 
 @pytest.fixture(scope="module")
 def two_process(smoke_root, reference, tmp_path_factory) -> Run:
     """torchrun --nproc_per_node 2 in float64, then the reference's final checkpoint evaluated by both processes."""
     (reference_dir,) = reference.run_dirs
-    return train(smoke_root, tmp_path_factory.mktemp("two_processes"), two_processes_on_one_machine(),
-                 "--float64", "--evaluate", str(reference_dir / FINAL))
+    out = tmp_path_factory.mktemp("two_processes")
+    return train(smoke_root, out, two_processes_on_one_machine(), "--float64", "--evaluate",
+                 str(reference_dir / FINAL), "--record", str(out / "seen"), **EVALUATE_EVERY_EPOCH)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +191,34 @@ def test_two_processes_train_like_one(two_process, reference):
                                      "precision": "fp32"}
     assert len(record["examples"]) == len(expected["examples"]) > 0
     assert load_checkpoint(run_dir / FINAL)["processes"]["world_size"] == 2
+    # The evaluation after epoch 1, sharded over both processes, equals the one-process one.
+    assert [entry["epoch"] for entry in record["evaluations"]] == [1, 2]
+    assert record["evaluations"] == expected["evaluations"]
+
+
+def test_rank_0_alone_checks_the_data_and_holds_the_run_lock(two_process):
+    seen = [json.loads((two_process.out / "seen" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    # Rank 0 ran the preflight once for training and once for the evaluation after it; rank 1 never.
+    assert [entry["preflight_runs"] for entry in seen] == [2, 0]
+    # During training the run folder's lock was rank 0's, as both processes saw it.
+    assert [entry["lock_holder"]["pid"] for entry in seen] == [seen[0]["pid"]] * 2
+    assert seen[1]["pid"] != seen[0]["pid"]
+
+
+def test_bad_data_stops_every_process_with_rank_0s_preflight_error(smoke_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(smoke_root, root)
+    meta = json.loads(next(root.glob("meta_*.json")).read_text())
+    damaged = root / next(iter(meta["test"].values()))[0]["img_path"]
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a truncated PNG
+    out = tmp_path / "out"
+    completed = launch(two_processes_on_one_machine(),
+                       ["--overrides", json.dumps(overrides(root, out)), "--record", str(out / "seen")])
+    assert completed.returncode != 0
+    errors = [json.loads((out / "seen" / f"rank{rank}.json").read_text())["error"] for rank in (0, 1)]
+    assert errors[0].startswith("DataProblemsError") and damaged.name in errors[0]
+    assert errors[1] == errors[0]  # rank 1 stopped with rank 0's error instead of waiting for it
+    assert not (out / "runs").exists() and not (out / "results").exists()  # stopped before any folder
 
 
 def test_distributed_evaluation_equals_one_process(two_process, reference):

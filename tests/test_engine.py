@@ -252,3 +252,25 @@ def test_predict_rejects_bad_images_and_writes_nothing(smoke_run, tmp_path, mode
         predict(config, outcome.run_dir / FINAL, [good, bad], tmp_path / "out", resize=resize,
                        progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.png", "good.png"]
+
+
+@pytest.mark.slow
+def test_evaluation_schedule_records_every_evaluation_and_leaves_training_alone(smoke_root, tmp_path):
+    """eval.every_epochs evaluates between epochs (as the release does) without changing the
+    trained model; the headline is the final model, the best-over-evaluations column is labelled."""
+    base = {"train.epochs": 3, "train.evaluate_untrained": False, "eval.num_examples": 0}
+    plain = runner.train(smoke_config(smoke_root, tmp_path, **base), run_id="plain", progress=False)
+    scheduled = runner.train(smoke_config(smoke_root, tmp_path, **base, **{"eval.every_epochs": 1}),
+                             run_id="scheduled", progress=False)
+    record = scheduled.record
+    assert [entry["epoch"] for entry in record["evaluations"]] == [1, 2, 3]
+    assert record["evaluations"][-1]["final"] and record["evaluations"][-1]["metrics"] == record["metrics"]
+    assert record["metrics"] == plain.record["metrics"]  # evaluating in between changed nothing
+    assert record["training"]["epoch_losses"] == plain.record["training"]["epoch_losses"]
+    best = record["best_over_evaluations"]
+    assert "selected on the test set" in best["label"]
+    for key, entry in best["standard"]["mean"].items():
+        values = [e["metrics"]["standard"]["mean"][key] for e in record["evaluations"]]
+        assert entry["value"] == max(v for v in values if v is not None)
+        assert values[entry["epoch"] - 1] == entry["value"]
+    assert plain.record["evaluations"] == [] and plain.record["best_over_evaluations"] is None

@@ -357,7 +357,7 @@ def test_config_errors_name_the_key():
 def test_method_predicts_deterministically_and_compares_speed():
     from mambaad_lib.engine.config import load_config
     from mambaad_lib.methods import get_method
-    from mambaad_lib.methods.mmad import compare_inference_speed
+    from mambaad_lib.experiments import compare_inference_speed
 
     config = load_config("mmad_smoke")
     method = get_method("mmad", config.model, image_size=64, device="cpu")

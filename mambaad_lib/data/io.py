@@ -1,5 +1,9 @@
 """Reading images and masks with errors that name the file.
 
+Images become 8-bit RGB. 16-bit greyscale files (PIL modes ``I;16``, ``I;16B``, ``I``...) are
+scaled from their full range 0..65535 to 0..255 (value / 257, rounded), never clipped;
+16-bit colour PNGs are reduced to 8 bits by PIL itself; floating-point images are refused.
+
 Masks of the standard layout are 8-bit single-channel images with 0 for background and 255
 for defect pixels. Readers are tolerant (any non-zero pixel is a defect); the validator and
 the converters are strict.
@@ -12,13 +16,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["MASK_VALUES", "load_image", "load_mask", "mask_value_problem"]
+__all__ = ["MASK_VALUES", "image_mode_problem", "load_image", "load_mask", "mask_value_problem", "to_8bit"]
 
 MASK_VALUES = (0, 255)
+SIXTEEN_BIT_MAX = 65535
 
 
 def _open(path: Path, what: str) -> Image.Image:
     if not path.is_file():
+        if path.is_symlink():
+            raise FileNotFoundError(f"{what} file {str(path)!r} is a symbolic link to {os.readlink(path)!r}, "
+                                    "which does not exist")
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
     try:
         with Image.open(path) as image:
@@ -28,9 +36,48 @@ def _open(path: Path, what: str) -> Image.Image:
         raise ValueError(f"{what} file {str(path)!r} cannot be read as an image: {error}") from error
 
 
+def _integer_grey(mode: str) -> bool:
+    return mode == "I" or mode.startswith("I;")
+
+
+def image_mode_problem(mode: str, path: str | os.PathLike) -> str | None:
+    """Why an image of PIL ``mode`` cannot be used (known from its header alone), or None."""
+    if mode.startswith("F"):
+        return (f"image file {str(path)!r} holds floating-point pixels (mode {mode}); convert it to an 8- or "
+                "16-bit image first")
+    return None
+
+
+def to_8bit(image: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """``image`` with 8-bit values: integer greyscale (16-bit) scaled from 0..65535 to 0..255
+    (mode ``L``); other modes unchanged.
+
+    Raises:
+        ValueError: floating-point pixels, or integer pixels outside 0..65535 (the message
+            names the file).
+    """
+    problem = image_mode_problem(image.mode, path)
+    if problem:
+        raise ValueError(problem)
+    if not _integer_grey(image.mode):
+        return image
+    values = np.asarray(image)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > SIXTEEN_BIT_MAX:
+        raise ValueError(f"image file {str(path)!r} holds {image.mode} values {low}..{high}, outside the 16-bit "
+                         f"range 0..{SIXTEEN_BIT_MAX}; convert it to an 8-bit image first")
+    scaled = np.rint(values.astype(np.float64) * (255.0 / SIXTEEN_BIT_MAX)).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """An RGB ``PIL.Image`` (grey and RGBA files are converted)."""
-    return _open(Path(path), "image").convert("RGB")
+    """An 8-bit RGB ``PIL.Image`` (grey, 16-bit grey and RGBA files are converted, see the module doc).
+
+    Raises:
+        FileNotFoundError: no such file (or a broken symbolic link).
+        ValueError: unreadable, floating-point or out-of-range pixels (naming the file).
+    """
+    return to_8bit(_open(Path(path), "image"), path).convert("RGB")
 
 
 def load_mask(path: str | os.PathLike) -> Image.Image:
@@ -43,7 +90,7 @@ def load_mask(path: str | os.PathLike) -> Image.Image:
     mask = _open(path, "mask")
     if mask.mode in ("L", "1", "P"):
         return mask.convert("L")
-    if mask.mode in ("I", "I;16", "I;16B", "F"):
+    if _integer_grey(mask.mode) or mask.mode == "F":
         values = np.asarray(mask)
         if values.min() < 0 or values.max() > 255:
             raise ValueError(f"mask file {str(path)!r} has values outside 0..255 "

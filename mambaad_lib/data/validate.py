@@ -2,7 +2,9 @@
 
     mambaad validate-data --root data --name mvtec      (or python -m data_prep.validate ...)
 
-Checks: the meta file exists and follows the layout; every image exists and decodes;
+Checks: the meta file exists and follows the layout; class names can be folder names (they
+name per-class run folders and example figures); every image exists and decodes (16-bit
+images are accepted, see :mod:`mambaad_lib.data.io`);
 anomalous images have a mask (unless the meta says ``"missing_mask": "keep"``) and normal
 ones none; masks decode, are single-channel, hold only 0 and 255 and have their image's
 size; no image is listed twice; unlabeled (prediction-only) images decode.
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from mambaad_lib.data.io import load_image, load_mask, mask_value_problem
 from mambaad_lib.data.meta import (MISSING_MASK_KEY, SPLITS, UNLABELED_KEY, check_meta, item_has_mask,
                                    keeps_missing_masks, meta_path)
+from mambaad_lib.utils.names import name_problem
 
 __all__ = ["DatasetReport", "check_dataset", "validate_dataset"]
 
@@ -103,6 +106,9 @@ def check_dataset(root: str | os.PathLike, name: str) -> DatasetReport:
     report.problems += check_meta(meta, str(path))
     if report.problems:
         return report  # item-level checks need a well-formed meta
+    unlabeled_classes = [cls_name for per_class in meta.get(UNLABELED_KEY, {}).values() for cls_name in per_class]
+    class_names = dict.fromkeys([*meta["train"], *meta["test"], *unlabeled_classes])
+    report.problems += [problem for cls_name in class_names if (problem := name_problem(cls_name, "class name"))]
     items = [item for split in SPLITS for per_class in meta[split].values() for item in per_class]
     unlabeled = [image for per_class in meta.get(UNLABELED_KEY, {}).values()
                  for paths in per_class.values() for image in paths]

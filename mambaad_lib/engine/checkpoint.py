@@ -18,6 +18,13 @@ the newest is damaged); ``final.pt`` is written once training ends.
 and older files keep loading. Version 1 (before the checksum) loads with a note that it
 carries no checksum; version 2 files whose tensors do not match their checksum are refused.
 Reading never runs code from the file (:func:`mambaad_lib.utils.state.read_torch_file`).
+
+**Each file is read once.** Commands look at a checkpoint before they use it (``evaluate`` and
+``predict`` take the run config from it, then its weights; ``--resume`` checks ``last.pt``
+before the trainer restores it). Such a first look passes ``pass_on=True`` to
+:func:`load_checkpoint`, which then hands the content to the next call for the same,
+unchanged file (same path, inode, size and modification time) and lets it go, so the pair
+reads and verifies the file once.
 """
 from __future__ import annotations
 
@@ -40,6 +47,9 @@ LAST = "last.pt"
 PREVIOUS = "last.prev.pt"
 FINAL = "final.pt"
 
+# (identity of the file, trust, content) of the last checkpoint read, for the next reader of that file.
+_handover: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
 
 def save_checkpoint(path: str | Path, keep_previous: bool = False, **content: Any) -> Path:
     """Write a checkpoint atomically (``content`` = the fields listed in the module doc).
@@ -55,7 +65,7 @@ def save_checkpoint(path: str | Path, keep_previous: bool = False, **content: An
     return atomic_torch_save(path, payload)
 
 
-def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, trust: bool = False, pass_on: bool = False) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (any version), or a bare state dict.
 
     A bare state dict (e.g. weights from elsewhere) comes back as ``{"model": state}`` with
@@ -64,13 +74,34 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     Args:
         trust: unpickle fully (the file may run code); see
             :func:`~mambaad_lib.utils.state.read_torch_file`.
+        pass_on: keep the content for the next call that loads this same unchanged file
+            (for a caller that only looks before another part of the program loads it).
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a checkpoint or state dict, the authors' released weights (which have
             their own loader), a newer format version, or tensors that do not match the
             stored checksum.
     """
+    global _handover
     path = Path(path)
+    identity = _identity(path, trust)
+    if _handover is not None and identity is not None and _handover[0] == identity:
+        content, _handover = _handover[1], None
+        return content
+    content = _read_checkpoint(path, trust)
+    _handover = (identity, content) if pass_on and identity is not None else None
+    return content
+
+
+def _identity(path: Path, trust: bool) -> tuple[Any, ...] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, trust
+
+
+def _read_checkpoint(path: Path, trust: bool) -> dict[str, Any]:
     content = read_torch_file(path, trust=trust)
     if detect_checkpoint_format(content) in (RELEASE_STATE_DICT, RELEASE_TRAINING_CHECKPOINT):
         raise ValueError(f"{path} is a released MambaAD checkpoint (the authors' weights, net_t./mff_oce./net_s. "

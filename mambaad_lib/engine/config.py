@@ -50,7 +50,8 @@ class DataConfig:
 
     ``root``/``name`` locate ``<root>/meta_<name>.json`` (written by ``mambaad prep`` or
     ``mambaad synth``). Images are resized to ``image_size`` and centre-cropped to
-    ``crop_size`` (defaults to ``image_size``), the release protocol.
+    ``crop_size`` (defaults to ``image_size``), the release protocol. Classes without normal
+    training images stop a run before training unless ``allow_empty_classes``.
     """
 
     root: str = "data"
@@ -61,6 +62,7 @@ class DataConfig:
     train_per_class: int | None = None
     test_per_class: int | None = None
     num_workers: int = 0
+    allow_empty_classes: bool = False
 
     def __post_init__(self) -> None:
         require(self.image_size >= 8, "data.image_size", f"must be >= 8, got {self.image_size}")
@@ -98,11 +100,17 @@ class SyntheticConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-split evaluation: batch size, metric protocols, example figures."""
+    """Test-split evaluation: batch size, metric protocols, example figures, schedule.
+
+    ``every_epochs``: also evaluate after every this many epochs (the release evaluates every
+    ``epochs / 20``); each evaluation is recorded in the results file, the final model's is the
+    headline. null: only the final model.
+    """
 
     batch_size: int = 16
     protocols: list[str] = field(default_factory=lambda: list(DEFAULT_PROTOCOLS))
     num_examples: int = 4
+    every_epochs: int | None = None
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -110,6 +118,8 @@ class EvalConfig:
         require(not unknown and len(self.protocols) > 0, "eval.protocols",
                 f"must be a non-empty subset of {list(PROTOCOLS)}, got {self.protocols}")
         require(self.num_examples >= 0, "eval.num_examples", f"must be >= 0, got {self.num_examples}")
+        require(self.every_epochs is None or self.every_epochs >= 1, "eval.every_epochs",
+                f"must be >= 1 or null, got {self.every_epochs}")
 
 
 @dataclass

@@ -33,6 +33,7 @@ import atexit
 import inspect
 import logging
 import os
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -111,6 +112,23 @@ class Distributed:
         dist.broadcast_object_list(holder, src=0, device=self.device)
         return holder[0]
 
+    def on_main(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` on rank 0 only while the others wait; every process returns its
+        result or raises its exception (so a refusal on rank 0, e.g. a locked run folder or
+        bad data, stops every process with the same one-line error)."""
+        if not self.enabled:
+            return action()
+        outcome: tuple[Any, BaseException | None] = (None, None)
+        if self.is_main:
+            try:
+                outcome = (action(), None)
+            except Exception as error:  # handed to every process, raised on all
+                outcome = (None, _picklable(error))
+        result, error = self.broadcast(outcome)
+        if error is not None:
+            raise error
+        return result
+
     def mean(self, value: float) -> float:
         """The mean of ``value`` over processes (e.g. a step's loss: each process's is the
         mean over its equal share of the batch, so this is the global batch's mean)."""
@@ -171,6 +189,16 @@ class Distributed:
 
 
 SINGLE = Distributed()
+
+
+def _picklable(error: Exception) -> Exception:
+    """``error`` if it survives pickling (to travel to the other processes), else a
+    RuntimeError with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 # Buffers (BatchNorm statistics) stay equal without a broadcast before every forward:
 # synchronised BatchNorm updates them from the same global statistics on every process.

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from mambaad_lib.data import transform_image
+from mambaad_lib.data.io import to_8bit
 from mambaad_lib.engine.config import RunConfig
 from mambaad_lib.engine.figures import normalize_map, overlay
 from mambaad_lib.engine.runner import load_for_inference
@@ -44,8 +45,10 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 def read_user_image(path: Path, crop_size: int, resize: bool) -> Image.Image:
     """An RGB image ready for the model's transform, or a ``ValueError`` saying what is wrong.
 
-    RGB and greyscale (replicated to 3 channels, as the datasets do) are accepted; images
-    with alpha, CMYK, 16-bit or palette images are rejected rather than silently converted.
+    RGB and greyscale (replicated to 3 channels, as the datasets do) are accepted, 16-bit
+    greyscale scaled to 8 bits as the datasets' images are (:func:`~mambaad_lib.data.io.to_8bit`);
+    images with alpha, CMYK, floating-point or palette images are rejected rather than
+    silently converted.
     Without ``resize`` the image must already be ``crop_size`` x ``crop_size``.
     """
     try:
@@ -54,6 +57,7 @@ def read_user_image(path: Path, crop_size: int, resize: bool) -> Image.Image:
             image = image.copy()
     except (OSError, UnidentifiedImageError) as error:
         raise ValueError(f"{path}: cannot be read as an image ({error})") from None
+    image = to_8bit(image, path)
     channels = {"RGB": 3, "L": 1}
     if image.mode not in channels:
         raise ValueError(f"{path}: image mode {image.mode} with {len(image.getbands())} channel(s) "

@@ -40,6 +40,11 @@ atomically. Schema ``mambaad-companion/results`` version 2::
                                   in [0, 1]; a metric that cannot be computed is null
     metrics_untrained            same shape, the model before training (when
                                  train.evaluate_untrained), else null
+    evaluations                  with eval.every_epochs: [{epoch, step, final, metrics}] of every
+                                 evaluation during training, the last the final model's
+    best_over_evaluations        per protocol, each metric's maximum over those evaluations with its
+                                 epoch ({label, protocol: {mean, per_class}}): "selected on the test
+                                 set, as the release prints", never the headline; null for < 2
     openset                      open-set methods: the split (setting, labelled images), else null
     classes                      per-class methods: {cls: {run_dir, checkpoint, training,
                                  encoder, model}} of each class's model, else null
@@ -47,8 +52,8 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
     wall_time_s                  whole command, seconds
 
-Version 1 files (before ``traits``, ``openset``, ``classes``, ``notes`` and the start-time
-provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
+Version 1 files (before ``traits``, ``run_dir``, ``openset``, ``classes``, ``evaluations``,
+``best_over_evaluations``, ``notes`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
 counted the run's own outputs.
 """
 from __future__ import annotations
@@ -75,7 +80,7 @@ SCHEMA_VERSION = 2
 RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
 # Fields added in schema version 2, with the value a version-1 record stands for.
 _V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
-                                "execution": None}
+                                "evaluations": [], "best_over_evaluations": None, "execution": None}
 
 
 def results_path(results_dir: str | Path, experiment: str, profile: str, run_id: str) -> Path:

@@ -25,7 +25,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mambaad_lib.data import AnomalyDataset, meta_path
 from mambaad_lib.data.openset import split_openset
+from mambaad_lib.data.preflight import preflight
 from mambaad_lib.data.subsets import dataset_items, first_per_class, subset
 from mambaad_lib.engine import distributed
 from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir, load_checkpoint
@@ -44,8 +45,9 @@ from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
 from mambaad_lib.engine.results import code_provenance, new_record, read_record, results_path, write_results
-from mambaad_lib.engine.runs import CONFIG, RunLock, check_name, is_finished, mark_finished, new_run_id
-from mambaad_lib.engine.seeding import seed_everything, set_deterministic
+from mambaad_lib.engine.runs import (CONFIG, LOCK, RunLock, check_name, check_not_in_use, is_finished, mark_finished,
+                                     new_run_id)
+from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer
 from mambaad_lib.methods import AnomalyMethod, LearningType, TrainingData, get_method, get_method_class
 from mambaad_lib.metrics import class_mean
@@ -55,7 +57,7 @@ from mambaad_lib.utils.files import atomic_write_text, ensure_writable_dir
 logger = logging.getLogger(__name__)
 
 # Config sections that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = ("paths", "device", "eval", "data.num_workers", "data.root")
+RESUME_FREE_KEYS = ("paths", "device", "eval", "data.num_workers", "data.root", "data.allow_empty_classes")
 CLASS_RESULTS = "results.json"  # a per-class method's record of one class, in the class's run folder
 
 
@@ -117,6 +119,21 @@ def build_datasets(config: RunConfig, splits: Sequence[str] = ("train", "test"))
         cap = data.train_per_class if split == "train" else data.test_per_class
         datasets[split] = first_per_class(dataset, cap)
     return datasets
+
+
+def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
+    """Stop before any work when the selected data cannot give a valid run
+    (:func:`~mambaad_lib.data.preflight.preflight`: image headers, mask sizes, class names,
+    empty classes, test classes with one label only).
+
+    Raises:
+        DataProblemsError: listing every problem.
+    """
+    report = preflight(config.data.root, datasets["test"], datasets.get("train"),
+                       allow_empty_classes=config.data.allow_empty_classes)
+    for note in report.notes:
+        logger.warning("%s", note)
+    report.raise_for_problems(f"dataset {config.data.name!r} under {config.data.root!r}")
 
 
 def configured_classes(config: RunConfig) -> list[str]:
@@ -233,17 +250,26 @@ def resolve_resume(resume: str | Path, config: RunConfig) -> Path:
 
 def resume_checkpoint(folder: Path) -> Path | None:
     """The checkpoint a (class) run folder resumes from: ``last.pt``, or ``last.prev.pt`` when
-    the newest is damaged; None when the run never checkpointed."""
+    the newest is damaged (truncated, corrupt, refused as unsafe); None when the run never
+    checkpointed.
+
+    Raises:
+        ValueError: the folder holds checkpoints but none can be used (each one's reason).
+    """
+    reasons = []
     for name in (LAST, PREVIOUS):
         path = folder / name
         if not path.is_file():
             continue
         try:
-            load_checkpoint(path)
+            load_checkpoint(path, pass_on=True)  # the trainer restores it next: read once
         except ValueError as error:
             logger.warning("%s cannot be used (%s); trying the previous checkpoint", path, error)
+            reasons.append(str(error))
             continue
         return path
+    if reasons:
+        raise ValueError(f"cannot resume {str(folder)!r}: none of its checkpoints can be used: {'; '.join(reasons)}")
     return None
 
 
@@ -305,22 +331,27 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
         if record is not None:
             logger.info("reusing the finished run %s (same config): %s", run_id, results_file)
             return RunOutcome(results_file, Path(record.get("run_dir") or run_dir), record, reused=True)
-    if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
-        raise FileExistsError(f"run {run_id!r} exists ({str(run_dir)!r} or {str(results_file)!r}); choose another "
-                              "--run-id, continue it with --resume, or replace it with --overwrite")
-    build_datasets(config)  # a missing dataset fails here, before any folder is made
-    if parallel.is_main:
+
+    def check_run() -> dict[str, Any]:
+        check_not_in_use(run_dir)
+        if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
+            raise _run_exists(run_id, run_dir, results_file)
+        check_data(config, build_datasets(config))  # missing or bad data fails here, before any folder is made
         ensure_writable_dir(results_file.parent, "results (--results-dir)")
         ensure_writable_dir(run_dir.parent, "runs (--runs-dir)")
-    provenance = code_provenance() if parallel.is_main else {}
-    parallel.barrier()  # every process has checked the run folder before rank 0 makes it
-    with RunLock(run_dir) if parallel.is_main else nullcontext():
-        if resume is None and parallel.is_main:
-            for entry in run_dir.iterdir():  # --overwrite: the old run's files (the lock is ours)
-                if entry.name != ".lock":
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        parallel.barrier()
+        return code_provenance()
+
+    # Under torchrun rank 0 alone checks the data (once), locks and claims the run folder;
+    # the others wait for it and stop with its error.
+    provenance = parallel.on_main(check_run)
+    with ExitStack() as lock:
+        def claim_run() -> None:
+            lock.enter_context(RunLock(run_dir))
+            if resume is None:
+                _claim_run(run_id, run_dir, results_file, overwrite)
+                atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+        parallel.on_main(claim_run)
         context = dict(progress=progress, callbacks=callbacks, shared_cache=shared_cache, resuming=resume is not None)
         if method_class.per_class:
             record = _train_per_class(config, run_id, run_dir, results_file, provenance, started, **context)
@@ -354,6 +385,28 @@ def _join_process_group(config: RunConfig, method_class: type[AnomalyMethod] | N
     return parallel
 
 
+def _examples_dir(results_file: Path, run_id: str) -> Path:
+    return results_file.parent / f"{run_id}_examples"
+
+
+def _run_exists(run_id: str, run_dir: Path, results_file: Path) -> FileExistsError:
+    return FileExistsError(f"run {run_id!r} exists ({str(run_dir)!r} or {str(results_file)!r}); choose another "
+                           "--run-id, continue it with --resume, or replace it with --overwrite")
+
+
+def _claim_run(run_id: str, run_dir: Path, results_file: Path, overwrite: bool) -> None:
+    """Make the locked ``run_dir`` a fresh run's: refuse one that another process filled since
+    the first check (a results file is never replaced by a different run), or, with
+    ``overwrite``, delete the old run's files, results file and example figures."""
+    leftovers = [entry for entry in run_dir.iterdir() if entry.name != LOCK]
+    if not overwrite and (leftovers or results_file.exists()):
+        raise _run_exists(run_id, run_dir, results_file)
+    for entry in leftovers:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    results_file.unlink(missing_ok=True)
+    shutil.rmtree(_examples_dir(results_file, run_id), ignore_errors=True)
+
+
 def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequence[Callable[[Trainer], None]],
          shared_cache: dict[str, Any] | None, resuming: bool) -> _Fitted:
     """Build, prepare, fit, checkpoint and evaluate one model in ``run_dir``."""
@@ -383,7 +436,7 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
     if parallel.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(method, config, run_dir, progress=progress, callbacks=callbacks, extras=extras,
-                      resume_from=resume_from)
+                      resume_from=resume_from, epoch_end=_scheduled_evaluation(method, datasets["test"], config))
     data = TrainingData(normal=datasets["train"], labelled_anomalies=labelled, seed=config.seed,
                         batch_size=config.train.batch_size, num_workers=config.data.num_workers,
                         shared_cache=shared_cache)
@@ -393,7 +446,66 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
     training["checkpoint"] = str(trainer.save(FINAL, finished=True))
     predictions, metrics = _evaluate(method, datasets["test"], config, progress, "evaluate")
     _log_metrics("trained", metrics)
+    if config.eval.every_epochs:
+        trainer.extras.setdefault("evaluations", []).append(
+            {"epoch": trainer.state.epoch, "step": trainer.state.global_step, "final": True, "metrics": metrics})
     return _Fitted(method, datasets, predictions, metrics, trainer.extras, training, openset)
+
+
+def _scheduled_evaluation(method: AnomalyMethod, test: Dataset, config: RunConfig
+                          ) -> Callable[[Trainer], None] | None:
+    """The step loop's epoch-end hook that evaluates every ``eval.every_epochs`` epochs (before
+    the last), keeping the evaluations in the checkpointed extras. The evaluation draws from
+    no generator of the training (:func:`~mambaad_lib.engine.seeding.preserved_rng`), so the
+    trained model is the same with or without it."""
+    every = config.eval.every_epochs
+    if not every:
+        return None
+
+    def evaluate_if_due(trainer: Trainer) -> None:
+        epoch = trainer.state.epoch
+        if epoch % every or epoch >= config.train.epochs:
+            return
+        with preserved_rng():
+            _, metrics = _evaluate(method, test, config, progress=False, desc=f"evaluate (epoch {epoch})")
+        method.train(True)
+        _log_metrics(f"epoch {epoch}", metrics)
+        trainer.extras.setdefault("evaluations", []).append(
+            {"epoch": epoch, "step": trainer.state.global_step, "final": False, "metrics": metrics})
+
+    return evaluate_if_due
+
+
+BEST_OVER_EVALUATIONS = "best over evaluations (selected on the test set, as the release prints)"
+
+
+def best_over_evaluations(evaluations: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per protocol, the maximum of every metric over the evaluations, with the epoch it came
+    from: per class and for the mean row, each metric on its own, as the release's log prints
+    it beside the last value. Reported under :data:`BEST_OVER_EVALUATIONS`, never used to pick
+    weights (None for fewer than two evaluations)."""
+    if len(evaluations) < 2:
+        return None
+
+    def best(values: list[tuple[float | None, int]]) -> dict[str, Any] | None:
+        present = [(value, epoch) for value, epoch in values if value is not None and value == value]
+        if not present:
+            return None
+        value, epoch = max(present, key=lambda pair: pair[0])
+        return {"value": value, "epoch": epoch}
+
+    out: dict[str, Any] = {"label": BEST_OVER_EVALUATIONS}
+    for protocol in evaluations[-1]["metrics"]:
+        runs = [(entry["metrics"][protocol], entry["epoch"]) for entry in evaluations]
+        mean = {key: best([(metrics["mean"].get(key), epoch) for metrics, epoch in runs])
+                for key in runs[-1][0]["mean"]}
+        per_class = {row["cls_name"]: {key: best([(next(r[key] for r in metrics["per_class"]
+                                                        if r["cls_name"] == row["cls_name"]), epoch)
+                                                  for metrics, epoch in runs])
+                                       for key in row if key != "cls_name"}
+                     for row in runs[-1][0]["per_class"]}
+        out[protocol] = {"mean": mean, "per_class": per_class}
+    return out
 
 
 def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_file: Path,
@@ -402,8 +514,9 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
     """The results record of one fitted (or loaded) model; writes its example figures."""
     count = config.eval.num_examples if examples_per_class is None else examples_per_class
     examples = save_examples(fitted.predictions, fitted.datasets["test"], pick_examples(fitted.predictions, count),
-                             results_file.parent / f"{run_id}_examples")
+                             _examples_dir(results_file, run_id))
     method = fitted.method
+    evaluations = fitted.extras.get("evaluations", [])
     return new_record(
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=method.traits(), seed=config.seed, device=method.device.type,
@@ -416,6 +529,7 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         model=method.describe(), training=fitted.training if kind == "train" else None,
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
+        evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
 
@@ -504,7 +618,8 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
         metrics=metrics, metrics_untrained=merged("metrics_untrained"), openset=openset, notes=metric_notes(metrics),
         classes={record["data"]["classes"][0]: {
             "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
-            "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model")}
+            "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model"),
+            "best_over_evaluations": record.get("best_over_evaluations")}
             for record in records},
         examples=[path for record in records for path in record.get("examples", [])],
         wall_time_s=time.perf_counter() - started)
@@ -579,9 +694,12 @@ def evaluate(config: RunConfig, checkpoint: str | Path, run_id: str | None = Non
     results_file = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
     if results_file.exists():
         raise FileExistsError(f"results file {str(results_file)!r} exists; choose another --run-id")
-    if parallel.is_main:
+    def check_evaluation() -> dict[str, Any]:
+        check_data(config, build_datasets(config, splits=("test",)))
         ensure_writable_dir(results_file.parent, "results (--results-dir)")
-    provenance = code_provenance() if parallel.is_main else {}
+        return code_provenance()
+
+    provenance = parallel.on_main(check_evaluation)  # rank 0 checks the data once
     records = []
     for cls_name, path in targets.items():
         class_config = for_classes(config, [cls_name]) if cls_name is not None else config
@@ -611,4 +729,6 @@ def stored_config(checkpoint: str | Path, trust: bool = False) -> dict[str, Any]
     path = Path(checkpoint)
     if path.is_dir() and (path / CONFIG).is_file():
         return _stored_config(path)
-    return load_checkpoint(next(iter(class_checkpoints(path).values())), trust=trust).get("config") or None
+    # evaluate and predict load the weights next: pass the content on so the file is read once
+    return load_checkpoint(next(iter(class_checkpoints(path).values())), trust=trust, pass_on=True).get("config") \
+        or None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -66,3 +67,14 @@ def epoch_permutation(n_items: int, seed: int, epoch: int) -> list[int]:
     """
     generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n_items, generator=generator).tolist()
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Every global generator as it was before the block: work inside it (e.g. an evaluation
+    between epochs, whose data loader draws a seed) leaves the training's random streams untouched."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

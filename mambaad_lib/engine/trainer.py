@@ -94,12 +94,15 @@ class Trainer:
         extras: facts to keep in checkpoints (e.g. untrained metrics), restored on resume.
         resume_from: a ``last.pt`` to continue from.
         parallel: the process group (default: this process's, :func:`distributed.current`).
+        epoch_end: called as ``epoch_end(trainer)`` after every epoch, before that epoch's
+            checkpoint (so what it adds to ``trainer.extras`` is saved with it).
     """
 
     def __init__(self, method: AnomalyMethod, config: RunConfig, run_dir: str | Path, *,
                  progress: bool = True, callbacks: Sequence[Callable[["Trainer"], None]] = (),
                  extras: dict[str, Any] | None = None, resume_from: str | Path | None = None,
-                 parallel: distributed.Distributed | None = None) -> None:
+                 parallel: distributed.Distributed | None = None,
+                 epoch_end: Callable[["Trainer"], None] | None = None) -> None:
         self.method = method
         self.config = config
         self.run_dir = Path(run_dir)
@@ -108,6 +111,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.extras = dict(extras or {})
         self.resume_from = Path(resume_from) if resume_from is not None else None
+        self.epoch_end = epoch_end
         self.state = TrainProgress()
         self.stop_requested = False
 
@@ -229,6 +233,8 @@ class Trainer:
             self.state.epoch_loss_sum = 0.0
             epochs.set_postfix(loss=f"{self.state.epoch_losses[-1]:.4g}")
             logger.info("epoch %d/%d: mean loss %.6g", epoch + 1, train.epochs, self.state.epoch_losses[-1])
+            if self.epoch_end is not None:
+                self.epoch_end(self)
             if (epoch + 1) % train.checkpoint_every == 0 and epoch + 1 < train.epochs:
                 self.save(LAST)
         epochs.close()

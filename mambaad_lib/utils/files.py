@@ -51,7 +51,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     """Write ``path`` atomically: ``write(handle)`` fills a temporary file that replaces it.
 
     The parent folder must exist. On any error the temporary file is removed and the
-    previous content of ``path`` (if any) is untouched.
+    previous content of ``path`` (if any) is untouched; an ``OSError`` that names no file
+    (a full disk fails a write, not an open) is raised again naming ``path``.
     """
     target = Path(path)
     handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
@@ -64,6 +65,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         # Temporary files are private (0600); give the result the mode a plain open() would.
         os.chmod(handle.name, target.stat().st_mode & 0o777 if target.exists() else _DEFAULT_MODE)
         os.replace(handle.name, target)
+    except OSError as error:
+        Path(handle.name).unlink(missing_ok=True)
+        if error.filename is None and error.errno is not None:
+            raise type(error)(error.errno, error.strerror or str(error), str(target)) from error
+        raise
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise

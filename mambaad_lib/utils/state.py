@@ -24,15 +24,24 @@ from torch import Tensor, nn
 
 def _numpy_globals() -> list[Any]:
     """numpy's scalar and array reconstruction, which training checkpoints contain when a
-    metric or a random-number state was stored as numpy data (e.g. ADer's metric records)."""
-    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core to np._core
+    metric or a random-number state was stored as numpy data (e.g. ADer's metric records).
+
+    numpy 2 moved ``numpy.core`` to ``numpy._core`` and pickles name the module they were
+    written under, so both names are registered: files written under numpy 1 (the authors'
+    releases) load under numpy 2 and the other way round.
+    """
+    core = getattr(np, "_core", None) or np.core
     module = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
     dtypes = [getattr(module, name) for name in dir(module) if name.endswith("DType")] if module else []
-    return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+    multiarray = [(function, f"{package}.multiarray.{function.__name__}")
+                  for function in (core.multiarray.scalar, core.multiarray._reconstruct)
+                  for package in ("numpy.core", "numpy._core")]
+    return [*multiarray, np.ndarray, np.dtype, *dtypes]
 
 
 # Types that real checkpoints contain and whose reconstruction runs no code of the file:
-# argparse.Namespace (training scripts store their parsed options) and numpy data.
+# argparse.Namespace (training scripts store their parsed options) and numpy data. Entries
+# are objects or (object, name it is pickled under) pairs, as torch.serialization takes them.
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, *_numpy_globals()]
 
 
@@ -65,8 +74,9 @@ def read_torch_file(path: str | Path, trust: bool = False) -> Any:
         names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error)))) or ["an unsupported object"]
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it names {', '.join(names)}, which is not a tensor or plain data, and "
-            "unpickling it could run code from the file. If you made this file yourself or trust its source, "
-            "pass --trust-checkpoint (trust=True in Python)") from None
+            "unpickling it could run code from the file. If you made it yourself or trust its source, load it with "
+            "--trust-checkpoint (trust=True in Python) where offered, or re-save its tensors as a plain state dict"
+        ) from None
     except Exception as error:  # zip and stream errors of truncated or foreign files come in many types
         raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt? "
                          f"({type(error).__name__}: {error})") from None
