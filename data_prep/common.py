@@ -36,7 +36,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -65,6 +65,9 @@ class ConversionError(ValueError):
     """The source cannot be converted; the message lists every offending file."""
 
 
+MaskSource = Path | tuple[Path, ...] | None  # one mask, partial masks to merge, or none
+
+
 @dataclass(frozen=True)
 class Entry:
     """One source image and where it goes.
@@ -82,7 +85,7 @@ class Entry:
     split: str
     specie_name: str | None
     image: Path
-    mask: Path | tuple[Path, ...] | None = None
+    mask: MaskSource = None
     target_name: str | None = None
 
     @property
@@ -133,6 +136,44 @@ def normal_train_entries(cls_name: str, train_images: Sequence[Path], validation
     if validation == "merge":
         entries += [Entry(cls_name, "train", NORMAL_SPECIE, image, target_name=f"val_{image.name}")
                     for image in validation_images]
+    return entries
+
+
+def train_class_folders(src: str | os.PathLike, validation: str) -> list[Path]:
+    """The class folders (those with ``train/`` inside) of a source tree, sorted.
+
+    Raises:
+        ValueError: an unknown ``validation`` mode.
+        ConversionError: ``src`` is not a folder or has no class folder.
+    """
+    if validation not in VALIDATION_MODES:
+        raise ValueError(f"validation must be one of {VALIDATION_MODES}, got {validation!r}")
+    src = require_dir(Path(src), "source dataset folder")
+    classes = sorted(p for p in src.iterdir() if p.is_dir() and (p / "train").is_dir())
+    if not classes:
+        raise ConversionError(f"no class folders (with train/ inside) under {str(src)!r}")
+    return classes
+
+
+def labeled_test_entries(cls_name: str, test: Path, mask_of: Callable[[Path, Path], MaskSource],
+                         images_of: Callable[[Path], list[Path]] = list_images, skip: Sequence[str] = ()
+                         ) -> list[Entry]:
+    """Test entries of one class whose ``test`` folder has one sub-folder per defect type.
+
+    Args:
+        cls_name: the class.
+        test: the class's test folder (a missing one gives no entries).
+        mask_of: ``(defect folder, image) -> mask`` for anomalous images (None when absent).
+        images_of: the images of one defect folder.
+        skip: sub-folder names that are not defect types (e.g. a ground-truth folder inside).
+    """
+    entries = []
+    for specie_dir in sorted(p for p in test.iterdir() if p.is_dir()) if test.is_dir() else []:
+        if specie_dir.name in skip:
+            continue
+        for image in images_of(specie_dir):
+            mask = None if specie_dir.name == NORMAL_SPECIE else mask_of(specie_dir, image)
+            entries.append(Entry(cls_name, "test", specie_dir.name, image, mask))
     return entries
 
 
@@ -198,6 +239,22 @@ def _check_entry(entry: Entry, mask_mode: str) -> tuple[list[str], bool, bool]:
     return [], needs_rewrite, not union.any()
 
 
+def _replace(target: Path, fill: Callable[[Path], None]) -> None:
+    """``fill`` a temporary file beside ``target``, then replace ``target`` with it (never
+    writing into it: a previous hard link's source stays intact); OS errors name ``target``."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        fill(temporary)
+        os.replace(temporary, target)
+    except OSError as error:
+        if error.filename is None and error.errno:  # a full disk fails a write, not an open
+            raise type(error)(error.errno, error.strerror, str(target)) from error
+        raise
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _place(source: Path, target: Path, link: bool) -> bool:
     """Copy or hard-link ``source`` to ``target`` unless it is already there; True if written."""
     if target.exists():
@@ -206,32 +263,17 @@ def _place(source: Path, target: Path, link: bool) -> bool:
             return False
         if not link and not same_inode and filecmp.cmp(source, target, shallow=False):
             return False
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        if link:
-            try:
-                os.link(source, temporary)
-            except OSError as error:
-                raise ConversionError(f"cannot hard-link {str(source)!r} into {str(target.parent)!r} "
-                                      f"({error.strerror or error}); source and root must share a file "
-                                      f"system for --link, or convert without --link to copy") from error
-        else:
-            shutil.copyfile(source, temporary)
-        # Replacing (never writing into) the target keeps a previous hard link's source intact.
-        os.replace(temporary, target)
-    except OSError as error:
-        _reraise_naming(error, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    def hard_link(temporary: Path) -> None:
+        try:
+            os.link(source, temporary)
+        except OSError as error:
+            raise ConversionError(f"cannot hard-link {str(source)!r} into {str(target.parent)!r} "
+                                  f"({error.strerror or error}); source and root must share a file "
+                                  f"system for --link, or convert without --link to copy") from error
+
+    _replace(target, hard_link if link else lambda temporary: shutil.copyfile(source, temporary))
     return True
-
-
-def _reraise_naming(error: OSError, target: Path) -> NoReturn:
-    """Raise ``error`` again, naming ``target`` if it names no file (a full disk fails a write, not an open)."""
-    if error.filename is None and error.errno:
-        raise type(error)(error.errno, error.strerror, str(target)) from error
-    raise error
 
 
 def _write_binary_mask(sources: Sequence[Path], target: Path) -> bool:
@@ -244,14 +286,7 @@ def _write_binary_mask(sources: Sequence[Path], target: Path) -> bool:
     data = buffer.getvalue()
     if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
         return False
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
-    except OSError as error:
-        _reraise_naming(error, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _replace(target, lambda temporary: temporary.write_bytes(data))
     return True
 
 

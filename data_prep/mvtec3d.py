@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from data_prep.common import (VALIDATION_MODES, ConversionError, Entry, add_validation_option, convert_entries,
-                              converter_parser, list_images, normal_train_entries, require_dir, run_converter)
+                              converter_parser, labeled_test_entries, list_images, normal_train_entries, run_converter,
+                              train_class_folders)
 from mambaad_lib.data.meta import NORMAL_SPECIE
 
 __all__ = ["VALIDATION_MODES", "list_mvtec3d", "convert", "main"]
@@ -27,30 +28,20 @@ def _rgb_images(specie_dir: Path) -> list[Path]:
     return list_images(rgb)
 
 
+def _rgb_mask(specie_dir: Path, image: Path) -> Path | None:
+    candidate = specie_dir / "gt" / f"{image.stem}.png"
+    return candidate if candidate.is_file() else None
+
+
 def list_mvtec3d(src: str | os.PathLike, validation: str = "ignore") -> list[Entry]:
     """Entries of an MVTec-3D-AD tree (RGB images and ground-truth masks only)."""
-    if validation not in VALIDATION_MODES:
-        raise ValueError(f"validation must be one of {VALIDATION_MODES}, got {validation!r}")
-    src = require_dir(Path(src), "source dataset folder")
-    classes = sorted(p for p in src.iterdir() if p.is_dir() and (p / "train").is_dir())
-    if not classes:
-        raise ConversionError(f"no class folders (with train/ inside) under {str(src)!r}")
     entries = []
-    for cls_dir in classes:
+    for cls_dir in train_class_folders(src, validation):
         train, validation_good = cls_dir / "train" / NORMAL_SPECIE, cls_dir / "validation" / NORMAL_SPECIE
         entries += normal_train_entries(
             cls_dir.name, _rgb_images(train) if train.is_dir() else [],
             _rgb_images(validation_good) if validation == "merge" and validation_good.is_dir() else [], validation)
-        test = cls_dir / "test"
-        if not test.is_dir():
-            continue
-        for specie_dir in sorted(p for p in test.iterdir() if p.is_dir()):
-            for image in _rgb_images(specie_dir):
-                mask = None
-                if specie_dir.name != NORMAL_SPECIE:
-                    candidate = specie_dir / "gt" / f"{image.stem}.png"
-                    mask = candidate if candidate.is_file() else None
-                entries.append(Entry(cls_dir.name, "test", specie_dir.name, image, mask))
+        entries += labeled_test_entries(cls_dir.name, cls_dir / "test", _rgb_mask, images_of=_rgb_images)
     return entries
 
 

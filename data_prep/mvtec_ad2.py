@@ -26,11 +26,10 @@ training as ``val_<name>``. Dataset: Heckler-Kram et al., arXiv:2503.21622.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
-from data_prep.common import (VALIDATION_MODES, ConversionError, Entry, add_validation_option, convert_entries,
-                              converter_parser, list_images, normal_train_entries, require_dir, run_converter)
+from data_prep.common import (Entry, add_validation_option, convert_entries, converter_parser, labeled_test_entries,
+                              list_images, normal_train_entries, run_converter, train_class_folders)
 from data_prep.folder import find_mask
 from mambaad_lib.data.meta import NORMAL_SPECIE
 
@@ -45,28 +44,18 @@ PRIVATE_MODES = ("include", "ignore")
 def list_mvtec_ad2(src: str | os.PathLike, validation: str = "ignore", private: str = "include") -> list[Entry]:
     """Entries of an MVTec AD 2 tree: train, the public test set and (``private="include"``)
     the private test sets as unlabeled entries."""
-    if validation not in VALIDATION_MODES:
-        raise ValueError(f"validation must be one of {VALIDATION_MODES}, got {validation!r}")
     if private not in PRIVATE_MODES:
         raise ValueError(f"private must be one of {PRIVATE_MODES}, got {private!r}")
-    src = require_dir(Path(src), "source dataset folder")
-    classes = sorted(p for p in src.iterdir() if p.is_dir() and (p / "train").is_dir())
-    if not classes:
-        raise ConversionError(f"no class folders (with train/ inside) under {str(src)!r}")
     entries = []
-    for cls_dir in classes:
-        train = list_images(cls_dir / "train" / NORMAL_SPECIE, missing_ok=True)
-        validation_good = list_images(cls_dir / "validation" / NORMAL_SPECIE, missing_ok=True)
-        entries += normal_train_entries(cls_dir.name, train, validation_good, validation)
-        public = cls_dir / PUBLIC_TEST
-        for specie_dir in sorted(p for p in public.iterdir() if p.is_dir()) if public.is_dir() else []:
-            if specie_dir.name == "ground_truth":
-                continue
-            for image in list_images(specie_dir):
-                mask = None
-                if specie_dir.name != NORMAL_SPECIE:
-                    mask = find_mask(public / "ground_truth" / specie_dir.name, image.stem, ("_mask",))
-                entries.append(Entry(cls_dir.name, "test", specie_dir.name, image, mask))
+    for cls_dir in train_class_folders(src, validation):
+        entries += normal_train_entries(cls_dir.name, list_images(cls_dir / "train" / NORMAL_SPECIE, missing_ok=True),
+                                        list_images(cls_dir / "validation" / NORMAL_SPECIE, missing_ok=True),
+                                        validation)
+        ground_truth = cls_dir / PUBLIC_TEST / "ground_truth"
+        entries += labeled_test_entries(
+            cls_dir.name, cls_dir / PUBLIC_TEST,
+            lambda specie_dir, image: find_mask(ground_truth / specie_dir.name, image.stem, ("_mask",)),
+            skip=("ground_truth",))
         if private == "include":
             entries += [Entry(cls_dir.name, set_name, None, image) for set_name in PRIVATE_SETS
                         for image in list_images(cls_dir / set_name, missing_ok=True)]

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.common import (VALIDATION_MODES, ConversionError, Entry, add_validation_option, convert_entries,
-                              converter_parser, list_images, normal_train_entries, require_dir, run_converter)
+from data_prep.common import (Entry, add_validation_option, convert_entries, converter_parser, labeled_test_entries,
+                              list_images, normal_train_entries, run_converter, train_class_folders)
 from mambaad_lib.data.meta import NORMAL_SPECIE
 
 __all__ = ["LOCO_CLASSES", "list_mvtec_loco", "convert", "main"]
@@ -47,24 +47,15 @@ def _partial_masks(folder: Path) -> Path | tuple[Path, ...] | None:
 
 def list_mvtec_loco(src: str | os.PathLike, validation: str = "ignore") -> list[Entry]:
     """Entries of an MVTec LOCO AD tree; anomalous images carry their partial masks."""
-    if validation not in VALIDATION_MODES:
-        raise ValueError(f"validation must be one of {VALIDATION_MODES}, got {validation!r}")
-    src = require_dir(Path(src), "source dataset folder")
-    classes = sorted(p for p in src.iterdir() if p.is_dir() and (p / "train").is_dir())
-    if not classes:
-        raise ConversionError(f"no class folders (with train/ inside) under {str(src)!r}")
     entries = []
-    for cls_dir in classes:
-        train = list_images(cls_dir / "train" / NORMAL_SPECIE, missing_ok=True)
-        validation_good = list_images(cls_dir / "validation" / NORMAL_SPECIE, missing_ok=True)
-        entries += normal_train_entries(cls_dir.name, train, validation_good, validation)
-        test = cls_dir / "test"
-        for specie_dir in sorted(p for p in test.iterdir() if p.is_dir()) if test.is_dir() else []:
-            for image in list_images(specie_dir):
-                mask = None
-                if specie_dir.name != NORMAL_SPECIE:
-                    mask = _partial_masks(cls_dir / "ground_truth" / specie_dir.name / image.stem)
-                entries.append(Entry(cls_dir.name, "test", specie_dir.name, image, mask))
+    for cls_dir in train_class_folders(src, validation):
+        entries += normal_train_entries(cls_dir.name, list_images(cls_dir / "train" / NORMAL_SPECIE, missing_ok=True),
+                                        list_images(cls_dir / "validation" / NORMAL_SPECIE, missing_ok=True),
+                                        validation)
+        ground_truth = cls_dir / "ground_truth"
+        entries += labeled_test_entries(
+            cls_dir.name, cls_dir / "test",
+            lambda specie_dir, image: _partial_masks(ground_truth / specie_dir.name / image.stem))
     return entries
 
 

@@ -33,8 +33,10 @@ ALIASES: dict[str, tuple[str, str]] = {
     "lr": ("train.lr", "learning rate at batch 16"),
     "precision": ("train.precision", "training precision: fp32, bf16 or fp16 (mixed precision; the scan stays fp32)"),
     "encoder_weights": ("model.encoder_weights",
-                        "imagenet (needs network or the torch hub cache), none (random encoder, offline "
-                        "check only) or PATH to a local ResNet weights file"),
+                        "imagenet (the ImageNet file the release loads through timm; needs network or "
+                        "the torch hub cache), torchvision (torchvision's IMAGENET1K_V1, this library's "
+                        "'imagenet' before), none (random encoder, offline check only) or PATH to a local "
+                        "ResNet weights file"),
     "scan_backend": ("model.scan_backend", "selective-scan backend: auto, cpu, mamba_ssm, chunked, reference"),
     "base": ("model.base", "AHL's base model: dra or devnet"),
     "texture_dir": ("model.texture_dir", "texture folder for GLASS's local anomaly synthesis (e.g. DTD); "

@@ -105,3 +105,13 @@ def test_scan_mapping_for_tables_mixed_rows():
     assert config.model.scan == {"zigzag": 4, "hilbert": 4}
     with pytest.raises(ConfigError, match="model.scan"):
         load_config("smoke", {"model.scan": {"zigzag": "four"}})
+
+
+def test_protocol_needing_a_missing_package_fails_at_config_time(monkeypatch):
+    """eval.protocols: [adeval] without the adeval extra is a one-line config error naming
+    the key and the install command, raised when the config loads (before any training)."""
+    monkeypatch.setitem(__import__("sys").modules, "adeval", None)  # import adeval -> ImportError
+    with pytest.raises(ConfigError, match=r"eval.protocols.*pip install") as caught:
+        load_config("smoke", {"eval.protocols": ["standard", "adeval"]})
+    assert "\n" not in str(caught.value)
+    assert load_config("smoke", {"eval.protocols": ["ader"]}).eval.protocols == ["ader"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
 from PIL import Image
 
@@ -15,12 +16,14 @@ from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import load_config
+from mambaad_lib.engine.convergence import convergence
 from mambaad_lib.engine.predict import predict
 from mambaad_lib.utils.files import _DEFAULT_MODE, atomic_write, atomic_write_json, ensure_writable_dir
-from mambaad_lib.engine.results import load_results, results_table
+from mambaad_lib.engine.results import load_results, results_table, upgrade_record
 from mambaad_lib.engine.seeding import epoch_permutation
 from mambaad_lib.engine.trainer import TrainingInterrupted, training_batches
 from mambaad_lib.methods import get_method
+from mambaad_lib.models.encoders import file_sha256
 from mambaad_lib.metrics import METRIC_KEYS
 
 
@@ -74,6 +77,16 @@ def test_unwritable_folder_is_reported(tmp_path):
         ensure_writable_dir(blocker / "sub", "results")
 
 
+def test_plateau_rule_reads_the_last_fifth_of_the_loss_curve():
+    falling = [1.0, 0.8, 0.6, 0.5, 0.45, 0.40, 0.36, 0.33, 0.30, 0.27]
+    verdict = convergence(falling)
+    assert verdict["tail_epochs"] == 2 and verdict["late_improvement"] == pytest.approx((0.33 - 0.27) / 0.33)
+    assert verdict["plateaued"] is False
+    flat = falling[:8] + [0.329, 0.325]
+    assert convergence(flat)["plateaued"] is True
+    assert convergence([1.0, 0.5, 0.4])["plateaued"] is None and convergence([]) is None
+
+
 def test_data_order_depends_only_on_seed_and_epoch():
     assert epoch_permutation(10, 3, 1) == epoch_permutation(10, 3, 1)
     assert epoch_permutation(10, 3, 1) != epoch_permutation(10, 3, 2)
@@ -95,6 +108,7 @@ def test_smoke_run_writes_complete_results(smoke_run):
     assert record["scan_backend"] in ("cpu", "reference", "chunked") and record["device"] == "cpu"
     assert record["environment"]["torch"] == torch.__version__
     assert "RANDOM ENCODER" in record["encoder"]["warning"] and record["encoder"]["batchnorm_reestimated_on"] == 8
+    assert record["encoder"]["weights"]["choice"] == "none" and record["encoder"]["weights"]["sha256"] is None
     for key in ("metrics", "metrics_untrained"):
         for protocol in ("standard", "ader"):
             block = record[key][protocol]
@@ -103,6 +117,7 @@ def test_smoke_run_writes_complete_results(smoke_run):
             values += [row[name] for row in block["per_class"] for name in METRIC_KEYS]
             assert all(value is not None and math.isfinite(value) and 0 <= value <= 1 for value in values)
     assert record["training"]["steps"] == 4 and len(record["training"]["epoch_losses"]) == 2
+    assert record["training"]["convergence"]["plateaued"] is None  # two epochs: too few for a verdict
     assert record["model"]["parameters"]["trainable"] > 0 and record["model"]["flops"]["total"] > 0
     assert record["evaluation"]["n_images"] == 8 and record["evaluation"]["images_per_s"] > 0
     assert record["examples"] and all((path.parent / name).is_file() for name in record["examples"])
@@ -126,6 +141,34 @@ def test_evaluate_checkpoint_reproduces_training_metrics(smoke_run, smoke_root):
     again = runner.evaluate(config, outcome.run_dir / FINAL, run_id="re-eval", progress=False)
     assert again.record["kind"] == "evaluate"
     assert again.record["metrics"] == outcome.record["metrics"]
+
+
+def test_results_record_the_encoder_weights_file_and_its_sha256(smoke_root, tmp_path):
+    """A local weights file is recorded by name and SHA-256 in the results file and survives
+    into the record of an evaluation of the checkpoint (whose encoder came from the file)."""
+    config = load_config("smoke")
+    weights = tmp_path / "encoder.pth"
+    torch.manual_seed(3)
+    torch.save(getattr(torchvision.models, config.model.backbone)(weights=None).state_dict(), weights)
+    trained = runner.train(smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": str(weights),
+                                                                 "train.epochs": 1}), run_id="file", progress=False)
+    recorded = trained.record["encoder"]["weights"]
+    assert recorded["choice"] == "file" and recorded["sha256"] == file_sha256(weights)
+    assert recorded["source"].endswith(str(weights.resolve()))
+    again = runner.evaluate(smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": str(weights)}),
+                            trained.run_dir / FINAL, run_id="file-eval", progress=False)
+    assert again.record["encoder"]["weights"] == recorded
+
+
+def test_records_from_before_the_weights_field_say_what_imagenet_meant(tmp_path):
+    """Results written before encoder weights were recorded: 'imagenet' meant torchvision's
+    IMAGENET1K_V1 file then, 'none' a random encoder."""
+    def stored(setting):
+        return {"encoder": {"encoder_weights": setting}, "config": {"model": {"encoder_weights": setting}}}
+    assert upgrade_record(stored("imagenet"))["encoder"]["weights"]["choice"] == "torchvision"
+    assert upgrade_record(stored("none"))["encoder"]["weights"]["choice"] == "none"
+    kept = {"choice": "imagenet", "sha256": "ab"}
+    assert upgrade_record({**stored("imagenet"), "encoder": {"weights": kept}})["encoder"]["weights"] == kept
 
 
 # ---- exact resumption -----------------------------------------------------------------
@@ -213,6 +256,12 @@ def test_imagenet_without_network_points_to_a_local_file(smoke_root, tmp_path, m
     config = smoke_config(smoke_root, tmp_path, **{"model.encoder_weights": "imagenet"})
     with pytest.raises(RuntimeError, match="--encoder-weights /path/to/weights.pth"):
         get_method("mambaad", config.model, 64, "cpu")
+    # Through the engine: refused before the run folder or the results file exists.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    with pytest.raises(RuntimeError, match="encoder_weights='/path/to/resnet18-5c106cde.pth'"):
+        runner.train(config, run_id="offline", progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("offline"))
+    assert not any((tmp_path / "results").rglob("offline*"))
 
 
 # ---- predict --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import yaml
 
 from mambaad_lib.methods.base import PROFILE_SIZES, get_method_class
 from mambaad_lib.methods.training import TrainConfig
-from mambaad_lib.metrics import DEFAULT_PROTOCOLS
+from mambaad_lib.metrics import DEFAULT_PROTOCOLS, check_protocol
 from mambaad_lib.metrics import PROTOCOLS as _PROTOCOL_FUNCTIONS
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.resources import CONFIGS_DIR
@@ -117,6 +117,12 @@ class EvalConfig:
         unknown = [name for name in self.protocols if name not in PROTOCOLS]
         require(not unknown and len(self.protocols) > 0, "eval.protocols",
                 f"must be a non-empty subset of {list(PROTOCOLS)}, got {self.protocols}")
+        for name in self.protocols:
+            # A protocol needing an optional package fails here, before any training starts.
+            try:
+                check_protocol(name)
+            except ImportError as error:
+                raise ConfigError(f"config key 'eval.protocols': {error}") from None
         require(self.num_examples >= 0, "eval.num_examples", f"must be >= 0, got {self.num_examples}")
         require(self.every_epochs is None or self.every_epochs >= 1, "eval.every_epochs",
                 f"must be >= 1 or null, got {self.every_epochs}")

@@ -70,7 +70,8 @@ def predict_dataset(method: AnomalyMethod, dataset: Dataset, batch_size: int, nu
         raise ValueError("the test set is empty: no test images were found")
     if method.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(method.device)
-    batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+    batches = [list(range(start, min(start + batch_size, len(dataset))))
+               for start in range(0, len(dataset), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches[parallel.rank::parallel.world_size], num_workers=num_workers)
     parts = []  # one dict of numpy arrays / lists per batch
     model_seconds = 0.0

@@ -9,6 +9,7 @@ import torch
 from mambaad_lib.engine.checkpoint import save_checkpoint
 from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.methods import get_method
+from mambaad_lib.models.encoders import file_sha256
 from mambaad_lib.models.release import ReleaseLoadReport, load_release_weights
 
 
@@ -34,7 +35,10 @@ def release_checkpoint_for_engine(path: str | os.PathLike, config: RunConfig, st
     default = Path(config.paths.runs_dir) / "release" / f"{Path(path).stem}.pt"
     target = Path(out_path) if out_path is not None else default
     target.parent.mkdir(parents=True, exist_ok=True)
-    provenance = {"encoder_weights": f"released checkpoint {path} (net_t)", "batchnorm_reestimated_on": 0,
+    weights = {"choice": "file", "source": f"released checkpoint {path} (net_t)", "file_name": Path(path).name,
+               "sha256": file_sha256(path), "url": None, "sha256_matches_name": None}
+    provenance = {"weights": weights, "encoder_weights": f"released checkpoint {path} (net_t)",
+                  "batchnorm_reestimated_on": 0,
                   "release_checkpoint": report.as_dict()}
     save_checkpoint(target, method="mambaad", config=config_to_dict(config), model=method.state_dict(),
                     extras={"prepare": provenance}, finished=True)

@@ -25,19 +25,28 @@ atomically. Schema ``mambaad-companion/results`` version 2::
                                   (RUN_OUTPUT_PATHS)
     config                       the full run config (every section, as validated)
     run_dir                      the run's folder (checkpoints), null for "evaluate"
-    encoder                      {encoder_weights, batchnorm_reestimated_on, warning?}: a random
-                                 encoder is flagged here and in the warning text
+    encoder                      {weights, encoder_weights, batchnorm_reestimated_on, warning?}:
+                                 ``weights`` = {choice, source, file_name, sha256, url,
+                                 sha256_matches_name} of the encoder's weights as loaded (the
+                                 release's timm file for ``imagenet``, ``torchvision``, a local
+                                 file, or ``none``: random, flagged in the warning text); null for
+                                 methods without a frozen encoder
     data                         {root, name, classes, n_train, n_test}
     model                        {parameters: {total, trainable, frozen}, flops?: {total, scan},
                                   architecture, ...}
     training                     null for "evaluate"; else {epochs, steps, wall_time_s,
-                                  epoch_losses, final_loss, resumed_from, checkpoint, ...}
+                                  epoch_losses, final_loss, resumed_from, checkpoint,
+                                  convergence: {tail_epochs, late_improvement, plateaued, rule}
+                                  (:mod:`.convergence`), ...}
     evaluation                   {n_images, wall_time_s, model_time_s, images_per_s,
                                   model_images_per_s, peak_memory_bytes, peak_memory_kind,
                                   checkpoint}
     metrics                      {protocol: {per_class: [{cls_name, i_auroc, i_ap, i_f1max,
                                   p_auroc, p_ap, p_f1max, p_aupro, mAD}], mean: {...}}}, values
                                   in [0, 1]; a metric that cannot be computed is null
+    ground_truth                 {protocol: {masks: "nearest" | "bilinear", labels_from_masks}}:
+                                 the masks each protocol evaluated (nearest, > 0; or the release's
+                                 bilinear, > 0.5) and whether image labels were the masks' maxima
     metrics_untrained            same shape, the model before training (when
                                  train.evaluate_untrained), else null
     evaluations                  with eval.every_epochs: [{epoch, step, final, metrics}] of every
@@ -51,6 +60,10 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     examples                     PNG paths relative to the results file's folder
     notes                        sentences a reader of the numbers needs (e.g. metrics not computed)
     wall_time_s                  whole command, seconds
+
+Records without ``encoder.weights`` (written before it was recorded) get it from their config
+by :func:`encoder_entry`: ``imagenet`` then meant torchvision's ``IMAGENET1K_V1`` weights.
+Records without ``ground_truth`` evaluated nearest masks and dataset labels in every protocol.
 
 Version 1 files (before ``traits``, ``run_dir``, ``openset``, ``classes``, ``evaluations``,
 ``best_over_evaluations``, ``notes`` and the start-time provenance) load with those fields filled by :func:`upgrade_record`; their ``git_dirty``
@@ -81,6 +94,9 @@ RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml
 # Fields added in schema version 2, with the value a version-1 record stands for.
 _V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
                                 "evaluations": [], "best_over_evaluations": None, "execution": None}
+# Before records named each protocol's ground truth, every protocol evaluated nearest-resized
+# masks binarised at > 0 and the dataset's image labels.
+GROUND_TRUTH_BEFORE_RECORDED = {"masks": "nearest", "labels_from_masks": False}
 
 
 def results_path(results_dir: str | Path, experiment: str, profile: str, run_id: str) -> Path:
@@ -136,10 +152,37 @@ def write_results(path: str | Path, record: dict[str, Any]) -> Path:
     return atomic_write_json(path, {key: value for key, value in record.items() if not key.startswith("_")})
 
 
+def encoder_entry(encoder: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The ``encoder`` entry with ``weights`` filled in for files written before it was recorded.
+
+    Args:
+        encoder: the entry as stored (``weights`` may be missing).
+        config: the run's config as a plain dict (its ``model.encoder_weights`` setting).
+    """
+    if "weights" in encoder:
+        return encoder
+    setting = str((config.get("model") or {}).get("encoder_weights", "none"))
+    if setting.lower() == "none":
+        weights = {"choice": "none", "source": "none (random initialisation)"}
+    elif setting == "imagenet":
+        weights = {"choice": "torchvision", "source": "torchvision IMAGENET1K_V1 (what 'imagenet' loaded before "
+                                                      "results files recorded the encoder's weights)"}
+    else:
+        weights = {"choice": "file", "source": f"local file {setting}"}
+    return {**encoder, "weights": {"file_name": None, "sha256": None, "url": None, "sha256_matches_name": None,
+                                   **weights}}
+
+
 def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record of any older schema version in the current layout (missing fields get the
     value the older file stands for)."""
-    return {**_V2_DEFAULTS, **record}
+    upgraded = {**_V2_DEFAULTS, **record}
+    if "ground_truth" not in upgraded:
+        upgraded["ground_truth"] = {protocol: dict(GROUND_TRUTH_BEFORE_RECORDED)
+                                    for protocol in (upgraded.get("metrics") or {})}
+    if isinstance(upgraded.get("encoder"), dict) and isinstance(upgraded.get("config"), dict):
+        upgraded["encoder"] = encoder_entry(upgraded["encoder"], upgraded["config"])
+    return upgraded
 
 
 def read_record(path: str | Path) -> dict[str, Any] | None:

@@ -42,15 +42,18 @@ from mambaad_lib.data.subsets import dataset_items, first_per_class, subset
 from mambaad_lib.engine import distributed
 from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir, load_checkpoint
 from mambaad_lib.engine.config import RunConfig, config_to_dict
+from mambaad_lib.engine.convergence import convergence
 from mambaad_lib.engine.evaluate import (
     Predictions, compute_protocol_metrics, pick_examples, predict_dataset, save_examples)
-from mambaad_lib.engine.results import code_provenance, new_record, read_record, results_path, write_results
+from mambaad_lib.engine.results import (code_provenance, encoder_entry, new_record, read_record, results_path,
+                                         write_results)
 from mambaad_lib.engine.runs import (CONFIG, LOCK, RunLock, check_name, check_not_in_use, is_finished, mark_finished,
                                      new_run_id)
 from mambaad_lib.engine.seeding import preserved_rng, seed_everything, set_deterministic
 from mambaad_lib.engine.trainer import Trainer
 from mambaad_lib.methods import AnomalyMethod, LearningType, TrainingData, get_method, get_method_class
-from mambaad_lib.metrics import class_mean
+from mambaad_lib.metrics import PROTOCOLS, class_mean
+from mambaad_lib.models.encoders import WEIGHT_CHOICES, fetch_published_weights, published_weights
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.files import atomic_write_text, ensure_writable_dir
 
@@ -337,6 +340,8 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
         if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
             raise _run_exists(run_id, run_dir, results_file)
         check_data(config, build_datasets(config))  # missing or bad data fails here, before any folder is made
+        if resume is None:
+            _check_encoder_weights(config)  # on rank 0 first: the others find the file in the cache
         ensure_writable_dir(results_file.parent, "results (--results-dir)")
         ensure_writable_dir(run_dir.parent, "runs (--runs-dir)")
         return code_provenance()
@@ -385,6 +390,15 @@ def _join_process_group(config: RunConfig, method_class: type[AnomalyMethod] | N
     return parallel
 
 
+def _check_encoder_weights(config: RunConfig) -> None:
+    """Fetch (or find in the torch hub cache) a published encoder weights file now, so that an
+    offline machine fails before the run folder exists, with the message naming the file."""
+    choice = getattr(config.model, "encoder_weights", None)
+    backbone = getattr(config.model, "backbone", None)
+    if choice in WEIGHT_CHOICES and backbone is not None:
+        fetch_published_weights(published_weights(backbone, choice))
+
+
 def _examples_dir(results_file: Path, run_id: str) -> Path:
     return results_file.parent / f"{run_id}_examples"
 
@@ -424,8 +438,10 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
                 method.scan_backend, len(datasets["train"]), len(datasets["test"]), run_dir)
     extras: dict[str, Any] = {}
     if resume_from is None:
-        extras["prepare"] = method.prepare(
-            _image_batches(datasets["train"], config.eval.batch_size, config.data.num_workers))
+        # Read before prepare(): the weights as loaded, whatever preparation does to them later.
+        weights = method.encoder_weights()
+        extras["prepare"] = {"weights": weights, **method.prepare(
+            _image_batches(datasets["train"], config.eval.batch_size, config.data.num_workers))}
         if config.train.evaluate_untrained:
             _, extras["metrics_untrained"] = _evaluate(method, datasets["test"], config, progress,
                                                        "evaluate (untrained)")
@@ -520,15 +536,18 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
     return new_record(
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=method.traits(), seed=config.seed, device=method.device.type,
-        execution=_execution(config, kind), scan_backend=method.scan_backend, config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
-        encoder=fitted.extras.get("prepare", {}),
+        execution=_execution(config, kind), scan_backend=method.scan_backend, config=config_to_dict(config),
+        run_dir=str(run_dir) if run_dir else None,
+        encoder=encoder_entry(fitted.extras.get("prepare", {}), config_to_dict(config)),
         data={"root": config.data.root, "name": config.data.name,
               "classes": sorted(set(fitted.predictions.class_names)),
               "n_train": len(fitted.datasets["train"]) if "train" in fitted.datasets else None,
               "n_test": len(fitted.datasets["test"])},
-        model=method.describe(), training=fitted.training if kind == "train" else None,
+        model=method.describe(), training=_training_facts(fitted.training) if kind == "train" else None,
         evaluation={**fitted.predictions.timing, "checkpoint": checkpoint or fitted.training.get("checkpoint")},
         metrics=fitted.metrics, metrics_untrained=fitted.extras.get("metrics_untrained"), openset=fitted.openset,
+        ground_truth={name: {"masks": PROTOCOLS[name].masks, "labels_from_masks": PROTOCOLS[name].labels_from_masks}
+                      for name in fitted.metrics},
         evaluations=evaluations, best_over_evaluations=best_over_evaluations(evaluations),
         examples=[str(path.relative_to(results_file.parent)) for path in examples],
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
@@ -543,9 +562,16 @@ def _execution(config: RunConfig, kind: str) -> dict[str, Any]:
             "precision": config.train.precision if training else "fp32"}
 
 
+def _training_facts(training: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's facts with the plateau verdict of its loss curve."""
+    return {**training, "convergence": convergence(training.get("epoch_losses"))}
+
+
 def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file: Path,
-                     provenance: dict[str, Any], started: float, *, resuming: bool, **context: Any) -> dict[str, Any]:
-    """One model per class, each in ``run_dir/<class>``; returns the merged record."""
+                     provenance: dict[str, Any], started: float, *, resuming: bool, **context: Any
+                     ) -> dict[str, Any] | None:
+    """One model per class, each in ``run_dir/<class>``; returns the merged record (rank 0;
+    None on the other processes of a torchrun group)."""
     classes = [check_name(name, "class name") for name in configured_classes(config)]
     per_class_examples = max(1, -(-config.eval.num_examples // len(classes))) if config.eval.num_examples else 0
     records = []
@@ -603,7 +629,8 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
     return new_record(
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=first["traits"], seed=config.seed, device=first["device"],
-        execution=first.get("execution"), scan_backend=first["scan_backend"], config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
+        execution=first.get("execution"), scan_backend=first["scan_backend"], config=config_to_dict(config),
+        run_dir=str(run_dir) if run_dir else None,
         encoder={key: value for key, value in first["encoder"].items() if key != "batchnorm_reestimated_on"},
         data={"root": config.data.root, "name": config.data.name,
               "classes": [record["data"]["classes"][0] for record in records],
@@ -616,6 +643,7 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
                     "peak_memory_bytes": max(timing["peak_memory_bytes"] for timing in timings),
                     "peak_memory_kind": first["evaluation"]["peak_memory_kind"], "checkpoint": str(run_dir)},
         metrics=metrics, metrics_untrained=merged("metrics_untrained"), openset=openset, notes=metric_notes(metrics),
+        ground_truth=first.get("ground_truth"),
         classes={record["data"]["classes"][0]: {
             "run_dir": record.get("run_dir"), "checkpoint": record["evaluation"]["checkpoint"],
             "training": record.get("training"), "encoder": record.get("encoder"), "model": record.get("model"),

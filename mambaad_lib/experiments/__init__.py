@@ -4,7 +4,8 @@
 trained at each profile size), ``grid`` (rows trained through the engine, flattened
 results, the open-set grid), ``tables`` (pandas tables beside the paper's; pandas lives
 here only), ``inspection`` (predictions, curves, examples and timing of finished runs),
-``summary`` (each notebook's summary file). Figures are :mod:`mambaad_lib.viz`'s.
+``summary`` (each notebook's summary file), ``provenance`` (weights, masks and protocols
+of the published results). Figures are :mod:`mambaad_lib.viz`'s.
 """
 from mambaad_lib.engine.results import read_record
 from mambaad_lib.experiments.context import Context

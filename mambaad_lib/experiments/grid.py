@@ -59,6 +59,7 @@ def result_row(record: Mapping[str, Any], label: str) -> dict[str, Any]:
         "image_size": record["config"]["data"]["crop_size"],
         "train_time_s": training.get("wall_time_s"), "final_loss": training.get("final_loss"),
         "epoch_losses": training.get("epoch_losses"),
+        "plateaued": (training.get("convergence") or {}).get("plateaued"),
         "images_per_s": evaluation.get("model_images_per_s"), "scan_backend": record.get("scan_backend"),
         "encoder": (record.get("encoder") or {}).get("encoder_weights"),
         "git_commit": environment.get("git_commit"), "git_dirty": environment.get("git_dirty"),

@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 from mambaad_lib.methods.training import TrainConfig
 from mambaad_lib.models.costs import count_parameters
+from mambaad_lib.models.encoders import encoder_weights_info
 from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.state import load_strict
 
@@ -172,6 +173,12 @@ class AnomalyMethod(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for the results file: parameter counts of :attr:`network` and :meth:`summary`."""
         return {"parameters": count_parameters(self.network), "architecture": self.summary()}
+
+    def encoder_weights(self) -> dict[str, Any] | None:
+        """What the frozen encoder's weights are ({choice, source, file_name, sha256, url,
+        sha256_matches_name}), for the results file; None for methods without one."""
+        info = encoder_weights_info(self.network)
+        return info.as_dict() if info is not None else None
 
     def train(self, mode: bool = True) -> "AnomalyMethod":
         """Switch the network between training and inference behaviour."""

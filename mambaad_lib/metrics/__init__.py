@@ -13,6 +13,7 @@ Public API:
 - :func:`per_class_metrics` / :class:`ClassMetrics`, per-class evaluation and class mean
   (``has_mask=`` marks anomalous images without a mask: image metrics only for their
   classes, with ``ClassMetrics.notes`` and ``ClassMetrics.images_without_mask``);
+- :func:`check_protocol`, a protocol name checked (and its optional package importable);
 - :data:`METRIC_KEYS`, the eight result keys in table order.
 
 Modules, one job each: ``inputs`` (conversion, validation), ``ranking`` (the single sort
@@ -27,7 +28,7 @@ from .image import image_curves, image_metrics
 from .inputs import UndefinedMetricWarning
 from .ground_truth import binarize_soft_masks, protocol_ground_truth
 from .pixel import pixel_metrics
-from .protocols import DEFAULT_PROTOCOLS, METRIC_KEYS, PROTOCOLS, Protocol, compute_metrics
+from .protocols import DEFAULT_PROTOCOLS, METRIC_KEYS, PROTOCOLS, Protocol, check_protocol, compute_metrics
 
 __all__ = [
     "DEFAULT_PROTOCOLS",
@@ -39,6 +40,7 @@ __all__ = [
     "UndefinedMetricWarning",
     "aupro",
     "binarize_soft_masks",
+    "check_protocol",
     "compute_metrics",
     "image_curves",
     "image_metrics",
