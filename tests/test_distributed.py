@@ -37,6 +37,7 @@ from mambaad_lib.engine.config import load_config
 from mambaad_lib.engine.distributed import Distributed
 from mambaad_lib.engine.trainer import Trainer
 from mambaad_lib.methods import get_method, get_method_class
+from mambaad_lib.methods.training import MixedPrecision
 from mambaad_lib.models.batch_randomness import batch_shard
 from mambaad_lib.models.ss2d import DropPath
 from mambaad_lib.utils.errors import ConfigError
@@ -328,3 +329,28 @@ def test_precision_a_method_does_not_train_at_is_refused(smoke_root):
                                    "train.precision": "bf16"})
     with pytest.raises(ConfigError, match="train.precision.*nearest_neighbor.*fp32, not bf16"):
         runner.train(config, progress=False)
+
+
+def test_fp16_loss_scaling_unscales_before_clipping_and_skips_overflowing_steps():
+    torch.manual_seed(0)
+    network = torch.nn.Linear(4, 3)
+    images = torch.randn(8, 4)
+    precision = MixedPrecision("fp16", "cpu")
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+
+    def loss() -> torch.Tensor:
+        with precision.autocast():
+            return network(images).float().pow(2).mean()
+
+    first = loss()
+    gradients = torch.autograd.grad(first, list(network.parameters()), retain_graph=True)
+    assert torch.linalg.vector_norm(torch.cat([grad.flatten() for grad in gradients])) > 0.5
+    precision.step(first, [optimizer], clip=(list(network.parameters()), 0.5))
+    scale = precision.state_dict()["scale"]
+    assert scale > 1  # the loss was scaled, and clipping saw the gradients divided back
+    norm = torch.linalg.vector_norm(torch.cat([parameter.grad.flatten() for parameter in network.parameters()]))
+    assert float(norm) == pytest.approx(0.5, rel=1e-4)
+    before = [parameter.detach().clone() for parameter in network.parameters()]
+    precision.step(loss() * float("inf"), [optimizer])  # overflow: the step is skipped, the scale halves
+    assert all(torch.equal(parameter, old) for parameter, old in zip(network.parameters(), before))
+    assert precision.state_dict()["scale"] == scale / 2
