@@ -33,6 +33,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "epochs": ("train.epochs", "training epochs"),
     "batch_size": ("train.batch_size", "training batch size (the learning rate scales with it)"),
     "lr": ("train.lr", "learning rate at batch 16"),
+    "precision": ("train.precision", "training precision: fp32, bf16 or fp16 (mixed precision; the scan stays fp32)"),
     "encoder_weights": ("model.encoder_weights",
                         "imagenet (the ImageNet file the release loads through timm; needs network or "
                         "the torch hub cache), torchvision (torchvision's IMAGENET1K_V1, this library's "
@@ -116,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a detector, evaluate it, write results", formatter_class=raw, allow_abbrev=False,
         description="Train on the normal images of all classes (one unified model), evaluate the test split "
                     "with both metric protocols, write results/<experiment>/<profile>/<run_id>.json and "
-                    "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.",
+                    "checkpoints in runs/<experiment>/<run_id>/. Ctrl-C saves a checkpoint; --resume continues.\n"
+                    "Several GPUs or machines: the same command under torchrun, e.g.\n"
+                    "  torchrun --nproc_per_node 4 -m mambaad_lib.cli train --profile paper --device cuda\n"
+                    "(train.batch_size stays the global batch; rank 0 writes; see book/training_bigger.md).",
         epilog=_config_epilog())
     _add_config_options(train, profile_required=False)
     train.add_argument("--run-id", help="name of the run (default: <method>-seed<seed>-<time>-<random>)")
@@ -528,6 +532,10 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_pred
 
 
 def _print_summary(record: dict[str, Any], results_file: Path) -> None:
+    from mambaad_lib.engine.distributed import current
+
+    if not current().is_main:  # under torchrun rank 0 reports
+        return
     for title, key in (("untrained", "metrics_untrained"), ("result", "metrics")):
         metrics = record.get(key)
         if not metrics:

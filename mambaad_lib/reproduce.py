@@ -42,7 +42,7 @@ PROFILES = ("smoke", "demo", "paper")
 # Hand-written pages in reading order; a page that does not exist is left out of the toc.
 BOOK_PAGES_BEFORE = ("book/datasets", "book/metrics")
 BOOK_PAGES_AFTER = ("book/model_costs", "book/release_checkpoints", "book/deployment", "book/reproducibility",
-                    "book/api")
+                    "book/training_bigger", "book/api")
 SCRATCH = "_rerun"  # where a rerun goes unless --into-book (ignored by git; RUN_OUTPUT_PATHS lists it)
 # What a book in the scratch folder copies from the checkout (the notebooks' outputs are its own).
 BOOK_SOURCES = ("_config.yml", "book/figures", "book/_static")

@@ -7,6 +7,7 @@ A checkpoint is one ``torch.save`` file, written atomically::
      "model": <state dict>, "optimization": <optimiser, scheduler and random-stream state>,
      "rng": <seeding.rng_state()>, "progress": <TrainProgress as dict>,
      "extras": <facts gathered before training, e.g. untrained metrics>,
+     "processes": {"world_size", "nodes", "backend"} (optional; absent: one process),
      "finished": bool, "checksum": <SHA-256 of every tensor above>,
      "calibration": <optional: thresholds from normal images, see engine.calibration>}
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mambaad_lib.data import denormalize
+from mambaad_lib.engine.distributed import SINGLE, Distributed
 from mambaad_lib.engine.figures import example_panel, normalize_map
 from mambaad_lib.methods.base import AnomalyMethod
 from mambaad_lib.metrics import per_class_metrics, protocol_ground_truth
@@ -54,41 +55,62 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
 
 
 def predict_dataset(method: AnomalyMethod, dataset: Dataset, batch_size: int, num_workers: int = 0,
-                    progress: bool = True, desc: str = "evaluate") -> Predictions:
-    """Run ``method.predict`` over ``dataset`` (items as from :class:`AnomalyDataset`)."""
+                    progress: bool = True, desc: str = "evaluate",
+                    parallel: Distributed | None = None) -> Predictions | None:
+    """Run ``method.predict`` over ``dataset`` (items as from :class:`AnomalyDataset`).
+
+    Under torchrun (``parallel`` with W processes) process r predicts batches r, r + W, ...
+    of the one-process order (every image in the batch it has in one process) and rank 0
+    gathers them in dataset order: rank 0 returns the one-process predictions, the other
+    processes None. Timing then counts every image: wall time on rank 0 (gathering
+    included), model time and peak memory of the slowest / largest process.
+    """
+    parallel = parallel or SINGLE
     if len(dataset) == 0:
         raise ValueError("the test set is empty: no test images were found")
     if method.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(method.device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    maps, scores, labels, masks, soft_masks, has_mask, class_names, paths = [], [], [], [], [], [], [], []
+    batches = [list(range(start, min(start + batch_size, len(dataset))))
+               for start in range(0, len(dataset), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches[parallel.rank::parallel.world_size], num_workers=num_workers)
+    parts = []  # one dict of numpy arrays / lists per batch
     model_seconds = 0.0
     started = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
+    bars = progress and parallel.is_main
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not bars, leave=False, dynamic_ncols=True):
         tick = time.perf_counter()
         batch_maps, batch_scores = method.predict(batch["image"])  # (B,1,H,W), (B,)
         if method.device.type == "cuda":
             torch.cuda.synchronize(method.device)
         model_seconds += time.perf_counter() - tick
-        maps.append(batch_maps[:, 0].float().cpu().numpy())
-        scores.append(batch_scores.float().cpu().numpy())
-        labels.append(np.asarray(batch["label"]))
-        masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        part = {"maps": batch_maps[:, 0].float().cpu().numpy(), "scores": batch_scores.float().cpu().numpy(),
+                "labels": np.asarray(batch["label"]), "masks": batch["mask"][:, 0].numpy() > 0.5,
+                "class_names": list(batch["cls_name"]), "paths": list(batch["img_path"])}
         if "mask_soft" in batch:
-            soft_masks.append(batch["mask_soft"][:, 0].numpy())
+            part["soft_masks"] = batch["mask_soft"][:, 0].numpy()
         if "has_mask" in batch:
-            has_mask.append(np.asarray(batch["has_mask"], dtype=bool))
-        class_names += list(batch["cls_name"])
-        paths += list(batch["img_path"])
+            part["has_mask"] = np.asarray(batch["has_mask"], dtype=bool)
+        parts.append(part)
+    gathered = parallel.gather_to_main((parts, model_seconds, _peak_memory(method.device)))
+    if gathered is None:
+        return None
+    # Batch i was predicted by process i % W, as its (i // W)-th batch.
+    ordered = [gathered[index % parallel.world_size][0][index // parallel.world_size] for index in range(len(batches))]
     total_seconds = time.perf_counter() - started
+    model_seconds = max(seconds for _, seconds, _ in gathered)
+    memory = max((peak for _, _, peak in gathered), key=lambda peak: peak["peak_memory_bytes"])
+
+    def joined(key: str) -> np.ndarray | None:
+        return np.concatenate([part[key] for part in ordered]) if key in ordered[0] else None
+
+    class_names = [name for part in ordered for name in part["class_names"]]
     n_images = len(class_names)
     timing = {"n_images": n_images, "wall_time_s": total_seconds, "model_time_s": model_seconds,
               "images_per_s": n_images / max(total_seconds, 1e-9),
-              "model_images_per_s": n_images / max(model_seconds, 1e-9), **_peak_memory(method.device)}
-    return Predictions(np.concatenate(maps), np.concatenate(scores), np.concatenate(labels).astype(np.int64),
-                       np.concatenate(masks), class_names, paths, timing,
-                       np.concatenate(soft_masks) if soft_masks else None,
-                       np.concatenate(has_mask) if has_mask else None)
+              "model_images_per_s": n_images / max(model_seconds, 1e-9), **memory}
+    return Predictions(joined("maps"), joined("scores"), joined("labels").astype(np.int64), joined("masks"),
+                       class_names, [path for part in ordered for path in part["paths"]], timing,
+                       joined("soft_masks"), joined("has_mask"))
 
 
 def compute_protocol_metrics(predictions: Predictions, protocols: Sequence[str]) -> dict[str, Any]:

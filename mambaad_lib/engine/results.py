@@ -10,6 +10,13 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     method, traits               "mambaad", "glass", ...; the method's traits (learning type,
                                  per class, one pass, resumable)
     seed, device                 the run's seed; "cpu" / "cuda" (resolved, never "auto")
+    execution                    {world_size, nodes, backend, per_process_batch, precision}: the
+                                 processes the command ran in (torchrun: world_size > 1, backend
+                                 "nccl"/"gloo"; one process: 1 and null), the training images per
+                                 process and step (train.batch_size / world_size; null for
+                                 "evaluate") and the training precision ("fp32", "bf16", "fp16";
+                                 evaluation is always fp32); null in files written before it existed
+                                 (one process, fp32)
     scan_backend                 resolved selective-scan backend ("cpu", "mamba_ssm", ...) or null
     environment                  {torch, torchvision, numpy, python, platform, cuda (or null),
                                   package_version, git_commit, git_dirty, git_dirty_paths,
@@ -102,7 +109,8 @@ SCHEMA_VERSION = 2
 RUN_OUTPUT_PATHS = ("results/", "runs/", "data/", "book/experiments/", "_toc.yml", "_build/", "_rerun/")
 # Fields added in schema version 2, with the value a version-1 record stands for.
 _V2_DEFAULTS: dict[str, Any] = {"traits": None, "run_dir": None, "openset": None, "classes": None, "notes": [],
-                                "evaluations": [], "best_over_evaluations": None, "threads": None, "thresholds": None}
+                                "evaluations": [], "best_over_evaluations": None, "threads": None, "thresholds": None,
+                                "execution": None}
 # Before records named each protocol's ground truth, every protocol evaluated nearest-resized
 # masks binarised at > 0 and the dataset's image labels.
 GROUND_TRUTH_BEFORE_RECORDED = {"masks": "nearest", "labels_from_masks": False}

@@ -12,6 +12,11 @@ whose per-class metrics come from each class's own model.
 Every entry point checks its inputs (dataset meta, names, writable folders, checkpoint fit)
 before any long work starts and writes its outputs atomically, so a failed command leaves
 nothing half-written behind.
+
+Started by torchrun, :func:`train` and :func:`evaluate` run in every process of the group
+(:mod:`mambaad_lib.engine.distributed`): each process trains on its share of every batch
+and predicts its share of the test split; rank 0 alone locks the run folder and writes
+checkpoints, results and examples, and every process returns rank 0's record.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -34,6 +40,7 @@ from mambaad_lib.data.preflight import preflight
 from mambaad_lib.data.subsets import dataset_items, first_per_class, subset
 from mambaad_lib.engine.calibration import (
     Calibration, calibrate_run, read_calibration, run_calibration_images, threshold_report)
+from mambaad_lib.engine import distributed
 from mambaad_lib.engine.checkpoint import FINAL, LAST, PREVIOUS, latest_run_dir, load_checkpoint
 from mambaad_lib.engine.config import RunConfig, config_from_dict, config_to_dict
 from mambaad_lib.engine.convergence import convergence
@@ -161,14 +168,18 @@ def _image_batches(dataset: Dataset, batch_size: int, num_workers: int) -> Itera
 
 
 def _evaluate(method: AnomalyMethod, dataset: Dataset, config: RunConfig, progress: bool,
-              desc: str) -> tuple[Predictions, dict[str, Any]]:
+              desc: str) -> tuple[Predictions | None, dict[str, Any] | None]:
+    """Predictions and metrics; under torchrun every process predicts its share and rank 0
+    gets them all (other processes: None, None)."""
     predictions = predict_dataset(method, dataset, config.eval.batch_size, config.data.num_workers,
-                                  progress=progress, desc=desc)
+                                  progress=progress, desc=desc, parallel=distributed.current())
+    if predictions is None:
+        return None, None
     return predictions, compute_protocol_metrics(predictions, config.eval.protocols)
 
 
-def _log_metrics(title: str, metrics: dict[str, Any]) -> None:
-    for protocol, values in metrics.items():
+def _log_metrics(title: str, metrics: dict[str, Any] | None) -> None:
+    for protocol, values in (metrics or {}).items():
         shown = " ".join(f"{key}={value:.4f}" if value is not None else f"{key}=nan"
                          for key, value in values["mean"].items())
         logger.info("%s [%s protocol] %s", title, protocol, shown)
@@ -316,6 +327,7 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
     """
     started = time.perf_counter()
     method_class = get_method_class(config.method)
+    parallel = _join_process_group(config, method_class)
     if resume is not None:
         if not method_class.resumable:
             raise ConfigError(f"method {config.method!r} trains in one go and cannot --resume; train it again")
@@ -325,7 +337,8 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
                               f"({run_dir.name!r}); give one of them")
         run_id = run_dir.name
     else:
-        run_id = check_name(run_id, "--run-id") if run_id is not None else new_run_id(config.method, config.seed)
+        run_id = check_name(run_id, "--run-id") if run_id is not None else \
+            parallel.broadcast(new_run_id(config.method, config.seed))  # rank 0's
         run_dir = Path(config.paths.runs_dir) / config.experiment / run_id
     results_file = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
     if reuse and resume is None:
@@ -333,29 +346,60 @@ def train(config: RunConfig, run_id: str | None = None, resume: str | Path | Non
         if record is not None:
             logger.info("reusing the finished run %s (same config): %s", run_id, results_file)
             return RunOutcome(results_file, Path(record.get("run_dir") or run_dir), record, reused=True)
-    check_not_in_use(run_dir)
-    if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
-        raise _run_exists(run_id, run_dir, results_file)
-    check_data(config, build_datasets(config))  # missing or bad data fails here, before any folder is made
-    if resume is None:
-        _check_encoder_weights(config)
-    ensure_writable_dir(results_file.parent, "results (--results-dir)")
-    ensure_writable_dir(run_dir.parent, "runs (--runs-dir)")
-    provenance = code_provenance()
-    with RunLock(run_dir):
+
+    def check_run() -> dict[str, Any]:
+        check_not_in_use(run_dir)
+        if resume is None and not overwrite and (run_dir.exists() or results_file.exists()):
+            raise _run_exists(run_id, run_dir, results_file)
+        check_data(config, build_datasets(config))  # missing or bad data fails here, before any folder is made
         if resume is None:
-            _claim_run(run_id, run_dir, results_file, overwrite)
-            atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            _check_encoder_weights(config)  # on rank 0 first: the others find the file in the cache
+        ensure_writable_dir(results_file.parent, "results (--results-dir)")
+        ensure_writable_dir(run_dir.parent, "runs (--runs-dir)")
+        return code_provenance()
+
+    # Under torchrun rank 0 alone checks the data (once), locks and claims the run folder;
+    # the others wait for it and stop with its error.
+    provenance = parallel.on_main(check_run)
+    with ExitStack() as lock:
+        def claim_run() -> None:
+            lock.enter_context(RunLock(run_dir))
+            if resume is None:
+                _claim_run(run_id, run_dir, results_file, overwrite)
+                atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+        parallel.on_main(claim_run)
         context = dict(progress=progress, callbacks=callbacks, shared_cache=shared_cache, resuming=resume is not None)
         if method_class.per_class:
             record = _train_per_class(config, run_id, run_dir, results_file, provenance, started, **context)
         else:
             fitted = _fit(config, run_dir, **context)
-            record = _record(config, fitted, run_id, "train", results_file, provenance, started, run_dir)
-        write_results(results_file, record)
-        mark_finished(run_dir, results_file)
+            record = _record(config, fitted, run_id, "train", results_file, provenance, started, run_dir) \
+                if parallel.is_main else None
+        if parallel.is_main:
+            write_results(results_file, record)
+            mark_finished(run_dir, results_file)
     logger.info("results written to %s", results_file)
-    return RunOutcome(results_file, run_dir, record)
+    return RunOutcome(results_file, run_dir, parallel.broadcast(record))
+
+
+def _join_process_group(config: RunConfig, method_class: type[AnomalyMethod] | None = None
+                        ) -> distributed.Distributed:
+    """Join torchrun's process group when started by it; for training, refuse at once what
+    cannot run: a precision the method does not train at, a method that trains in one
+    process only, a global batch that does not divide among the processes."""
+    parallel = distributed.init_from_environment(resolve_device(config.device))
+    if method_class is None:
+        return parallel
+    if config.train.precision not in method_class.precisions:
+        raise ConfigError(f"config key 'train.precision': method {config.method!r} trains at "
+                          f"{', '.join(method_class.precisions)}, not {config.train.precision}")
+    if parallel.enabled:
+        if not method_class.distributed:
+            raise ConfigError(f"method {config.method!r} trains in one process only; run it without torchrun "
+                              "(or with --nproc_per_node 1)")
+        parallel.local_batch_size(config.train.batch_size)
+    return parallel
 
 
 def _check_encoder_weights(config: RunConfig) -> None:
@@ -393,7 +437,7 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
          shared_cache: dict[str, Any] | None, resuming: bool) -> _Fitted:
     """Build, prepare, fit, checkpoint and evaluate one model in ``run_dir``."""
     method_class = get_method_class(config.method)
-    device = resolve_device(config.device)
+    device = distributed.process_device(resolve_device(config.device))
     datasets = build_datasets(config)
     datasets["train"], calibration_images = run_calibration_images(config, method_class.per_class, datasets["train"])
     labelled, openset = None, None
@@ -415,7 +459,11 @@ def _fit(config: RunConfig, run_dir: Path, *, progress: bool, callbacks: Sequenc
             _, extras["metrics_untrained"] = _evaluate(method, datasets["test"], config, progress,
                                                        "evaluate (untrained)")
             _log_metrics("untrained", extras["metrics_untrained"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    parallel = distributed.current()
+    if parallel.enabled:
+        method.distribute(parallel)
+    if parallel.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(method, config, run_dir, progress=progress, callbacks=callbacks, extras=extras,
                       resume_from=resume_from, epoch_end=_scheduled_evaluation(method, datasets["test"], config))
     data = TrainingData(normal=datasets["train"], labelled_anomalies=labelled, seed=config.seed,
@@ -504,7 +552,8 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
     return new_record(
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=method.traits(), seed=config.seed, device=method.device.type,
-        scan_backend=method.scan_backend, config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
+        execution=_execution(config, kind), scan_backend=method.scan_backend, config=config_to_dict(config),
+        run_dir=str(run_dir) if run_dir else None,
         encoder=encoder_entry(fitted.extras.get("prepare", {}), config_to_dict(config)),
         data={"root": config.data.root, "name": config.data.name,
               "classes": sorted(set(fitted.predictions.class_names)),
@@ -521,14 +570,25 @@ def _record(config: RunConfig, fitted: _Fitted, run_id: str, kind: str, results_
         notes=metric_notes(fitted.metrics), wall_time_s=time.perf_counter() - started)
 
 
+def _execution(config: RunConfig, kind: str) -> dict[str, Any]:
+    """The results file's ``execution`` entry: processes, per-process batch, precision."""
+    parallel = distributed.current()
+    training = kind == "train"
+    return {**parallel.describe(),
+            "per_process_batch": parallel.local_batch_size(config.train.batch_size) if training else None,
+            "precision": config.train.precision if training else "fp32"}
+
+
 def _training_facts(training: dict[str, Any]) -> dict[str, Any]:
     """The trainer's facts with the plateau verdict of its loss curve."""
     return {**training, "convergence": convergence(training.get("epoch_losses"))}
 
 
 def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file: Path,
-                     provenance: dict[str, Any], started: float, *, resuming: bool, **context: Any) -> dict[str, Any]:
-    """One model per class, each in ``run_dir/<class>``; returns the merged record."""
+                     provenance: dict[str, Any], started: float, *, resuming: bool, **context: Any
+                     ) -> dict[str, Any] | None:
+    """One model per class, each in ``run_dir/<class>``; returns the merged record (rank 0;
+    None on the other processes of a torchrun group)."""
     classes = [check_name(name, "class name") for name in configured_classes(config)]
     per_class_examples = max(1, -(-config.eval.num_examples // len(classes))) if config.eval.num_examples else 0
     records = []
@@ -540,11 +600,15 @@ def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file
             logger.info("class %s finished before the interruption; its model is kept", cls_name)
             continue
         fitted = _fit(class_config, class_dir, resuming=resuming, **context)
+        if not distributed.current().is_main:
+            continue  # rank 0 writes every class's record
         record = _record(class_config, fitted, run_id, "train", results_file, provenance, started, class_dir,
                          examples_per_class=per_class_examples)
         write_results(class_dir / CLASS_RESULTS, record)
         mark_finished(class_dir, class_dir / CLASS_RESULTS)
         records.append(record)
+    if not distributed.current().is_main:
+        return None
     return merge_class_records(config, run_id, records, provenance, started, run_dir)
 
 
@@ -582,7 +646,8 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
     return new_record(
         provenance, run_id=run_id, experiment=config.experiment, profile=config.profile, kind=kind,
         method=config.method, traits=first["traits"], seed=config.seed, device=first["device"],
-        scan_backend=first["scan_backend"], config=config_to_dict(config), run_dir=str(run_dir) if run_dir else None,
+        execution=first.get("execution"), scan_backend=first["scan_backend"], config=config_to_dict(config),
+        run_dir=str(run_dir) if run_dir else None,
         encoder={key: value for key, value in first["encoder"].items() if key != "batchnorm_reestimated_on"},
         data={"root": config.data.root, "name": config.data.name,
               "classes": [record["data"]["classes"][0] for record in records],
@@ -627,7 +692,7 @@ def load_for_inference(checkpoint: str | Path, config: RunConfig, trust: bool = 
     if content.get("method", config.method) != config.method:
         raise ValueError(f"checkpoint {checkpoint} holds a {content['method']!r} model, "
                          f"but the config asks for {config.method!r}")
-    device = resolve_device(config.device)
+    device = distributed.process_device(resolve_device(config.device))
     seed_everything(config.seed)
     method = get_method(config.method, config.model, config.data.crop_size, device, pretrained=False)
     method.load_state_dict(content["model"], source=f"checkpoint {checkpoint}")
@@ -669,15 +734,20 @@ def evaluate(config: RunConfig, checkpoint: str | Path, run_id: str | None = Non
     """Evaluate a checkpoint (or a per-class run folder) on the configured test split and write a
     results file (``eval-<checkpoint's run>-<time>`` unless ``run_id`` is given)."""
     started = time.perf_counter()
+    parallel = _join_process_group(config)
     targets = class_checkpoints(checkpoint)
     run_name = Path(checkpoint).name if Path(checkpoint).is_dir() else Path(checkpoint).parent.name
-    run_id = check_name(run_id, "--run-id") if run_id is not None else new_run_id(f"eval-{run_name}", config.seed)
+    run_id = check_name(run_id, "--run-id") if run_id is not None else \
+        parallel.broadcast(new_run_id(f"eval-{run_name}", config.seed))  # rank 0's
     results_file = results_path(config.paths.results_dir, config.experiment, config.profile, run_id)
     if results_file.exists():
         raise FileExistsError(f"results file {str(results_file)!r} exists; choose another --run-id")
-    check_data(config, build_datasets(config, splits=("test",)))
-    ensure_writable_dir(results_file.parent, "results (--results-dir)")
-    provenance = code_provenance()
+    def check_evaluation() -> dict[str, Any]:
+        check_data(config, build_datasets(config, splits=("test",)))
+        ensure_writable_dir(results_file.parent, "results (--results-dir)")
+        return code_provenance()
+
+    provenance = parallel.on_main(check_evaluation)  # rank 0 checks the data once
     records = []
     for cls_name, path in targets.items():
         class_config = for_classes(config, [cls_name]) if cls_name is not None else config
@@ -688,15 +758,19 @@ def evaluate(config: RunConfig, checkpoint: str | Path, run_id: str | None = Non
             datasets["test"], _, openset = take_labelled_anomalies(datasets["test"], class_config)
         predictions, metrics = _evaluate(method, datasets["test"], class_config, progress, "evaluate")
         _log_metrics("evaluated", metrics)
+        if not parallel.is_main:
+            continue  # rank 0 holds every prediction and writes the record
         fitted = _Fitted(method, datasets, predictions, metrics, content.get("extras", {}), {}, openset,
                          read_calibration(content))
         records.append(_record(class_config, fitted, run_id, "evaluate", results_file, provenance, started, None,
                                checkpoint=str(path)))
-    record = records[0] if list(targets) == [None] else \
-        merge_class_records(config, run_id, records, provenance, started, None)
-    write_results(results_file, record)
+    record = None
+    if parallel.is_main:
+        record = records[0] if list(targets) == [None] else \
+            merge_class_records(config, run_id, records, provenance, started, None)
+        write_results(results_file, record)
     logger.info("results written to %s", results_file)
-    return RunOutcome(results_file, None, record)
+    return RunOutcome(results_file, None, parallel.broadcast(record))
 
 
 def stored_config(checkpoint: str | Path, trust: bool = False) -> dict[str, Any] | None:

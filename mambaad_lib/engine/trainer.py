@@ -13,6 +13,11 @@ position in the epoch. A resumed run therefore performs bit-identical steps.
 Ctrl-C (SIGINT) or SIGTERM (what job schedulers send before they kill a job) during training
 finishes the current step, writes ``last.pt`` and stops with :class:`TrainingInterrupted`; a
 second signal stops at once.
+
+Under torchrun (:mod:`mambaad_lib.engine.distributed`) every process runs this loop on its
+share of each global batch; the step's loss is averaged over processes, a stop request on
+any process is agreed by all after the same step, only rank 0 writes checkpoints and shows
+progress bars, and a checkpoint resumes only with the world size that wrote it.
 """
 from __future__ import annotations
 
@@ -27,13 +32,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mambaad_lib.engine import distributed
 from mambaad_lib.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.engine.seeding import epoch_permutation, rng_state, set_rng_state
 from mambaad_lib.methods.base import AnomalyMethod
+from mambaad_lib.models.batch_randomness import batch_shard
+from mambaad_lib.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +69,8 @@ class TrainProgress:
 
 def training_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Index batches of one epoch; the last partial batch is dropped when a full one exists
-    (BatchNorm layers in training mode need more than one sample per batch)."""
+    (BatchNorm layers in training mode need more than one sample per batch). These are the
+    global batches: under torchrun each process takes its share of every one."""
     order = epoch_permutation(n_items, seed, epoch)
     usable = n_items - n_items % batch_size if n_items >= batch_size else n_items
     return [order[start:start + batch_size] for start in range(0, usable, batch_size)]
@@ -83,6 +93,7 @@ class Trainer:
             ``trainer.stop_requested = True`` stops like Ctrl-C does.
         extras: facts to keep in checkpoints (e.g. untrained metrics), restored on resume.
         resume_from: a ``last.pt`` to continue from.
+        parallel: the process group (default: this process's, :func:`distributed.current`).
         epoch_end: called as ``epoch_end(trainer)`` after every epoch, before that epoch's
             checkpoint (so what it adds to ``trainer.extras`` is saved with it).
     """
@@ -90,11 +101,13 @@ class Trainer:
     def __init__(self, method: AnomalyMethod, config: RunConfig, run_dir: str | Path, *,
                  progress: bool = True, callbacks: Sequence[Callable[["Trainer"], None]] = (),
                  extras: dict[str, Any] | None = None, resume_from: str | Path | None = None,
+                 parallel: distributed.Distributed | None = None,
                  epoch_end: Callable[["Trainer"], None] | None = None) -> None:
         self.method = method
         self.config = config
         self.run_dir = Path(run_dir)
-        self.progress_bars = progress
+        self.parallel = parallel or distributed.current()
+        self.progress_bars = progress and self.parallel.is_main
         self.callbacks = list(callbacks)
         self.extras = dict(extras or {})
         self.resume_from = Path(resume_from) if resume_from is not None else None
@@ -105,25 +118,43 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------
     def save(self, name: str, finished: bool = False) -> Path:
         """Write ``run_dir/name`` with everything needed to resume or evaluate (a previous
-        ``last.pt`` is kept as ``last.prev.pt``)."""
+        ``last.pt`` is kept as ``last.prev.pt``); under torchrun rank 0 writes it (every
+        process holds the same state) and every process gets its path."""
+        path = self.run_dir / name
+        if not self.parallel.is_main:
+            return path
         return save_checkpoint(
-            self.run_dir / name, keep_previous=name == LAST, method=self.method.name,
+            path, keep_previous=name == LAST, method=self.method.name,
             config=config_to_dict(self.config),
             model=self.method.state_dict(), optimization=self.method.optimization_state(),
             rng=rng_state(), progress=dataclasses.asdict(self.state), extras=self.extras,
-            finished=finished)
+            processes=self.parallel.describe(), finished=finished)
 
     def restore(self, path: str | Path) -> None:
-        """Load a checkpoint written by :meth:`save` (after ``configure_optimization``)."""
+        """Load a checkpoint written by :meth:`save` (after ``configure_optimization``).
+
+        Raises:
+            ValueError: not a resumable checkpoint of this method.
+            ConfigError: it was written by a run with another number of processes.
+        """
         content = load_checkpoint(path)
         if "progress" not in content:
             raise ValueError(f"{path}: holds weights only, not a training state that can be resumed")
         if content.get("method") != self.method.name:
             raise ValueError(f"{path}: checkpoint of method {content.get('method')!r}, "
                              f"cannot resume method {self.method.name!r}")
+        written_by = content.get("processes", {}).get("world_size", 1)  # absent: one process
+        if written_by != self.parallel.world_size:
+            raise ConfigError(f"{path} was written by a run on {written_by} process(es), this one has "
+                              f"{self.parallel.world_size}: resume with the same world size (torchrun "
+                              f"--nnodes x --nproc_per_node = {written_by})")
         self.method.load_state_dict(content["model"], source=f"checkpoint {path}")
         self.method.load_optimization_state(content["optimization"])
         set_rng_state(content["rng"])
+        if self.parallel.enabled and self.method.device.type == "cuda" and "cuda" in content["rng"]:
+            # Rank 0 saved its GPU's generator (index 0 of its list), the stream every process
+            # advanced alike; each process continues it on its own GPU.
+            torch.cuda.set_rng_state(content["rng"]["cuda"][0], self.method.device)
         self.state = TrainProgress(**content["progress"])
         self.extras = {**content.get("extras", {}), **self.extras}
 
@@ -135,13 +166,17 @@ class Trainer:
         n_items = len(normal)
         if n_items == 0:
             raise ValueError("the training set is empty: no normal training images were found")
+        self.parallel.local_batch_size(train.batch_size)
+        if n_items < train.batch_size:  # one short batch per epoch (see training_batches)
+            self.parallel.local_batch_size(n_items, f"train.batch_size (the {n_items} training images)")
         steps_per_epoch = len(training_batches(n_items, train.batch_size, self.config.seed, 0))
         self.method.configure_optimization(train, total_steps=train.epochs * steps_per_epoch)
         if self.resume_from is not None:
             self.restore(self.resume_from)
             logger.info("resuming %s at epoch %d, step %d", self.resume_from, self.state.epoch + 1,
                         self.state.step_in_epoch)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.parallel.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         with _graceful_interrupt(self):
             self._loop(normal, steps_per_epoch)
         losses = self.state.epoch_losses
@@ -157,7 +192,7 @@ class Trainer:
                       dynamic_ncols=True)
         for epoch in epochs:
             batches = training_batches(len(train_data), train.batch_size, self.config.seed, epoch)
-            remaining = batches[self.state.step_in_epoch:]
+            remaining = [self.parallel.local_indices(batch) for batch in batches[self.state.step_in_epoch:]]
             # Its own generator: creating a loader must not draw from the global RNG, or a run
             # resumed mid-epoch would draw once more than the uninterrupted run did.
             loader = DataLoader(train_data, batch_sampler=remaining, num_workers=self.config.data.num_workers,
@@ -167,7 +202,7 @@ class Trainer:
                        disable=not self.progress_bars, dynamic_ncols=True)
             started = time.perf_counter()
             for batch in bar:
-                loss = self.method.training_step(_images(batch).to(self.method.device))
+                loss = self.parallel.mean(self._step(_images(batch).to(self.method.device)))
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss} at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}; "
@@ -180,12 +215,14 @@ class Trainer:
                 started = time.perf_counter()
                 for callback in self.callbacks:
                     callback(self)
+                self.stop_requested = self.parallel.any_true(self.stop_requested)
                 every_steps = train.checkpoint_every_steps
                 if every_steps and self.state.global_step % every_steps == 0:
                     self.save(LAST)
                 if self.stop_requested:
                     bar.close()
                     path = self.save(LAST)
+                    self.parallel.barrier()  # no process exits before rank 0 has written it
                     raise TrainingInterrupted(
                         f"training interrupted after {self.state.global_step} steps; checkpoint {path}. "
                         f"Resume with: mambaad train --resume {path} (same options)", path)
@@ -201,6 +238,15 @@ class Trainer:
             if (epoch + 1) % train.checkpoint_every == 0 and epoch + 1 < train.epochs:
                 self.save(LAST)
         epochs.close()
+
+    def _step(self, images: Tensor) -> float:
+        """One training step on this process's images; under torchrun, per-sample random draws
+        are those of the same rows of the global batch (see :mod:`mambaad_lib.models.batch_randomness`)."""
+        if not self.parallel.enabled:
+            return self.method.training_step(images)
+        rows = images.shape[0]
+        with batch_shard(self.parallel.rank * rows, rows, rows * self.parallel.world_size):
+            return self.method.training_step(images)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

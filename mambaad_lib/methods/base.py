@@ -24,7 +24,10 @@ Traits (class attributes):
 - ``resumable``: the engine's step loop drives training (so an interrupted run resumes
   exactly); methods that override :meth:`AnomalyMethod.fit` with their own loop are not;
 - ``profiles``: the packaged (or any) YAML profile of each size -- ``smoke`` (seconds, for
-  tests), ``demo`` (a 2-core CPU in minutes), ``paper`` (the published setting, a GPU).
+  tests), ``demo`` (a 2-core CPU in minutes), ``paper`` (the published setting, a GPU);
+- ``distributed``: it trains under ``torchrun`` in several processes (it implements
+  :meth:`AnomalyMethod.distribute`); others are refused there with a clear message;
+- ``precisions``: the ``train.precision`` values it trains at (``fp32`` always).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Iterable, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +44,7 @@ from torch.utils.data import Dataset
 from mambaad_lib.methods.training import TrainConfig
 from mambaad_lib.models.costs import count_parameters
 from mambaad_lib.models.encoders import encoder_weights_info
+from mambaad_lib.utils.errors import ConfigError
 from mambaad_lib.utils.state import load_strict
 
 PROFILE_SIZES = ("smoke", "demo", "paper")
@@ -81,6 +85,46 @@ class StepLoop(Protocol):
         for the configured epochs (checkpointing and resuming); returns facts for the results file."""
 
 
+class Parallel(Protocol):
+    """The engine's process group as a method sees it (:class:`mambaad_lib.engine.distributed.Distributed`).
+
+    Process ``rank`` of ``world_size`` holds rows ``rank * b .. (rank + 1) * b`` of every
+    global training batch (b = batch / world size).
+    """
+
+    rank: int
+    world_size: int
+
+    def wrap(self, network: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``forward`` (which runs ``network``) as DistributedDataParallel over ``network``'s
+        trainable parameters, its trainable BatchNorm layers synchronised across processes."""
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """This process's rows of a global batch -> the global batch's rows, on every process."""
+
+    def local(self, rows: Tensor) -> Tensor:
+        """A global batch's rows -> this process's rows."""
+
+
+class SingleProcess:
+    """:class:`Parallel` of a run in one process: nothing to wrap, gather or split."""
+
+    rank = 0
+    world_size = 1
+
+    def wrap(self, network: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        return forward
+
+    def gather(self, rows: Tensor) -> Tensor:
+        return rows
+
+    def local(self, rows: Tensor) -> Tensor:
+        return rows
+
+
+SINGLE_PROCESS = SingleProcess()
+
+
 class AnomalyMethod(ABC):
     """An anomaly detector the engine can fit, checkpoint, evaluate and use for prediction.
 
@@ -100,6 +144,8 @@ class AnomalyMethod(ABC):
     one_pass: ClassVar[bool] = False
     resumable: ClassVar[bool] = True
     profiles: ClassVar[Mapping[str, str]] = {}
+    distributed: ClassVar[bool] = False
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
     def __init__(self, config: Any, image_size: int, device: torch.device, pretrained: bool = True) -> None:
         """``pretrained=False`` skips loading external pretrained weights (e.g. an ImageNet
@@ -107,6 +153,7 @@ class AnomalyMethod(ABC):
         self.config = config
         self.image_size = image_size
         self.device = torch.device(device)
+        self.parallel: Parallel = SINGLE_PROCESS
 
     # ---- networks -----------------------------------------------------------------------
     @property
@@ -164,6 +211,20 @@ class AnomalyMethod(ABC):
         """
         return loop.run(data.normal)
 
+    def distribute(self, parallel: Parallel) -> None:
+        """Train as one of ``parallel.world_size`` processes (called once, before
+        ``configure_optimization``): run the training forward pass through
+        ``parallel.wrap`` and, where a step draws random numbers per batch or keeps state
+        built from the batch (synthesis, a memory bank), work on ``parallel.gather``-ed global
+        batches so that the result equals the one-process run. Methods that support this set
+        the ``distributed`` trait.
+
+        Raises:
+            ConfigError: the method trains in one process only (the default).
+        """
+        raise ConfigError(f"method {self.name!r} trains in one process only; run it without torchrun "
+                          "(or with --nproc_per_node 1)")
+
     def configure_optimization(self, train: TrainConfig, total_steps: int) -> None:
         """Create optimiser(s) and learning-rate schedule for ``total_steps`` steps."""
         raise NotImplementedError(f"method {self.name!r} does not train with the engine's step loop")
@@ -189,7 +250,8 @@ class AnomalyMethod(ABC):
     def traits(cls) -> dict[str, Any]:
         """The class's traits as plain data (for results files, ``mambaad info`` and docs)."""
         return {"learning_type": cls.learning_type.value, "per_class": cls.per_class, "one_pass": cls.one_pass,
-                "resumable": cls.resumable, "profiles": sorted(cls.profiles)}
+                "resumable": cls.resumable, "profiles": sorted(cls.profiles), "distributed": cls.distributed,
+                "precisions": list(cls.precisions)}
 
 
 # ---- registry ----------------------------------------------------------------------------

@@ -5,6 +5,11 @@ the batch size, weight decay only on weight matrices and kernels (none on 1-D pa
 biases), one step decay at a fraction of training, gradient-norm clipping, loss = 5 x the sum
 over the three scales of MSE(encoder feature, decoder feature). The frozen encoder stays in
 eval mode.
+
+Under torchrun (:meth:`MambaADMethod.distribute`) the training forward runs through
+DistributedDataParallel over the bottleneck and decoder (the frozen encoder has no
+gradients to synchronise) with MFF_OCE's BatchNorm synchronised; ``train.precision`` bf16
+or fp16 runs it under autocast (:class:`~mambaad_lib.methods.training.MixedPrecision`).
 """
 from __future__ import annotations
 
@@ -15,9 +20,9 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from mambaad_lib.methods.base import AnomalyMethod
+from mambaad_lib.methods.base import AnomalyMethod, Parallel
 from mambaad_lib.methods.encoder import FrozenEncoderOptions, prepare_random_encoder
-from mambaad_lib.methods.training import TrainConfig, adamw_options
+from mambaad_lib.methods.training import MixedPrecision, TrainConfig, adamw_options
 from mambaad_lib.models.costs import count_flops
 from mambaad_lib.models.mambaad import MambaADConfig, ReconstructionModel, build_mambaad
 from mambaad_lib.ops import resolve_backend
@@ -58,6 +63,8 @@ class MambaADMethod(AnomalyMethod):
     name = "mambaad"
     config_class = MambaADMethodConfig
     profiles = {"smoke": "smoke", "demo": "demo", "paper": "paper"}
+    distributed = True
+    precisions = ("fp32", "bf16", "fp16")
 
     def __init__(self, config: MambaADMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
@@ -75,6 +82,8 @@ class MambaADMethod(AnomalyMethod):
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.grad_clip_norm: float | None = None
+        self.precision = MixedPrecision("fp32", self.device)
+        self.loss_forward = self.training_loss  # through DDP once distributed
 
     def build_model(self, encoder_weights: str | None) -> ReconstructionModel:
         """The network this method trains, for ``self.config`` at ``self.image_size``."""
@@ -101,6 +110,10 @@ class MambaADMethod(AnomalyMethod):
         """Re-estimate the encoder's BatchNorm statistics when the encoder is random."""
         return prepare_random_encoder(self.config, self.model.reestimate_encoder_batchnorm, batches, self.device)
 
+    def distribute(self, parallel: Parallel) -> None:
+        self.parallel = parallel
+        self.loss_forward = parallel.wrap(self.model, self.training_loss)
+
     def configure_optimization(self, train: TrainConfig, total_steps: int) -> None:
         self.optimizer = torch.optim.AdamW(
             release_param_groups(self.model, train.weight_decay), lr=train.scaled_lr, betas=tuple(train.betas),
@@ -109,6 +122,7 @@ class MambaADMethod(AnomalyMethod):
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=[milestone],
                                                               gamma=train.lr_step_gamma)
         self.grad_clip_norm = train.grad_clip_norm
+        self.precision = MixedPrecision(train.precision, self.device)
 
     def training_loss(self, images: Tensor) -> Tensor:
         """The scalar loss of one training batch (B,3,H,W): the release's feature MSE."""
@@ -117,21 +131,21 @@ class MambaADMethod(AnomalyMethod):
     def training_step(self, images: Tensor) -> float:
         if self.optimizer is None:
             raise RuntimeError("configure_optimization must be called before training_step")
-        loss = self.training_loss(images)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.optimizer.step()
+        with self.precision.autocast():
+            loss = self.loss_forward(images)
+        clip = (self.model.parameters(), self.grad_clip_norm) if self.grad_clip_norm is not None else None
+        self.precision.step(loss, [self.optimizer], clip)
         self.scheduler.step()
         return float(loss.detach())
 
     def optimization_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "loss_scaler": self.precision.state_dict()}
 
     def load_optimization_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("loss_scaler", {}))  # absent before mixed precision
 
     # ---- inference ----------------------------------------------------------------------
     @torch.no_grad()

@@ -76,7 +76,14 @@ class MambaADLASMethod(MambaADMethod):
     def training_loss(self, images: Tensor) -> Tensor:
         if self.las is None:
             return super().training_loss(images)
-        return las_reconstruction_loss(self.model, images, self.las, self.las_rng)
+        return las_reconstruction_loss(self.model, images, self._las_on_global_batch, self.las_rng)
+
+    def _las_on_global_batch(self, images: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        """LAS of this process's images (B, 3, H, W): under torchrun the whole global batch is
+        synthesized from the random stream every process shares and each keeps its rows, so
+        the result does not depend on the world size."""
+        corrupted, masks = self.las(self.parallel.gather(images), rng)
+        return self.parallel.local(corrupted), self.parallel.local(masks)
 
     def optimization_state(self) -> dict[str, Any]:
         return {**super().optimization_state(), "las_rng": self.las_rng.bit_generator.state}

@@ -8,6 +8,9 @@ all patches seen, kept by reservoir sampling
 score is the distance to its nearest bank entry; image score = maximum over patches.
 
 Like PatchCore (and GLASS) it is meant per class (trait ``per_class``).
+
+Under torchrun every process extracts the features of its images and adds the gathered
+global batch's features to its bank: every process ends with the one-process run's bank.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mambaad_lib.utils.errors import ConfigError
-from mambaad_lib.methods.base import AnomalyMethod
+from mambaad_lib.methods.base import AnomalyMethod, Parallel
 from mambaad_lib.methods.glass import PatchFeatureOptions, build_patch_features, prepare_patch_features
 from mambaad_lib.models.nearest_neighbor import NearestNeighborNet
 from mambaad_lib.models.patch_features import flatten_patches
@@ -49,6 +52,7 @@ class NearestNeighborMethod(AnomalyMethod):
     per_class = True
     one_pass = True
     profiles = {"smoke": "nearest_neighbor_smoke", "demo": "nearest_neighbor_demo"}
+    distributed = True
 
     def __init__(self, config: NearestNeighborMethodConfig, image_size: int, device: torch.device,
                  pretrained: bool = True) -> None:
@@ -77,6 +81,9 @@ class NearestNeighborMethod(AnomalyMethod):
     def prepare(self, batches: Iterable[Tensor]) -> dict[str, Any]:
         return prepare_patch_features(self.net.features, self.config, batches, self.device)
 
+    def distribute(self, parallel: Parallel) -> None:
+        self.parallel = parallel  # nothing to train: only the bank's features are gathered
+
     def configure_optimization(self, train, total_steps: int) -> None:
         if train.epochs != 1:
             raise ConfigError(f"config key 'train.epochs': method nearest_neighbor fills its memory bank in one "
@@ -84,8 +91,8 @@ class NearestNeighborMethod(AnomalyMethod):
 
     @torch.no_grad()
     def training_step(self, images: Tensor) -> float:
-        """Stream the batch's patch features (B*h*w, D) into the bank; returns 0 (no loss)."""
-        features = flatten_patches(self.net.features(images.to(self.device)))
+        """Stream the (global) batch's patch features (B*h*w, D) into the bank; returns 0 (no loss)."""
+        features = self.parallel.gather(flatten_patches(self.net.features(images.to(self.device))))
         self.net.memory.add(features, self.config.max_bank_size, self.rng)
         return 0.0
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambaad_lib.models.batch_randomness import gumbel_softmax_hard
 from mambaad_lib.models.decoder import PatchExpand, decoder_drop_paths, split_depth
 from mambaad_lib.models.lss import conv_norm_act
 from mambaad_lib.models.ss2d import HSSBlock
@@ -130,7 +131,7 @@ class TokenGate(nn.Module):
         """(B, N, 2) probabilities -> (B, N) mask, 1 = complex token (see the module docstring)."""
         if self.training:
             # Straight-through: hard 0/1 forward, the soft sample's gradient backward.
-            return F.gumbel_softmax(probs, hard=True, dim=-1)[..., 0]
+            return gumbel_softmax_hard(probs, dim=-1)[..., 0]  # F.gumbel_softmax, noise drawn per sample
         if not self.release_compat:
             return (probs[..., 0] > probs[..., 1]).to(probs.dtype)
         ratio = F.gumbel_softmax(probs, hard=True, dim=-1)[..., 0].mean()

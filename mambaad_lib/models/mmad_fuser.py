@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambaad_lib.models.batch_randomness import SampleDropout
 from mambaad_lib.models.bottleneck import MFFOCE
 from mambaad_lib.models.ss2d import HSSBlock, LAYER_NORM_EPS
 
@@ -77,7 +78,7 @@ class DropoutHSSBlock(HSSBlock):
     def __init__(self, dim: int, grid_size: tuple[int, int], drop_path: float = 0.0, dropout: float = 0.0,
                  **ss2d_kwargs) -> None:
         super().__init__(dim, grid_size, drop_path=drop_path, **ss2d_kwargs)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SampleDropout(dropout)  # nn.Dropout's draw, per sample (world-size independent)
 
     def branch(self, x: Tensor) -> Tensor:
         """The residual branch ``DropPath(Dropout(SS2D(LN(x))))``: (B, H, W, C) -> (B, H, W, C)."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambaad_lib.models.batch_randomness import per_sample_draw
 from mambaad_lib.ops import permute_sequences, resolve_backend, selective_scan, selective_scan_directions
 from mambaad_lib.scan import ScanSpec, direction_counts, inverse_orders, scan_directions
 
@@ -32,7 +33,11 @@ LAYER_NORM_EPS = 1e-5
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zero a whole sample's residual branch with probability ``p``."""
+    """Stochastic depth: zero a whole sample's residual branch with probability ``p``.
+
+    The per-sample mask is drawn through :func:`~mambaad_lib.models.batch_randomness.per_sample_draw`,
+    so a sample's mask does not depend on how many processes share its batch.
+    """
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -44,7 +49,7 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask = per_sample_draw(x.shape[0], lambda n: x.new_empty((n,) + (1,) * (x.dim() - 1)).bernoulli_(keep))
         return x * mask / keep
 
     def extra_repr(self) -> str:

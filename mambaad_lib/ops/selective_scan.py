@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -187,9 +188,15 @@ def selective_scan(
         delta_softplus: apply softplus to delta.
         backend: ``"auto"`` or a name from :data:`BACKENDS`.
     Returns:
-        (b, d, L) output in u's dtype.
+        (b, d, L) output in u's dtype; under autocast, float32: the scan then runs with
+        autocast off on float32 inputs, as the release's ``custom_fwd(cast_inputs=torch.float32)``.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
     function, _ = _load(name)
-    return function(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    autocast = torch.is_autocast_enabled(u.device.type)
+    if autocast:
+        u, delta, A, B, C, D, z, delta_bias = (None if t is None else t.float()
+                                                for t in (u, delta, A, B, C, D, z, delta_bias))
+    with torch.autocast(u.device.type, enabled=False) if autocast else nullcontext():
+        return function(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)

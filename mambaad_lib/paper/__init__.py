@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 from mambaad_lib.utils.resources import PAPER_TABLES_DIR as PAPER_DIR
 
