@@ -22,7 +22,7 @@ from mambaad_lib.data.dataset import AnomalyDataset
 from mambaad_lib.data.validate import check_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.config import load_config
-from mambaad_lib.engine.predict import read_user_image
+from mambaad_lib.engine.images import load_input
 from test_data_prep import _fake_mvtec
 
 
@@ -90,7 +90,7 @@ def test_16_bit_greyscale_is_scaled_to_8_bits_not_saturated(tmp_path, kind):
     assert loaded.shape == (32, 32, 3)
     assert np.array_equal(loaded[..., 0], expected) and np.array_equal(loaded[..., 2], expected)
     assert (loaded == 255).mean() < 0.01  # saturation turned 99.6 % of this ramp into 255
-    assert np.array_equal(np.asarray(read_user_image(path, 32, resize=False)), loaded)  # predict: the same rule
+    assert np.array_equal(np.asarray(load_input(path)), loaded)  # predict: the same rule
 
 
 def test_16_bit_colour_and_unusable_depths(tmp_path):
