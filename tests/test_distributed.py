@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint
 from mambaad_lib.engine.config import load_config
@@ -126,16 +125,6 @@ def assert_same_weights(weights: dict[str, torch.Tensor], expected: dict[str, to
     assert weights.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(weights[key], value, rtol=tolerance, atol=tolerance, msg=key)
-
-
-@pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory) -> Path:
-    config = load_config("smoke")
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic_dataset(root, name=config.data.name, seed=config.synthetic.seed,
-                           image_size=config.synthetic.image_size, n_train=config.synthetic.n_train,
-                           n_test=config.synthetic.n_test, classes=config.synthetic.classes)
-    return root
 
 
 @pytest.fixture(scope="module")

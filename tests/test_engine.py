@@ -12,7 +12,6 @@ import torchvision
 import yaml
 from PIL import Image
 
-from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
 from mambaad_lib.engine.config import load_config
@@ -25,17 +24,6 @@ from mambaad_lib.engine.trainer import TrainingInterrupted, training_batches
 from mambaad_lib.methods import get_method
 from mambaad_lib.models.encoders import file_sha256
 from mambaad_lib.metrics import METRIC_KEYS
-
-
-@pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory) -> Path:
-    """The smoke profile's synthetic dataset, generated once for this module."""
-    config = load_config("smoke")
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic_dataset(root, name=config.data.name, seed=config.synthetic.seed,
-                           image_size=config.synthetic.image_size, n_train=config.synthetic.n_train,
-                           n_test=config.synthetic.n_test, classes=config.synthetic.classes)
-    return root
 
 
 def smoke_config(root: Path, tmp_path: Path, **overrides):
