@@ -27,7 +27,12 @@ def _pyproject() -> dict:
 def test_environment_matches_pyproject():
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
-    expected = dict(_split(r) for r in project["dependencies"] + extras["book"] + extras["dev"])
+    def requirements(extra: str) -> list[str]:  # an extra may pull another: "mambaad-companion[export]"
+        own = f"{project['name']}["
+        return [r for requirement in extras[extra]
+                for r in (requirements(requirement[len(own):-1]) if requirement.startswith(own) else [requirement])]
+
+    expected = dict(_split(r) for r in project["dependencies"] + requirements("book") + requirements("dev"))
 
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)

@@ -3,7 +3,8 @@
 ``instance_norm_silu(x) = silu(instance_norm(x))`` with no affine parameters and no running
 statistics, as ``nn.InstanceNorm2d`` then ``nn.SiLU``. On CPU tensors, when the compiled
 kernels are available, one C++ pass per direction computes it on a channels-last map and
-returns a channels-last map; elsewhere (CUDA, no compiler) it is the two torch ops.
+returns a channels-last map; elsewhere (CUDA, no compiler, while tracing for export) it is the
+two torch ops.
 
 Why channels-last: the depthwise convolutions around it then stay channels-last, and oneDNN
 runs their weight gradient with its direct kernel. On an NCHW map it picks a per-group GEMM
@@ -53,6 +54,10 @@ def instance_norm_silu(x: Tensor, eps: float = 1e-5) -> Tensor:
     Returns:
         (B, C, H, W); channels-last in memory on the fused CPU path.
     """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _fused_kernels() is None:
+    # Under torch.export / torch.compile / jit tracing the compiled kernel is opaque to the
+    # tracer: the two torch ops trace into an exportable graph instead.
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if (tracing or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or _fused_kernels() is None):
         return instance_norm_silu_reference(x, eps)
     return _InstanceNormSiLU.apply(x.contiguous(memory_format=torch.channels_last), float(eps))
