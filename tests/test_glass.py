@@ -379,6 +379,11 @@ def test_smoke_run_writes_results_with_finite_metrics(tiny_dataset, tmp_path, re
                                    predictions.class_names, [item["specie_name"] for item in dataset_items(test)])
     assert rows and all(np.isfinite(row["i_auroc"]) and np.isfinite(row["p_auroc"]) for row in rows)
     assert {row["defect_type"] for row in rows if not row["las_like"]} <= set(LAS_UNLIKE_DEFECTS)
+
+    from mambaad_lib.experiments import discriminator_contrast
+
+    (row,) = discriminator_contrast(outcome.results_file)  # one model: brick's, or the unified one
+    assert row["defect_patches"] > 0 and 0 <= row["defect_mean"] <= 1 and 0 <= row["other_mean"] <= 1
     assert len(group_by_las_likeness(rows)) >= 1
 
 

@@ -249,6 +249,36 @@ def load_benchmark(name: str, folder: str | Path | None = None) -> dict[str, Any
 # ---- GLASS's feature space --------------------------------------------------------------------
 
 
+@torch.no_grad()
+def discriminator_contrast(results_file: str | Path, batch_size: int = 16) -> list[dict[str, Any]]:
+    """Whether a trained GLASS run's discriminator is inverted: per class model, its mean output
+    on the test images' patches that contain a defect pixel vs on every other patch.
+
+    A patch (one cell of the discriminator's (h, w) grid) counts as defective when any pixel of
+    its cell is in the ground-truth mask. Returns one row per model: ``{"cls_name",
+    "defect_patches", "defect_mean", "other_mean"}`` (``defect_mean`` None without defects).
+    """
+    rows = []
+    for config, checkpoint in run_models(results_file):
+        method, _ = runner.load_for_inference(checkpoint, config)
+        method.train(False)
+        test = runner.build_datasets(config, splits=("test",))["test"]
+        sums, counts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+        for start in range(0, len(test), batch_size):
+            items = [test[index] for index in range(start, min(start + batch_size, len(test)))]
+            images = torch.stack([item["image"] for item in items]).to(method.device)
+            masks = torch.stack([item["mask"].float().reshape(1, *images.shape[-2:]) for item in items])
+            scores = method.net.patch_scores(images).cpu().double()  # (B, h, w)
+            defect = torch.nn.functional.adaptive_max_pool2d(masks, scores.shape[-2:])[:, 0] > 0.5
+            for slot, selected in enumerate((defect, ~defect)):
+                sums[slot] += scores[selected].sum()
+                counts[slot] += int(selected.sum())
+        means = [float(sums[slot] / counts[slot]) if counts[slot] else None for slot in range(2)]
+        rows.append({"cls_name": ",".join(config.data.classes or []) or None, "defect_patches": int(counts[0]),
+                     "defect_mean": means[0], "other_mean": means[1]})
+    return rows
+
+
 def gas_projection(results_file: str | Path, n_images: int = 4, max_points: int = 600,
                    seed: int = 0) -> dict[str, Any]:
     """Normal, GAS and LAS patch features of a trained GLASS run, projected on 2 principal axes.
