@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mambaad_lib.ops.reference import finished_output, prepared_inputs
+
 
 def default_chunk_length(length: int) -> int:
     """T minimising the number of tensor steps 2T + L/T."""
@@ -48,7 +50,7 @@ def selective_scan_chunked(
         (b, d, L) in u's dtype (computed in float64 for float64 inputs, else float32).
     """
     dtype_in = u.dtype
-    compute = torch.float64 if dtype_in == torch.float64 else torch.float32
+    compute, u_c, dt = prepared_inputs(u, delta, delta_bias, delta_softplus)
     batch, channels, length = u.shape
     d_state = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
@@ -58,11 +60,6 @@ def selective_scan_chunked(
     n_chunks = -(-length // T)
     pad = n_chunks * T - length
 
-    u_c, dt = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(compute)[None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     # Padding steps have dt = 0: decay 1 and no input, so they leave the state unchanged.
     # Time-in-chunk goes first so that every phase step reads contiguous slices.
     shape = (batch, groups, channels // groups, n_chunks, T)
@@ -100,8 +97,4 @@ def selective_scan_chunked(
         x = decay * x + drive
         outputs.append((x * C_s[t]).sum(-1))  # (b, g, c, nc)
     y = torch.stack(outputs, dim=-1).reshape(batch, channels, n_chunks * T)[..., :length]
-    if D is not None:
-        y = y + u_c * D.to(compute)[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    return y.to(dtype_in)
+    return finished_output(y, u_c, D, z, dtype_in)

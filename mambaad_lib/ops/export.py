@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mambaad_lib.ops.reference import finished_output, prepared_inputs
+
 BLOCK = 8  # positions scanned within a block first; then the blocks' end states, on 1/BLOCK of the data
 
 
@@ -66,17 +68,12 @@ def selective_scan_export(
         (b, d, L) in u's dtype (computed in float64 for float64 inputs, else float32).
     """
     dtype_in = u.dtype
-    compute = torch.float64 if dtype_in == torch.float64 else torch.float32
+    compute, u_c, dt = prepared_inputs(u, delta, delta_bias, delta_softplus)
     batch, channels, length = u.shape
     d_state = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
     per_group = channels // groups
 
-    u_c, dt = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(compute)[None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     grouped = (batch, groups, per_group, 1, length)
     decay = torch.exp(dt.reshape(grouped) * A.to(compute).reshape(1, groups, per_group, d_state, 1))
     state = (dt * u_c).reshape(grouped) * _per_group(B.to(compute))  # (b, g, c, n, L)
@@ -94,8 +91,4 @@ def selective_scan_export(
         state = state + decay * _shift(carry, 1, 0.0)[..., None]
     state = state.reshape(*blocked[:-2], n_blocks * block)[..., :length]
     y = (state * _per_group(C.to(compute))).sum(dim=3).reshape(batch, channels, length)
-    if D is not None:
-        y = y + u_c * D.to(compute)[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    return y.to(dtype_in)
+    return finished_output(y, u_c, D, z, dtype_in)

@@ -32,6 +32,29 @@ def expand_groups(M: Tensor, channels: int) -> Tensor:
     return M.repeat_interleave(channels // groups, dim=1)
 
 
+def prepared_inputs(u: Tensor, delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool
+                    ) -> tuple[torch.dtype, Tensor, Tensor]:
+    """What every PyTorch scan computes in: the compute dtype (float64 for float64 inputs, else
+    float32), u (b, d, L) in it, and the step sizes (b, d, L) with bias and softplus applied."""
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    delta = delta.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return compute, u.to(compute), delta
+
+
+def finished_output(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """The scan's output (b, d, L) in ``dtype``: the state readout ``y`` plus the skip ``D * u``,
+    gated by ``silu(z)`` (``u`` in the compute dtype of ``y``)."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(dtype)
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,
@@ -45,12 +68,8 @@ def selective_scan_reference(
 ) -> Tensor:
     """Selective scan; shapes as in :func:`mambaad_lib.ops.selective_scan`. Returns (b, d, L)."""
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[None, :, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    compute, u, delta = prepared_inputs(u, delta, delta_bias, delta_softplus)
+    A = A.to(compute)
     batch, channels, _ = u.shape
     B = expand_groups(B.to(compute), channels)  # (b, d|1, n, L)
     C = expand_groups(C.to(compute), channels)
@@ -63,9 +82,4 @@ def selective_scan_reference(
     for decay_t, drive_t, C_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(3)):
         state = decay_t * state + drive_t
         outputs.append(torch.einsum("bdn,bdn->bd", state, C_t.expand_as(state)))
-    y = torch.stack(outputs, dim=2)  # (b, d, L)
-    if D is not None:
-        y = y + u * D.to(compute)[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    return y.to(dtype_in)
+    return finished_output(torch.stack(outputs, dim=2), u, D, z, dtype_in)  # (b, d, L)
