@@ -403,12 +403,15 @@ def _join_process_group(config: RunConfig, method_class: type[AnomalyMethod] | N
 
 
 def _check_encoder_weights(config: RunConfig) -> None:
-    """Fetch (or find in the torch hub cache) a published encoder weights file now, so that an
-    offline machine fails before the run folder exists, with the message naming the file."""
+    """Download a published encoder weights file missing from the torch hub cache now, so that
+    an offline machine fails before the run folder exists, with the message naming the file.
+    A cached file is left for the method to read (once)."""
     choice = getattr(config.model, "encoder_weights", None)
     backbone = getattr(config.model, "backbone", None)
     if choice in WEIGHT_CHOICES and backbone is not None:
-        fetch_published_weights(published_weights(backbone, choice))
+        published = published_weights(backbone, choice)
+        if not published.cache_path.is_file():
+            fetch_published_weights(published)
 
 
 def _examples_dir(results_file: Path, run_id: str) -> Path:
