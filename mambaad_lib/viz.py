@@ -308,6 +308,36 @@ def plot_scaling(sizes: Sequence[int], series: dict[str, Sequence[float]], ylabe
     return figure
 
 
+def plot_loss_curves(rows: Sequence[dict], title: str = "") -> "Figure":
+    """Training loss per epoch of every trained row (``label``, ``seed``, ``epoch_losses``,
+    ``plateaued`` as in :func:`mambaad_lib.experiments.result_row`): one colour per label, one
+    line per seed, log-scaled loss; the legend says how many seeds passed the plateau rule.
+    Rows without a loss curve (the nearest-neighbour baseline) are left out."""
+    from matplotlib.figure import Figure
+
+    curves: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("trained", True) and row.get("epoch_losses") and len(row["epoch_losses"]) > 1:
+            curves.setdefault(str(row["label"]), []).append(row)
+    figure = Figure(figsize=(6.5, 3.8), layout="constrained")
+    axis = figure.subplots()
+    for index, (label, runs) in enumerate(curves.items()):
+        colour = f"C{index % 10}"
+        passed = sum(run.get("plateaued") is True for run in runs)
+        for number, run in enumerate(runs):
+            losses = run["epoch_losses"]
+            axis.plot(range(1, len(losses) + 1), losses, color=colour, alpha=0.8, linewidth=1.2,
+                      label=f"{label} (plateau: {passed}/{len(runs)} seeds)" if number == 0 else None)
+    axis.set_yscale("log")
+    axis.set(xlabel="epoch", ylabel="mean training loss (log scale)")
+    axis.grid(alpha=0.3, which="both")
+    if curves:
+        _legend_outside(axis, below=True, ncol=2)
+    if title:
+        axis.set_title(title)
+    return figure
+
+
 def plot_cost_vs_metric(points: Sequence[dict], x: str, y: str, xlabel: str, ylabel: str,
                         title: str = "") -> "Figure":
     """Scatter of ``points`` (dicts with ``label``, ``group`` and the ``x``/``y`` keys), labelled."""

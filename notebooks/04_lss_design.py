@@ -33,7 +33,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seeds = [0]                  # one run per seed of every trained row
+seeds = None                 # None: the profile's seeds (smoke [0], demo and paper [0, 1, 2])
 results_root = "results"
 runs_root = "runs"
 # The grid is the paper's LSS table (mambaad_lib.experiments.lss_grid()); labels are
@@ -44,7 +44,8 @@ trained_rows = {
     "demo": ["G3 conv1x1+dw 5,7", "G3 dw 5,7"],
     "paper": "all",
 }
-demo_depths = [2, 2, 2, 2]   # decoder depths of the demo rows: 2 blocks per stage, so HSS per LSS matters
+demo_depths = None           # decoder depths of the demo rows (None: the demo's base model, [1,1,1,1]);
+                             # [2,2,2,2] gives every stage two blocks, so that G1 and G3 differ
 
 # %%
 from mambaad_lib import experiments as ex
@@ -57,7 +58,7 @@ settings = ex.training_settings("ablation", profile)
 import pandas as pd
 from IPython.display import Markdown, display
 
-if profile == "demo":
+if profile == "demo" and demo_depths:
     settings = settings.replace(architecture={"depths": tuple(demo_depths)})
 ctx.ensure_dataset()
 grid = ex.lss_grid()
@@ -98,6 +99,20 @@ viz.save_figure(viz.plot_ours_vs_paper(
     f"AU-PRO per LSS design: ours ({profile}, ader protocol) vs paper", ours_name=f"ours ({profile})"),
     ctx.figures / "aupro_bars.png")
 
+# %% [markdown]
+# ## Over seeds, and the loss curves
+# Mean ± standard deviation over the seeds (percent, standard protocol). With the demo's
+# base depths, `G3 conv1x1+dw 5,7` is the base model of chapters 01-05 and 07 (one run per seed).
+
+# %%
+seed_keys = {"standard.i_auroc": "image AUROC", "standard.p_auroc": "pixel AUROC", "standard.p_aupro": "pixel AU-PRO"}
+trained_only = [r for r in rows if r["trained"]]
+ex.for_display(ex.seed_table(trained_only, seed_keys),
+               caption=f"Trained rows (%), mean ± std over {len(ctx.seeds)} seed(s), standard protocol.")
+
+# %%
+viz.save_figure(viz.plot_loss_curves(trained_only, f"training loss ({profile} profile)"), ctx.figures / "loss.png")
+
 # %%
 summary = ctx.write_summary({"settings": settings.describe(), "trained_rows": trained, "rows": rows})
 print(f"summary written to {summary}")
@@ -110,6 +125,7 @@ final = "G3 conv1x1+dw 5,7"
 best_paper = max(paper, key=lambda label: paper[label]["p_aupro"])
 cost_of = {r["label"]: r for r in rows}
 stats = ex.seed_stats(rows, "ader.p_aupro")
+aupro = ex.seed_stats(rows, "standard.p_aupro")
 sentences = [
     f"In the paper's LSS table the final design ({final}) reaches {paper[final]['i_auroc']:.1f} image AUROC and "
     f"{paper[final]['p_aupro']:.1f} AU-PRO; the best AU-PRO is {best_paper}'s ({paper[best_paper]['p_aupro']:.1f}); "
@@ -118,6 +134,9 @@ sentences = [
     f"On the paper's model the options cost {min(r['params_m_256'] for r in rows):.2f}-"
     f"{max(r['params_m_256'] for r in rows):.2f} M parameters ({final}: {cost_of[final]['params_m_256']:.2f} M).",
     ex.best_row_sentence(stats, "pixel AU-PRO (ader)"),
+    ex.comparison_sentence(aupro, final, "G3 dw 5,7", "Pixel AU-PRO (standard)") + " The two rows differ only in "
+    "the 1x1 convolution before the local depthwise branches." if final in aupro and "G3 dw 5,7" in aupro else None,
+    ex.plateau_sentence(rows),
     ex.chance_sentence(ex.seed_stats(rows, "ader.i_auroc"), "image AUROC", settings.describe()),
     ex.provenance_sentence(rows),
 ]
@@ -129,4 +148,6 @@ display(Markdown(ex.findings(sentences)))
 #   which defect types gain (compare the per-class tables in the results files)?
 # - Remove the local branches entirely with a custom row
 #   `{"label": "no local", "local_kernels": []}`: the LSS is then a pure Mamba block.
-# - `demo_depths = [1, 1, 1, 1]`: why do G1 and G3 rows then train identical models?
+# - `demo_depths = [2, 2, 2, 2]` and `"G1 conv1x1+dw 5,7"` in `trained_rows["demo"]`: with two
+#   blocks per stage the HSS rule matters; with the demo's one block, why do G1 and G3 train
+#   identical models?

@@ -36,7 +36,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seeds = [0]                  # one run per seed of every method
+seeds = None                 # None: the profile's seeds (smoke [0], demo and paper [0, 1, 2])
 results_root = "results"
 runs_root = "runs"
 # Methods compared: label -> engine method (GLASS and the baseline train one model per class)
@@ -92,6 +92,21 @@ means.index.name = "method"
 ex.for_display(means, caption=f"Class means (%), standard protocol, mean over {len(ctx.seeds)} seed(s).")
 
 # %% [markdown]
+# ## Over seeds, and the loss curves
+# Mean ± standard deviation over the seeds (percent, standard protocol). GLASS trains one
+# model per class: its curve is the mean over the class models, and it counts as plateaued
+# when every class model did. The nearest-neighbour baseline trains nothing (no curve).
+
+# %%
+run_rows = list(runs.values())
+seed_keys = {"standard.i_auroc": "image AUROC", "standard.p_auroc": "pixel AUROC", "standard.p_aupro": "pixel AU-PRO"}
+ex.for_display(ex.seed_table(run_rows, seed_keys),
+               caption=f"Mean ± std over {len(ctx.seeds)} seed(s) (%), standard protocol.")
+
+# %%
+viz.save_figure(viz.plot_loss_curves(run_rows, f"training loss ({profile} profile)"), ctx.figures / "loss.png")
+
+# %% [markdown]
 # ## GAS: where the synthetic features sit
 # Adapted patch features of a few normal training images (first class), the GAS features
 # the trained discriminator's gradient ascent makes from them, and the features of LAS
@@ -143,7 +158,6 @@ print(f"summary written to {summary}")
 # ## What we found
 
 # %%
-run_rows = list(runs.values())
 stats = ex.seed_stats(run_rows, "standard.i_auroc")
 pixel = ex.seed_stats(run_rows, "standard.p_auroc")
 group_gaps = []
@@ -154,6 +168,10 @@ for label, entry in comparison["methods"].items():
 sentences = [
     ex.best_row_sentence(stats, "image AUROC (standard)"),
     ex.best_row_sentence(pixel, "pixel AUROC (standard)"),
+    *(ex.comparison_sentence(values, label, "nearest neighbour", name) for name, values in
+      (("Image AUROC (standard)", stats), ("Pixel AUROC (standard)", pixel))
+      for label in ("MambaAD", "GLASS") if label in values and "nearest neighbour" in values),
+    ex.plateau_sentence(run_rows),
     ("Image AUROC on region/texture-like vs thin/structural defects (first seed): " + "; ".join(group_gaps) + ".")
     if group_gaps else None,
     ex.chance_sentence(stats, "image AUROC", settings.describe() + "; GLASS and the baseline: their own profiles"),

@@ -36,7 +36,7 @@ profile = "smoke"            # smoke | demo | paper
 dataset_root = "data"
 dataset_name = "synthetic"
 device = "cpu"
-seeds = [0]                  # the first seeds the random-weight models
+seeds = None                 # the first seeds the random-weight models (None: the profile's)
 results_root = "results"
 runs_root = "runs"
 # Timed model and image sides, per profile.

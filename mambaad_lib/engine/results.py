@@ -40,7 +40,9 @@ atomically. Schema ``mambaad-companion/results`` version 2::
     training                     null for "evaluate"; else {epochs, steps, wall_time_s,
                                   epoch_losses, final_loss, resumed_from, checkpoint,
                                   convergence: {tail_epochs, late_improvement, plateaued, rule}
-                                  (:mod:`.convergence`), ...}
+                                  (:mod:`.convergence`), ...}; per-class methods: {per_class_models,
+                                  wall_time_s, epoch_losses (mean over the class models),
+                                  convergence (plateaued when every class model is)}
     evaluation                   {n_images, wall_time_s, model_time_s, images_per_s,
                                   model_images_per_s, peak_memory_bytes, peak_memory_kind,
                                   checkpoint}

@@ -615,6 +615,22 @@ def _train_per_class(config: RunConfig, run_id: str, run_dir: Path, results_file
     return merge_class_records(config, run_id, records, provenance, started, run_dir)
 
 
+def _class_mean_convergence(trainings: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The loss curve and plateau verdict of per-class models as one run: ``epoch_losses`` is
+    the mean over the class models per epoch; ``convergence`` is plateaued only when every
+    class model plateaued, with the largest ``late_improvement``. Empty when the class models
+    have no loss curves of one length (e.g. the nearest-neighbour baseline trains no epochs)."""
+    curves = [training.get("epoch_losses") or [] for training in trainings]
+    if len({len(curve) for curve in curves}) != 1 or len(curves[0]) < 2:
+        return {}
+    verdicts = [convergence(curve) for curve in curves]
+    late = [verdict["late_improvement"] for verdict in verdicts]
+    plateaued = [verdict["plateaued"] for verdict in verdicts]
+    return {"epoch_losses": [float(sum(values) / len(values)) for values in zip(*curves)],
+            "convergence": {**verdicts[0], "late_improvement": None if None in late else max(late),
+                            "plateaued": None if None in plateaued else all(plateaued)}}
+
+
 def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[str, Any]],
                         provenance: dict[str, Any], started: float, run_dir: Path | None) -> dict[str, Any]:
     """One record from per-class records: every class's metrics from its own model, the mean
@@ -639,7 +655,8 @@ def merge_class_records(config: RunConfig, run_id: str, records: Sequence[dict[s
     training = None
     if kind == "train":
         training = {"per_class_models": len(records),
-                    "wall_time_s": sum(record["training"]["wall_time_s"] for record in records)}
+                    "wall_time_s": sum(record["training"]["wall_time_s"] for record in records),
+                    **_class_mean_convergence([record["training"] for record in records])}
     openset = None
     if first.get("openset"):
         shared = ("setting", "n_anomalies", "known_type", "split_seed")

@@ -18,21 +18,22 @@ from typing import Any, Mapping
 from mambaad_lib.data import meta_path
 from mambaad_lib.data.synthetic import make_synthetic_dataset
 from mambaad_lib.engine.config import RunConfig, SyntheticConfig, load_config
-from mambaad_lib.experiments.settings import SIZES, TrainingSettings
+from mambaad_lib.experiments.settings import DEFAULT_SEEDS, SHARED_EXPERIMENT, SIZES, TrainingSettings
 from mambaad_lib.experiments.summary import read_summary, write_summary
 
 
 @dataclass(frozen=True)
 class Context:
     """A notebook's run: name, profile size, data, device, seeds and output folders
-    (``dataset_name`` None: each method's profile names its own dataset)."""
+    (``dataset_name`` None: each method's profile names its own dataset; ``seeds`` None: the
+    profile's :data:`~mambaad_lib.experiments.settings.DEFAULT_SEEDS`)."""
 
     notebook: str
     profile: str = "smoke"
     dataset_root: str = "data"
     dataset_name: str | None = "synthetic"
     device: str = "cpu"
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] | None = None
     results_root: str = "results"
     runs_root: str = "runs"
 
@@ -41,6 +42,8 @@ class Context:
             object.__setattr__(self, "seeds", tuple(int(part) for part in str(self.seeds).split(",") if part.strip()))
         if self.profile not in SIZES:
             raise ValueError(f"profile must be one of {list(SIZES)}, got {self.profile!r}")
+        if self.seeds is None:
+            object.__setattr__(self, "seeds", DEFAULT_SEEDS[self.profile])
         if not self.seeds or not all(isinstance(seed, int) for seed in self.seeds):
             raise ValueError(f"seeds must be a non-empty list of integers, got {list(self.seeds)!r}")
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -89,13 +92,16 @@ class Context:
         """The run config of one row: ``method``'s profile of this size, the notebook's
         ``settings`` (data; schedule and base architecture when asked), the row's ``model.*``
         options, this context's data, device, seed and folders, then ``overrides`` (dotted keys).
+        Under ``shared`` settings the experiment is :data:`SHARED_EXPERIMENT` for every
+        notebook, so identical rows of two notebooks are one run (:func:`~mambaad_lib.experiments.run_row`).
 
         Raises:
             ConfigError: an option the method does not have (the message names it).
         """
         values = {} if settings is None else settings.overrides(schedule=schedule, architecture=architecture)
         values.update({f"model.{key}": value for key, value in (model or {}).items()})
-        values.update({"method": method, "experiment": self.notebook, "profile": self.profile,
+        experiment = SHARED_EXPERIMENT if settings is not None and settings.shared else self.notebook
+        values.update({"method": method, "experiment": experiment, "profile": self.profile,
                        "seed": self.seeds[0] if seed is None else seed, "device": self.device,
                        "data.root": str(self.dataset_root), "paths.results_dir": str(self.results_root),
                        "paths.runs_dir": str(Path(self.runs_root) / self.profile)})  # run ids repeat across sizes

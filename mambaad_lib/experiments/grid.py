@@ -3,10 +3,15 @@
 A *row* is one labelled configuration (``model.*`` options of a base model, or a method);
 its run id is the label's :func:`slug` plus the seed, so re-executing a notebook finds the
 finished run of an identical config and reuses it (``reused`` in the row, with the commit
-that made it) instead of training again. Nothing here trains by itself: the engine does.
+that made it) instead of training again. Rows of the shared experiment (settings with
+``shared``, which several notebooks train alike) are named by their configuration instead
+(:func:`run_name`), so the second notebook to ask for one finds the first one's run.
+Nothing here trains by itself: the engine does.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -15,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mambaad_lib.engine import runner
-from mambaad_lib.engine.config import RunConfig
+from mambaad_lib.engine.config import RunConfig, config_to_dict
 from mambaad_lib.experiments.context import Context
-from mambaad_lib.experiments.settings import TrainingSettings
+from mambaad_lib.experiments.settings import SHARED_EXPERIMENT, TrainingSettings
 from mambaad_lib.metrics import METRIC_KEYS
 from mambaad_lib.models import build_mambaad
 from mambaad_lib.models.costs import count_flops, count_parameters
@@ -32,9 +37,22 @@ def slug(text: str) -> str:
     return cleaned
 
 
+def run_name(config: RunConfig, label: str) -> str:
+    """The run id of a row: ``<label slug>-seed<seed>``, or in the shared experiment
+    ``<method>-<first 10 hex digits of the config's SHA-256>-seed<seed>`` (the config without
+    its seed and folders), the same in every notebook that trains this configuration."""
+    if config.experiment != SHARED_EXPERIMENT:
+        return f"{slug(label)}-seed{config.seed}"
+    plain = config_to_dict(config)
+    plain.pop("seed")
+    plain.pop("paths")
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{slug(config.method)}-{digest}-seed{config.seed}"
+
+
 def run_row(config: RunConfig, label: str, shared_cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration (or reuse its finished identical run); a :func:`result_row`."""
-    outcome = runner.train(config, run_id=f"{slug(label)}-seed{config.seed}", reuse=True, progress=False,
+    outcome = runner.train(config, run_id=run_name(config, label), reuse=True, progress=False,
                            shared_cache=shared_cache)
     row = result_row({**outcome.record, "_path": str(outcome.results_file)}, label)
     row["reused"] = outcome.reused
@@ -60,6 +78,7 @@ def result_row(record: Mapping[str, Any], label: str) -> dict[str, Any]:
         "train_time_s": training.get("wall_time_s"), "final_loss": training.get("final_loss"),
         "epoch_losses": training.get("epoch_losses"),
         "plateaued": (training.get("convergence") or {}).get("plateaued"),
+        "late_improvement": (training.get("convergence") or {}).get("late_improvement"),
         "images_per_s": evaluation.get("model_images_per_s"), "scan_backend": record.get("scan_backend"),
         "encoder": (record.get("encoder") or {}).get("encoder_weights"),
         "git_commit": environment.get("git_commit"), "git_dirty": environment.get("git_dirty"),

@@ -7,7 +7,7 @@ written) and the notebook's own keys. Every notebook writes one through
 
 The second half builds the sentences of each chapter's *What we found* section from the
 rows a notebook computed (:func:`seed_stats`, :func:`comparison_sentence`,
-:func:`best_row_sentence`, :func:`chance_sentence`, :func:`provenance_sentence`,
+:func:`best_row_sentence`, :func:`chance_sentence`, :func:`plateau_sentence`, :func:`provenance_sentence`,
 :func:`findings`, :func:`describe_run`): numbers are interpolated, never typed.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mambaad_lib.engine.convergence import PLATEAU_TAIL, PLATEAU_TOLERANCE
 from mambaad_lib.engine.results import environment, read_record
 from mambaad_lib.utils.files import atomic_write_json
 from mambaad_lib.utils.schema import to_plain
@@ -135,6 +136,23 @@ def chance_sentence(stats: Mapping[str, SeedStats], metric: str, budget: str) ->
     return (f"{which} ({', '.join(at_chance)}) {verb} at chance on {metric} (within "
             f"{100 * CHANCE_MARGIN:.0f} points of {100 * CHANCE:.0f}): this budget ({budget}) stops training before "
             "the model learns, so these rows rank nothing; a larger profile trains longer.")
+
+
+def plateau_sentence(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Whether the trained rows' loss curves passed the plateau rule
+    (:mod:`mambaad_lib.engine.convergence`), naming the runs that did not and how much their
+    loss still fell over the last tenth of the epochs; None when no row has a verdict."""
+    judged = [row for row in rows if row.get("trained", True) and row.get("plateaued") is not None]
+    if not judged:
+        return None
+    open_runs = [row for row in judged if not row["plateaued"]]
+    head = f"{len(judged) - len(open_runs)} of {len(judged)} training runs reached a plateau of the training loss"
+    rule = f"(less than {100 * PLATEAU_TOLERANCE:.1f}% lower over the last {100 * PLATEAU_TAIL:.0f}% of the epochs)"
+    if not open_runs:
+        return f"{head} {rule}: the rows compare trained models, not stopped ones."
+    still = ", ".join(f"{row['label']} seed {row['seed']} ({100 * row['late_improvement']:.1f}%)"
+                      for row in open_runs)
+    return f"{head} {rule}; still falling: {still}, so those rows may improve with more epochs."
 
 
 def provenance_sentence(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -136,6 +136,25 @@ def seed_spread(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> pd.Da
     return frame
 
 
+def seed_table(rows: Sequence[Mapping[str, Any]], keys: Mapping[str, str]) -> pd.DataFrame:
+    """"mean ± std" over seeds (percent, one decimal) of every trained row label, in row order.
+
+    ``keys`` maps a row key (e.g. ``"standard.p_auroc"``) to its column title; a column
+    ``seeds`` gives the number of runs. Values are strings, so the table shows the spread
+    beside every mean; a label without a value shows None ("—" in :func:`for_display`).
+    """
+    table = {}
+    for label in dict.fromkeys(row["label"] for row in rows):
+        trained = [row for row in rows if row["label"] == label and row.get("trained", True)]
+        entry: dict[str, Any] = {"seeds": len(trained)}
+        for key, title in keys.items():
+            values = np.array([100 * row[key] for row in trained if row.get(key) is not None], dtype=float)
+            entry[title] = (f"{values.mean():.1f} ± {values.std(ddof=0):.1f}" if values.size > 1
+                            else f"{values.mean():.1f}" if values.size else None)
+        table[label] = entry
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
 def ours_vs_paper(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Mapping[str, Any]],
                   keys: Sequence[str] = METRIC_KEYS, protocols: Sequence[str] = ("standard", "ader")) -> pd.DataFrame:
     """Trained rows' metrics (percent, mean over seeds) per protocol beside the paper's value of the same label.
