@@ -18,8 +18,8 @@ Models: ``demo`` (ResNet18, depths [1,1,1,1], 128x128, batch 8) and ``paper`` (R
 ``--with-load`` also runs a second process doing a 2-thread fp32 matmul loop and reports the
 demo training step's slowdown beside it: the median over 5 interleaved (idle, loaded) pairs of
 loaded / idle time, with the load average. Threads: ``mambaad_lib.utils.threads`` (respects
-``OMP_NUM_THREADS``; OpenMP threads wait passively unless ``OMP_WAIT_POLICY`` or
-``GOMP_SPINCOUNT`` says otherwise, as with the ``mambaad`` command). Writes
+``OMP_NUM_THREADS``; OpenMP threads spin briefly, then sleep, unless ``OMP_WAIT_POLICY``,
+``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` says otherwise, as with the ``mambaad`` command). Writes
 ``results/benchmarks/bench_model.json`` with provenance.
 
     python benchmarks/bench_model.py                  # demo b8, paper b1 and b8

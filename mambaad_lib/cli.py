@@ -100,7 +100,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch and the library's kernels (default: $OMP_NUM_THREADS, else "
-                             "the CPUs this process may use); idle threads sleep unless $OMP_WAIT_POLICY is set")
+                             "the CPUs this process may use); idle threads spin briefly, then sleep ($GOMP_SPINCOUNT=1000) "
+                             "unless $OMP_WAIT_POLICY, $GOMP_SPINCOUNT or $KMP_BLOCKTIME is set")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mambaad`` console script; returns the exit status."""
     from mambaad_lib.utils.threads import configure_threads, set_default_wait_policy
 
-    set_default_wait_policy()  # before torch loads the OpenMP runtime: sleeping waits unless the user chose
+    set_default_wait_policy()  # before torch loads the OpenMP runtime: short spins unless the user chose
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _configure_logging(args.quiet)

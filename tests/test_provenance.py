@@ -1,12 +1,14 @@
 """The reproducibility page's table of weights, masks and protocols is the committed results'."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from mambaad_lib.engine.results import upgrade_record
+from mambaad_lib.engine.results import load_results, upgrade_record
 from mambaad_lib.experiments.provenance import page_table, provenance_markdown, provenance_rows, replace_table
+from mambaad_lib.experiments.readme import demo_rows, gain_sentence, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,6 +17,35 @@ def test_reproducibility_page_lists_what_the_committed_results_used():
     page = (ROOT / "book" / "reproducibility.md").read_text(encoding="utf-8")
     assert page_table(ROOT / "results") in page, \
         "rerun: python -m mambaad_lib.experiments.provenance --write book/reproducibility.md"
+
+
+def test_readme_demo_table_is_the_committed_base_model_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme_block(ROOT / "results") in readme, "rerun: python -m mambaad_lib.experiments.readme --write README.md"
+
+
+def test_every_committed_result_and_summary_started_from_a_clean_commit():
+    records = load_results(ROOT / "results")
+    assert records, "no committed results"
+    unclean = [record["_path"] for record in records if record["environment"].get("git_dirty") is not False
+               or not record["environment"].get("git_commit")]
+    assert not unclean, f"results not made at a clean commit (regenerate them): {unclean}"
+    for path in (ROOT / "results").glob("*/*/summary.json"):
+        environment = json.loads(path.read_text(encoding="utf-8"))["environment"]
+        assert environment.get("git_dirty") is False and environment.get("git_commit"), path
+
+
+def test_demo_table_rows_and_sentence_come_from_the_summary():
+    run = {"seed": 0, "standard.i_auroc": 0.7, "untrained.standard.i_auroc": 0.5, "standard.p_auroc": 0.9,
+           "untrained.standard.p_auroc": 0.55, "plateaued": True, "train_time_s": 75.2, "git_commit": "abcdef123",
+           "git_dirty": False}
+    summary = {"seed_rows": [run, {**run, "seed": 1, "standard.p_auroc": 0.8, "plateaued": False}],
+               "baseline_rows": [{"seed": 0, "standard.i_auroc": 0.6, "standard.p_auroc": 0.7}]}
+    rows = demo_rows(summary)
+    assert [row["seed"] for row in rows] == ["0", "1", "mean ± std"]
+    assert rows[0]["pixel AUROC trained"] == "90.0" and rows[1]["image AUROC nearest neighbour"] == "—"
+    assert rows[2]["pixel AUROC trained"] == "85.0 ± 5.0" and rows[2]["plateau"] == "1/2"
+    assert "by 25.0 to 35.0 points" in gain_sentence(summary) and "abcdef1" in gain_sentence(summary)
 
 
 def _record(experiment, weights, ground_truth, dirty=False):

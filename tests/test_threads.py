@@ -58,17 +58,18 @@ def test_bad_counts_are_value_errors(fresh, value):
         threads.configure_threads(0)
 
 
-def test_passive_waiting_becomes_the_default_only_before_torch_loads(fresh):
+def test_short_spin_waiting_becomes_the_default_only_before_torch_loads(fresh):
     for name in threads.WAIT_POLICY_VARS:
         fresh.setenv(name, "")  # recorded, so that what the function sets is undone after the test
         fresh.delenv(name)
     # torch is loaded in this process: too late, the environment stays as it is
-    assert threads.set_default_wait_policy() is None and "OMP_WAIT_POLICY" not in os.environ
-    fresh.setenv("GOMP_SPINCOUNT", "1000")  # the user's choice is never overridden
+    assert threads.set_default_wait_policy() == {} and "GOMP_SPINCOUNT" not in os.environ
+    fresh.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is never overridden
     fresh.delitem(sys.modules, "torch")
-    assert threads.set_default_wait_policy() is None
-    fresh.delenv("GOMP_SPINCOUNT")
-    assert threads.set_default_wait_policy() == "PASSIVE" == os.environ["OMP_WAIT_POLICY"]
+    assert threads.set_default_wait_policy() == {"OMP_WAIT_POLICY": "ACTIVE"}
+    fresh.delenv("OMP_WAIT_POLICY")
+    assert threads.set_default_wait_policy() == {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
+    assert os.environ["GOMP_SPINCOUNT"] == "1000" and "OMP_WAIT_POLICY" not in os.environ
 
 
 def test_settings_describe_the_process_as_json(fresh):

@@ -36,7 +36,7 @@ def convergence(epoch_losses: Sequence[float] | None) -> dict[str, Any] | None:
         return None
     losses = [float(value) for value in epoch_losses]
     tail = max(1, math.ceil(PLATEAU_TAIL * len(losses)))
-    rule = (f"loss improved by < {PLATEAU_TOLERANCE:.0%} over the last {PLATEAU_TAIL:.0%} of epochs "
+    rule = (f"loss improved by < {PLATEAU_TOLERANCE:.1%} over the last {PLATEAU_TAIL:.0%} of epochs "
             f"(at least {MIN_EPOCHS} epochs)")
     before = losses[-tail - 1] if len(losses) > tail else None
     if len(losses) < MIN_EPOCHS or before is None or not before > 0:

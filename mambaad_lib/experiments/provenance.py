@@ -77,15 +77,15 @@ def page_table(results_dir: str | Path) -> str:
     return f"{START}\n{provenance_markdown(provenance_rows(records))}\n{END}"
 
 
-def replace_table(page_text: str, table: str) -> str:
-    """``page_text`` with its marked block replaced by ``table``.
+def replace_table(page_text: str, table: str, start: str = START, end: str = END) -> str:
+    """``page_text`` with its block between the ``start`` and ``end`` markers replaced by ``table``.
 
     Raises:
         ValueError: the page lacks the markers.
     """
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(page_text):
-        raise ValueError(f"the page has no {START} ... {END} block")
+        raise ValueError(f"the page has no {start} ... {end} block")
     return pattern.sub(lambda _: table, page_text, count=1)
 
 

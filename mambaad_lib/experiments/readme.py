@@ -1,0 +1,92 @@
+"""The README's demo table: the book's base-model runs, trained against untrained, per seed.
+
+The demo profile (``mambaad train --profile demo``) is the base model of the book's demo
+chapters, so the README shows the runs chapter 01 made rather than separate ones: the
+rows come from ``<results>/01_main_results/demo/summary.json`` (its ``seed_rows`` and
+``baseline_rows``). ``python -m mambaad_lib.experiments.readme`` prints the block;
+``--write README.md`` replaces the one between the README's ``demo-table`` markers, and a
+test checks the committed README against the committed results.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mambaad_lib.experiments.provenance import replace_table
+from mambaad_lib.experiments.summary import read_summary
+from mambaad_lib.utils.files import atomic_write
+
+START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
+NOTEBOOK = "01_main_results"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def demo_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per seed of the base model, then the mean ± std over seeds (percent)."""
+    keys = {"image AUROC": "standard.i_auroc", "pixel AUROC": "standard.p_auroc"}
+    baseline = {row["seed"]: row for row in summary.get("baseline_rows") or []}
+    rows, columns = [], {}
+    for run in summary["seed_rows"]:
+        values = {}
+        for name, key in keys.items():
+            values[f"{name} untrained"] = run.get(f"untrained.{key}")
+            values[f"{name} trained"] = run.get(key)
+            values[f"{name} nearest neighbour"] = (baseline.get(run["seed"]) or {}).get(key)
+        for column, value in values.items():
+            columns.setdefault(column, []).append(value)
+        rows.append({"seed": str(run["seed"]), **{column: _percent(value) for column, value in values.items()},
+                     "plateau": {True: "yes", False: "no"}.get(run.get("plateaued"), "—"),
+                     "training time": f"{run['train_time_s']:.0f} s"})
+    mean = {"seed": "mean ± std"}
+    for column, values in columns.items():
+        found = np.array([value for value in values if value is not None], dtype=float) * 100
+        mean[column] = f"{found.mean():.1f} ± {found.std(ddof=0):.1f}" if found.size else "—"
+    rows.append({**mean, "plateau": f"{sum(row['plateau'] == 'yes' for row in rows)}/{len(rows)}",
+                 "training time": "—"})
+    return rows
+
+
+def gain_sentence(summary: Mapping[str, Any]) -> str:
+    """What training bought on every seed, and the commit the runs started at."""
+    runs: Sequence[Mapping[str, Any]] = summary["seed_rows"]
+    gains = [run["standard.p_auroc"] - run["untrained.standard.p_auroc"] for run in runs]
+    commits = sorted({f"{(run.get('git_commit') or 'unknown')[:7]}{' (dirty)' if run.get('git_dirty') else ''}"
+                      for run in runs})
+    return (f"Training raises pixel AUROC by {100 * min(gains):.1f} to {100 * max(gains):.1f} points over the "
+            f"untrained model on each of the {len(runs)} seeds. Runs started at commit {', '.join(commits)}, "
+            f"as written by `mambaad reproduce --profile demo --into-book`.")
+
+
+def readme_block(results_dir: str | Path) -> str:
+    """The block between the README's markers for the results under ``results_dir``."""
+    summary = read_summary(results_dir, NOTEBOOK, "demo")
+    rows = demo_rows(summary)
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
+    return f"{START}\n" + "\n".join(lines) + f"\n\n{gain_sentence(summary)}\n{END}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mambaad_lib.experiments.readme",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument("--write", metavar="FILE", help="replace the marked table in this Markdown file")
+    args = parser.parse_args(argv)
+    block = readme_block(args.results)
+    if args.write is None:
+        print(block)
+        return
+    page = Path(args.write)
+    text = replace_table(page.read_text(encoding="utf-8"), block, START, END)
+    atomic_write(page, lambda handle: handle.write(text.encode("utf-8")))
+
+
+if __name__ == "__main__":
+    main()
