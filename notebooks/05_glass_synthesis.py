@@ -99,8 +99,7 @@ ex.for_display(means, caption=f"Class means (%), standard protocol, mean over {l
 
 # %%
 run_rows = list(runs.values())
-seed_keys = {"standard.i_auroc": "image AUROC", "standard.p_auroc": "pixel AUROC", "standard.p_aupro": "pixel AU-PRO"}
-ex.for_display(ex.seed_table(run_rows, seed_keys),
+ex.for_display(ex.seed_table(run_rows, ex.SEED_KEYS),
                caption=f"Mean ± std over {len(ctx.seeds)} seed(s) (%), standard protocol.")
 
 # %%

@@ -153,8 +153,7 @@ for method, row in rows.items():
 # the epochs.
 
 # %%
-seed_keys = {"standard.i_auroc": "image AUROC", "standard.p_auroc": "pixel AUROC", "standard.p_aupro": "pixel AU-PRO"}
-ex.for_display(ex.seed_table(seed_rows, seed_keys),
+ex.for_display(ex.seed_table(seed_rows, ex.SEED_KEYS),
                caption=f"Mean ± std over {len(ctx.seeds)} seed(s) (%), standard protocol.")
 
 # %%
@@ -194,8 +193,10 @@ viz.save_figure(viz.plot_grouped_bars(list(METRIC_KEYS), trained, "percent",
 # %% [markdown]
 # ## Cost at the training size
 # Parameters and FLOPs of the models actually trained (at the training resolution),
-# training seconds per optimisation step, and inference speed. `images/s (evaluation)` comes
-# from each run's test pass (run one after the other on a shared machine);
+# training seconds per optimisation step, and inference speed. `training s/step` and
+# `images/s (evaluation)` come from each run's own training and test pass (in the demo the
+# MambaAD run is usually reused from chapter 01, so the two were measured at different
+# times, possibly under different load);
 # `images/s (interleaved)` times the two trained models taking turns on the same batch, best
 # of three, so both see the same load: read the ratio.
 

@@ -93,3 +93,63 @@ def test_one_timing_routine_times_several_models_in_turns() -> None:
     assert single["scan_backend"] == "reference" and single["flops_g"] == pytest.approx(timings["b"]["flops_g"])
     with pytest.raises(ValueError, match="repeats"):
         ex.time_models(64, {"a": small}, repeats=0)
+
+
+def test_plateau_sentence_names_the_runs_still_falling() -> None:
+    rows = [{"label": "A", "seed": 0, "plateaued": True, "late_improvement": 0.01},
+            {"label": "B", "seed": 1, "plateaued": False, "late_improvement": 0.031},
+            {"label": "C", "seed": 0, "plateaued": None}, {"label": "D", "trained": False, "plateaued": False}]
+    text = ex.plateau_sentence(rows)
+    assert text.startswith("1 of 2 training runs") and "B seed 1 (3.1%)" in text and "2.5%" in text
+    assert ex.plateau_sentence(rows[:1]).endswith("not stopped ones.")
+    assert ex.plateau_sentence([rows[2]]) is None
+
+
+def test_seed_table_shows_mean_and_spread_per_label() -> None:
+    rows = [{"label": "A", "standard.i_auroc": 0.6}, {"label": "A", "standard.i_auroc": 0.7},
+            {"label": "B", "standard.i_auroc": 0.5}, {"label": "C", "trained": False}]
+    table = ex.seed_table(rows, {"standard.i_auroc": "image AUROC"})
+    assert table.loc["A", "image AUROC"] == "65.0 ± 5.0" and table.loc["A", "seeds"] == 2
+    assert table.loc["B", "image AUROC"] == "50.0" and table.loc["C", "image AUROC"] is None
+
+
+def test_demo_chapters_share_one_run_per_seed_of_the_base_model() -> None:
+    """Chapters 01-05 and 07 build the base model's demo config their own way; it is one run."""
+    demo = {kind: ex.training_settings(kind, "demo") for kind in ("main", "ablation", "synthesis", "mmad")}
+    lss = next(row for row in ex.lss_grid() if row["label"] == "G3 conv1x1+dw 5,7")
+    configs = {
+        "01": ex.Context("01_main_results", "demo").config(settings=demo["main"], model={}, seed=1),
+        "02": ex.Context("02_backbones_depths", "demo").config(
+            settings=demo["ablation"], model={"backbone": "resnet18", "depths": [1, 1, 1, 1]}, seed=1),
+        "03": ex.Context("03_scan_methods", "demo").config(
+            settings=demo["ablation"], model={"scan": "hilbert", "directions": 8}, seed=1),
+        "04": ex.Context("04_lss_design", "demo").config(
+            settings=demo["ablation"], model={k: v for k, v in lss.items() if k != "label"}, seed=1),
+        "05": ex.Context("05_glass_synthesis", "demo").config("mambaad", demo["synthesis"], seed=1),
+        "07": ex.Context("07_mmad", "demo").config("mambaad", demo["mmad"], model={}, seed=1),
+    }
+    names = {chapter: ex.run_name(config, "any label") for chapter, config in configs.items()}
+    assert len(set(names.values())) == 1, names
+    assert {config.experiment for config in configs.values()} == {ex.SHARED_EXPERIMENT}
+    assert names["01"].startswith("mambaad-") and names["01"].endswith("-seed1")
+    other = ex.Context("03_scan_methods", "demo").config(settings=demo["ablation"], model={"scan": "sweep"}, seed=1)
+    assert ex.run_name(other, "sweep x8") != names["03"]
+    # outside the shared setting a run is named by its label
+    smoke = ex.Context("03_scan_methods", "smoke").config(settings=ex.training_settings("ablation", "smoke"), seed=0)
+    assert ex.run_name(smoke, "hilbert x8") == "hilbert-x8-seed0"
+
+
+def test_seeds_default_to_the_profiles_seeds() -> None:
+    assert ex.Context("x", "smoke").seeds == (0,) and ex.Context("x", "demo").seeds == (0, 1, 2)
+    assert ex.Context("x", "demo", seeds="3,4").seeds == (3, 4)
+
+
+def test_loss_curves_show_one_line_per_seed_and_the_plateau_count() -> None:
+    from mambaad_lib import viz
+
+    rows = [{"label": "A", "seed": seed, "epoch_losses": [3.0, 2.0, 1.5], "plateaued": seed == 0} for seed in (0, 1)]
+    rows.append({"label": "baseline", "seed": 0, "epoch_losses": [0.0]})  # no curve to draw
+    figure = viz.plot_loss_curves(rows)
+    axis = figure.axes[0]
+    assert len(axis.get_lines()) == 2
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == ["A (plateau: 1/2 seeds)"]

@@ -314,3 +314,16 @@ def test_evaluation_schedule_records_every_evaluation_and_leaves_training_alone(
         assert entry["value"] == max(v for v in values if v is not None)
         assert values[entry["epoch"] - 1] == entry["value"]
     assert plain.record["evaluations"] == [] and plain.record["best_over_evaluations"] is None
+
+
+def test_per_class_runs_report_the_class_mean_curve_and_a_joint_verdict():
+    from mambaad_lib.engine.runner import _class_mean_convergence
+
+    flat = [1.0] * 18 + [0.999, 0.998]
+    falling = [1.0] * 18 + [0.9, 0.8]
+    merged = _class_mean_convergence([{"epoch_losses": flat}, {"epoch_losses": falling}])
+    assert merged["epoch_losses"][-1] == pytest.approx((0.998 + 0.8) / 2)
+    assert merged["convergence"]["plateaued"] is False
+    assert merged["convergence"]["late_improvement"] == pytest.approx(convergence(falling)["late_improvement"])
+    assert _class_mean_convergence([{"epoch_losses": flat}, {"epoch_losses": flat}])["convergence"]["plateaued"]
+    assert _class_mean_convergence([{"epoch_losses": [0.0]}, {"epoch_losses": [0.0]}]) == {}  # no epochs: no curve

@@ -35,6 +35,23 @@ def test_every_committed_result_and_summary_started_from_a_clean_commit():
         assert environment.get("git_dirty") is False and environment.get("git_commit"), path
 
 
+def _strings(value):
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_every_shared_run_is_shown_by_a_chapter():
+    """Runs of the shared experiment are named by their config: one no chapter reads (left by an
+    older config) would sit in results/ and in the provenance table unexplained."""
+    shown = {Path(text).name for path in (ROOT / "results").glob("*/*/summary.json")
+             for text in _strings(json.loads(path.read_text(encoding="utf-8"))) if text.endswith(".json")}
+    orphans = [path.name for path in (ROOT / "results" / "shared").glob("*/*.json") if path.name not in shown]
+    assert not orphans, f"shared runs no chapter shows (delete them): {orphans}"
+
+
 def test_demo_table_rows_and_sentence_come_from_the_summary():
     run = {"seed": 0, "standard.i_auroc": 0.7, "untrained.standard.i_auroc": 0.5, "standard.p_auroc": 0.9,
            "untrained.standard.p_auroc": 0.55, "plateaued": True, "train_time_s": 75.2, "git_commit": "abcdef123",

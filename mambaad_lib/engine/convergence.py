@@ -3,8 +3,8 @@
 A run has *plateaued* when its mean training loss improved by less than
 :data:`PLATEAU_TOLERANCE` (2.5%) over the last :data:`PLATEAU_TAIL` (10%) of its epochs:
 ``(loss before the tail - final loss) / loss before the tail < 0.025``. With fewer than
-:data:`MIN_EPOCHS` epochs the tail is a single noisy epoch and says little, so no verdict is
-given. The rule reads training losses only; it never looks at test metrics.
+:data:`MIN_EPOCHS` (20) epochs the tail is a single noisy epoch and says little, so no verdict
+is given. The rule reads training losses only; it never looks at test metrics.
 
 Why the last tenth and not the last fifth (the same rate, 0.25% per 1% of training): the
 release's schedule multiplies the learning rate by 0.1 after 80% of the steps
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 PLATEAU_TAIL = 0.1
 PLATEAU_TOLERANCE = 0.025
-MIN_EPOCHS = 10
+MIN_EPOCHS = 20
 
 
 def convergence(epoch_losses: Sequence[float] | None) -> dict[str, Any] | None:

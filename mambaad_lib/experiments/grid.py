@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mambaad_lib.engine import runner
 from mambaad_lib.engine.config import RunConfig, config_to_dict
+from mambaad_lib.engine.convergence import convergence
 from mambaad_lib.experiments.context import Context
 from mambaad_lib.experiments.settings import SHARED_EXPERIMENT, TrainingSettings
 from mambaad_lib.metrics import METRIC_KEYS
@@ -68,6 +69,10 @@ def result_row(record: Mapping[str, Any], label: str) -> dict[str, Any]:
     training = record.get("training") or {}
     evaluation = record.get("evaluation") or {}
     environment = record.get("environment") or {}
+    # A unified run's verdict is recomputed with today's rule (a reused run may have been judged
+    # by an older one); per-class runs keep theirs, which combines every class model's curve.
+    verdict = (training.get("convergence") if training.get("per_class_models") else
+               convergence(training.get("epoch_losses"))) or {}
     row: dict[str, Any] = {
         "label": label, "trained": True, "run_id": record["run_id"], "results_file": record.get("_path"),
         "method": record.get("method"), "seed": record.get("seed"), "architecture": model.get("architecture"),
@@ -77,8 +82,7 @@ def result_row(record: Mapping[str, Any], label: str) -> dict[str, Any]:
         "image_size": record["config"]["data"]["crop_size"],
         "train_time_s": training.get("wall_time_s"), "final_loss": training.get("final_loss"),
         "epoch_losses": training.get("epoch_losses"),
-        "plateaued": (training.get("convergence") or {}).get("plateaued"),
-        "late_improvement": (training.get("convergence") or {}).get("late_improvement"),
+        "plateaued": verdict.get("plateaued"), "late_improvement": verdict.get("late_improvement"),
         "images_per_s": evaluation.get("model_images_per_s"), "scan_backend": record.get("scan_backend"),
         "encoder": (record.get("encoder") or {}).get("encoder_weights"),
         "git_commit": environment.get("git_commit"), "git_dirty": environment.get("git_dirty"),

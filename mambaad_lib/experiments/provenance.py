@@ -11,7 +11,7 @@ import argparse
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from mambaad_lib.engine.results import load_results
 from mambaad_lib.utils.files import atomic_write
@@ -89,18 +89,25 @@ def replace_table(page_text: str, table: str, start: str = START, end: str = END
     return pattern.sub(lambda _: table, page_text, count=1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mambaad_lib.experiments.provenance", description=__doc__.split("\n")[0])
+def block_command(prog: str, description: str, block: Callable[[str], str], start: str = START, end: str = END,
+                  argv: list[str] | None = None) -> None:
+    """A ``python -m`` command that prints ``block(results folder)`` or, with ``--write FILE``,
+    replaces the block between ``start`` and ``end`` in that Markdown file (atomically)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--results", default="results", help="results folder (default: results)")
-    parser.add_argument("--write", metavar="PAGE", help="replace the marked table in this Markdown page")
+    parser.add_argument("--write", metavar="FILE", help="replace the marked block in this Markdown file")
     args = parser.parse_args(argv)
-    table = page_table(args.results)
+    text = block(args.results)
     if args.write is None:
-        print(table)
+        print(text)
         return
     page = Path(args.write)
-    text = replace_table(page.read_text(encoding="utf-8"), table)
-    atomic_write(page, lambda handle: handle.write(text.encode("utf-8")))
+    updated = replace_table(page.read_text(encoding="utf-8"), text, start, end)
+    atomic_write(page, lambda handle: handle.write(updated.encode("utf-8")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    block_command("python -m mambaad_lib.experiments.provenance", __doc__.split("\n")[0], page_table, argv=argv)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,13 @@ test checks the committed README against the committed results.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mambaad_lib.experiments.provenance import replace_table
+from mambaad_lib.experiments.provenance import block_command
 from mambaad_lib.experiments.summary import read_summary
-from mambaad_lib.utils.files import atomic_write
 
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 NOTEBOOK = "01_main_results"
@@ -55,12 +53,16 @@ def demo_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
 def gain_sentence(summary: Mapping[str, Any]) -> str:
     """What training bought on every seed, and the commit the runs started at."""
     runs: Sequence[Mapping[str, Any]] = summary["seed_rows"]
-    gains = [run["standard.p_auroc"] - run["untrained.standard.p_auroc"] for run in runs]
+    gains = [run["standard.p_auroc"] - run["untrained.standard.p_auroc"] for run in runs
+             if run.get("standard.p_auroc") is not None and run.get("untrained.standard.p_auroc") is not None]
     commits = sorted({f"{(run.get('git_commit') or 'unknown')[:7]}{' (dirty)' if run.get('git_dirty') else ''}"
                       for run in runs})
+    made = (f"Runs started at commit {', '.join(commits)}, as written by "
+            "`mambaad reproduce --profile demo --into-book`.")
+    if not gains:
+        return f"The untrained model was not evaluated. {made}"
     return (f"Training raises pixel AUROC by {100 * min(gains):.1f} to {100 * max(gains):.1f} points over the "
-            f"untrained model on each of the {len(runs)} seeds. Runs started at commit {', '.join(commits)}, "
-            f"as written by `mambaad reproduce --profile demo --into-book`.")
+            f"untrained model on each of the {len(gains)} seeds. {made}")
 
 
 def readme_block(results_dir: str | Path) -> str:
@@ -74,18 +76,7 @@ def readme_block(results_dir: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mambaad_lib.experiments.readme",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--results", default="results", help="results folder (default: results)")
-    parser.add_argument("--write", metavar="FILE", help="replace the marked table in this Markdown file")
-    args = parser.parse_args(argv)
-    block = readme_block(args.results)
-    if args.write is None:
-        print(block)
-        return
-    page = Path(args.write)
-    text = replace_table(page.read_text(encoding="utf-8"), block, START, END)
-    atomic_write(page, lambda handle: handle.write(text.encode("utf-8")))
+    block_command("python -m mambaad_lib.experiments.readme", __doc__.split("\n")[0], readme_block, START, END, argv)
 
 
 if __name__ == "__main__":

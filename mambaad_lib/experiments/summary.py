@@ -120,9 +120,9 @@ def best_row_sentence(stats: Mapping[str, SeedStats], metric: str) -> str:
 
 
 def chance_sentence(stats: Mapping[str, SeedStats], metric: str, budget: str) -> str | None:
-    """Say which rows sit at chance (``metric`` within :data:`CHANCE_MARGIN` of 0.5) and that
-    the training ``budget`` (e.g. ``"4 epochs on 12 images per class"``) is the reason; None
-    when no row does."""
+    """Say which rows sit at chance (``metric`` within :data:`CHANCE_MARGIN` of 0.5) at the
+    training ``budget`` (e.g. ``"40 epochs on 20 images per class"``) and what limits them;
+    None when no row does."""
     at_chance = [label for label, value in stats.items() if abs(value.mean - CHANCE) <= CHANCE_MARGIN]
     if not at_chance:
         return None
@@ -134,8 +134,10 @@ def chance_sentence(stats: Mapping[str, SeedStats], metric: str, budget: str) ->
         which = f"{len(at_chance)} of {len(stats)} rows"
     verb = "sits" if len(at_chance) == 1 else "sit"
     return (f"{which} ({', '.join(at_chance)}) {verb} at chance on {metric} (within "
-            f"{100 * CHANCE_MARGIN:.0f} points of {100 * CHANCE:.0f}): this budget ({budget}) stops training before "
-            "the model learns, so these rows rank nothing; a larger profile trains longer.")
+            f"{100 * CHANCE_MARGIN:.0f} points of {100 * CHANCE:.0f}) at this budget ({budget}), so these rows rank "
+            "nothing on it: where their training loss plateaued (see the plateau sentence), more epochs would "
+            "not change that, and the random encoder's features or the data are the limit, which the `paper` "
+            "profile (ImageNet encoder, real data) removes.")
 
 
 def plateau_sentence(rows: Sequence[Mapping[str, Any]]) -> str | None:

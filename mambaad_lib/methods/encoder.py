@@ -18,6 +18,7 @@ from torch import Tensor
 from mambaad_lib.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+_random_encoder_warned: set[str] = set()  # filled by the first warning of this process
 
 RANDOM_ENCODER_WARNING = (
     "RANDOM ENCODER: no pretrained weights were used (encoder_weights=none); BatchNorm statistics of "
@@ -64,7 +65,7 @@ def prepare_random_encoder(options: FrozenEncoderOptions, reestimate: Callable[[
         batches: normal training batches.
     Returns:
         the facts for the results file's ``encoder`` entry (and logs the random-encoder
-        warning loudly).
+        warning: loudly the first time in a process, at info level after that).
     """
     if not options.random_encoder:
         return {"encoder_weights": options.encoder_weights, "batchnorm_reestimated_on": 0}
@@ -80,6 +81,10 @@ def prepare_random_encoder(options: FrozenEncoderOptions, reestimate: Callable[[
             yield images.to(device)
 
     n_images = reestimate(capped())
-    logger.warning("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
+    # Loud once per process; a notebook training dozens of runs would otherwise repeat it for
+    # every one (each results file records it under encoder.warning either way).
+    log = logger.info if _random_encoder_warned else logger.warning
+    log("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
+    _random_encoder_warned.add(RANDOM_ENCODER_WARNING)
     return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
             "warning": RANDOM_ENCODER_WARNING}

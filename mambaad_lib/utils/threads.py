@@ -42,7 +42,9 @@ RUNTIME_ENV_VARS: tuple[str, ...] = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_B
                                      "OMP_PROC_BIND", "OPENBLAS_NUM_THREADS")
 # Variables through which a user has chosen how OpenMP threads wait (GNU and Intel runtimes).
 WAIT_POLICY_VARS: tuple[str, ...] = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-# The library's default: spin ~1000 iterations then sleep (GNU), sleep at once (LLVM/Intel).
+# The library's default per runtime: spin ~1000 iterations then sleep (GNU), sleep at once
+# (LLVM/Intel, whose shortest setting is a millisecond). Each is set unless the user chose a
+# policy for that runtime (OMP_WAIT_POLICY counts for both).
 DEFAULT_WAIT_POLICY: dict[str, str] = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -91,16 +93,17 @@ def available_cpus() -> int:
 def set_default_wait_policy() -> dict[str, str]:
     """Make short-spin-then-sleep waits (:data:`DEFAULT_WAIT_POLICY`) the default, if it is not too late.
 
-    Call it before anything imports torch. It leaves the environment alone when the user chose
-    a policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set) or when torch,
-    and with it the OpenMP runtime, is already loaded (a new value would be ignored).
+    Call it before anything imports torch. Each runtime's variable is left as it is when the
+    user set it (``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``); nothing is set when ``OMP_WAIT_POLICY``
+    is set (it chooses for every runtime) or when torch, and with it the OpenMP runtime, is
+    already loaded (a new value would be ignored).
 
     Returns:
         The wait variables in effect (empty: the runtime's own default, long spins).
     """
-    chosen = any(name in os.environ for name in WAIT_POLICY_VARS)
-    if not chosen and "torch" not in sys.modules:
-        os.environ.update(DEFAULT_WAIT_POLICY)
+    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        for name, value in DEFAULT_WAIT_POLICY.items():
+            os.environ.setdefault(name, value)  # e.g. an MKL KMP_BLOCKTIME leaves GNU's default to us
     return {name: os.environ[name] for name in WAIT_POLICY_VARS if name in os.environ}
 
 
