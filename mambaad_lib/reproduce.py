@@ -298,7 +298,8 @@ def build_book(root: str | Path = REPO_ROOT, output: str | Path | None = None, s
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``mambaad reproduce`` (shared by the CLI and :func:`main`)."""
     parser.add_argument("--profile", choices=PROFILES, default="demo",
-                        help="smoke (seconds per notebook), demo (CPU, under 40 minutes in all), paper (GPU, real data)")
+                        help="smoke (seconds per notebook), demo (CPU: under an hour on an idle 2-core machine, see "
+                             "results/reproduce/demo.json), paper (GPU, real data)")
     parser.add_argument("--only", nargs="+", metavar="NOTEBOOK",
                         help="notebook stems or numbers to run (default: every notebooks/NN_*.py)")
     parser.add_argument("--dataset-root", help="dataset root (default: the notebooks' own, data/)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,13 @@ def test_rows_name_weights_masks_and_dirty_commits():
 def test_replace_table_needs_the_markers():
     with pytest.raises(ValueError, match="provenance:start"):
         replace_table("no markers", "x")
+
+
+def test_stated_demo_time_is_the_logged_one():
+    """The README, the landing page and the reproducibility page state the demo reproduce's
+    wall time; it must be the one logged by the committed run."""
+    log = json.loads((ROOT / "results" / "reproduce" / "demo.json").read_text(encoding="utf-8"))
+    minutes = round(log["total_notebook_seconds"] / 60)
+    for name in ("README.md", "book/intro.md", "book/reproducibility.md"):
+        stated = re.findall(r"about (\d+) minutes on an idle\s+2-core CPU", (ROOT / name).read_text(encoding="utf-8"))
+        assert stated and set(stated) == {str(minutes)}, (name, stated, minutes)

@@ -40,8 +40,10 @@ def slug(text: str) -> str:
 
 def run_name(config: RunConfig, label: str) -> str:
     """The run id of a row: ``<label slug>-seed<seed>``, or in the shared experiment
-    ``<method>-<first 10 hex digits of the config's SHA-256>-seed<seed>`` (the config without
-    its seed and folders), the same in every notebook that trains this configuration."""
+    ``<method>-<first 10 hex digits of the config's SHA-256>-seed<seed>`` (the whole config
+    but its seed and output folders, ``paths``; the dataset folder counts), the same in every
+    notebook that trains this configuration. Any change to the config's fields or defaults
+    renames the runs: their old files are then orphans, which a test refuses in ``results/``."""
     if config.experiment != SHARED_EXPERIMENT:
         return f"{slug(label)}-seed{config.seed}"
     plain = config_to_dict(config)
