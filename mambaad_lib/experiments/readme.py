@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from mambaad_lib.experiments.provenance import block_command
+from mambaad_lib.experiments.provenance import block_command, provenance_markdown
 from mambaad_lib.experiments.summary import read_summary
+from mambaad_lib.experiments.tables import seed_table
 
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 NOTEBOOK = "01_main_results"
@@ -26,27 +25,25 @@ def _percent(value: float | None) -> str:
 
 
 def demo_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
-    """One row per seed of the base model, then the mean ± std over seeds (percent)."""
+    """One row per seed of the base model, then the mean ± std over seeds (percent,
+    :func:`~mambaad_lib.experiments.tables.seed_table`'s format)."""
     keys = {"image AUROC": "standard.i_auroc", "pixel AUROC": "standard.p_auroc"}
     baseline = {row["seed"]: row for row in summary.get("baseline_rows") or []}
-    rows, columns = [], {}
+    rows, per_seed = [], []
     for run in summary["seed_rows"]:
         values = {}
         for name, key in keys.items():
             values[f"{name} untrained"] = run.get(f"untrained.{key}")
             values[f"{name} trained"] = run.get(key)
             values[f"{name} nearest neighbour"] = (baseline.get(run["seed"]) or {}).get(key)
-        for column, value in values.items():
-            columns.setdefault(column, []).append(value)
+        per_seed.append({"label": "mean ± std", **values})
         rows.append({"seed": str(run["seed"]), **{column: _percent(value) for column, value in values.items()},
                      "plateau": {True: "yes", False: "no"}.get(run.get("plateaued"), "—"),
                      "training time": f"{run['train_time_s']:.0f} s"})
-    mean = {"seed": "mean ± std"}
-    for column, values in columns.items():
-        found = np.array([value for value in values if value is not None], dtype=float) * 100
-        mean[column] = f"{found.mean():.1f} ± {found.std(ddof=0):.1f}" if found.size else "—"
-    rows.append({**mean, "plateau": f"{sum(row['plateau'] == 'yes' for row in rows)}/{len(rows)}",
-                 "training time": "—"})
+    columns = [column for column in per_seed[0] if column != "label"]
+    spread = seed_table(per_seed, {column: column for column in columns}).iloc[0]
+    rows.append({"seed": "mean ± std", **{column: spread[column] or "—" for column in columns},
+                 "plateau": f"{sum(row['plateau'] == 'yes' for row in rows)}/{len(rows)}", "training time": "—"})
     return rows
 
 
@@ -68,11 +65,7 @@ def gain_sentence(summary: Mapping[str, Any]) -> str:
 def readme_block(results_dir: str | Path) -> str:
     """The block between the README's markers for the results under ``results_dir``."""
     summary = read_summary(results_dir, NOTEBOOK, "demo")
-    rows = demo_rows(summary)
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
-    return f"{START}\n" + "\n".join(lines) + f"\n\n{gain_sentence(summary)}\n{END}"
+    return f"{START}\n{provenance_markdown(demo_rows(summary))}\n\n{gain_sentence(summary)}\n{END}"
 
 
 def main(argv: list[str] | None = None) -> None:

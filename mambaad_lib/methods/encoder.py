@@ -18,7 +18,7 @@ from torch import Tensor
 from mambaad_lib.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-_random_encoder_warned: set[str] = set()  # filled by the first warning of this process
+_random_encoder_warned = False  # set by the first warning of this process
 
 RANDOM_ENCODER_WARNING = (
     "RANDOM ENCODER: no pretrained weights were used (encoder_weights=none); BatchNorm statistics of "
@@ -83,8 +83,9 @@ def prepare_random_encoder(options: FrozenEncoderOptions, reestimate: Callable[[
     n_images = reestimate(capped())
     # Loud once per process; a notebook training dozens of runs would otherwise repeat it for
     # every one (each results file records it under encoder.warning either way).
+    global _random_encoder_warned
     log = logger.info if _random_encoder_warned else logger.warning
     log("%s (re-estimated on %d images)", RANDOM_ENCODER_WARNING, n_images)
-    _random_encoder_warned.add(RANDOM_ENCODER_WARNING)
+    _random_encoder_warned = True
     return {"encoder_weights": "none (random)", "batchnorm_reestimated_on": n_images,
             "warning": RANDOM_ENCODER_WARNING}
