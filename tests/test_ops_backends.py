@@ -128,6 +128,21 @@ def test_long_sequence_with_large_steps_stays_finite_and_exact(backend):
     assert _relative_error(out, expected) < 1e-5
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_a_nan_step_size_spreads_like_the_reference(backend):
+    """A NaN in delta makes its channel's outputs NaN from that step on, nowhere else (the
+    kernels' exp keeps NaN, as torch.exp does)."""
+    _skip_if_unavailable(backend)
+    inputs = {k: (v.float() if v is not None else None) for k, v in _inputs(2, 8, 40, groups=2).items()}
+    inputs["delta"][1, 3, 17] = float("nan")
+    expected = selective_scan_reference(**inputs, delta_softplus=True)
+    out = selective_scan(**inputs, delta_softplus=True, backend=backend)
+    assert torch.equal(torch.isnan(out), torch.isnan(expected))
+    assert torch.isnan(out[1, 3, 17:]).all() and not torch.isnan(out[1, 3, :17]).any()
+    finite = ~torch.isnan(expected)
+    assert _relative_error(out[finite], expected[finite]) < 1e-5
+
+
 def _cpu_gradients(inputs):
     _, grads = _values_and_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, True,
                                  torch.ones_like(inputs["u"]))

@@ -85,10 +85,22 @@ DIRECTION_CASES = {
 }
 
 
+@pytest.fixture
+def threads():
+    """Sets torch's intra-op thread count for one test and restores it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("tasks", ["per_batch_element", "split"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("case", list(DIRECTION_CASES))
-def test_fused_directions_match_the_reference_composition(case, dtype):
+def test_fused_directions_match_the_reference_composition(case, dtype, tasks, threads):
+    """Both task splits of the kernel (one task per batch element, with at least two batch
+    elements per thread; else per channel block / per direction) against the reference."""
     shape, options = DIRECTION_CASES[case]
+    threads(1 if tasks == "per_batch_element" else max(2, shape[0]))
     inputs = direction_inputs(*shape, dtype=dtype, **options)
     grad_out = torch.randn_like(inputs["u"])
     expected, expected_grads = values_and_grads(
@@ -337,7 +349,8 @@ def test_portable_build_without_avx512_gives_the_same_numbers(tmp_path):
     assert portable["has_avx512"] is False
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():  # the default build takes the AVX-512 path exactly where the CPU has it
-        assert native["has_avx512"] is ("avx512f" in cpuinfo.read_text().split())
+        flags = cpuinfo.read_text().split()
+        assert native["has_avx512"] is ("avx512f" in flags and "avx512dq" in flags)
     for name in ("directions", "selective_scan", "instance_norm_silu"):
         for index, (a, b) in enumerate(zip(portable[name], native[name])):
             assert relative_error(a, b) < 1e-5, (name, index)

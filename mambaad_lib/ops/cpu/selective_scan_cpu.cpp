@@ -25,18 +25,21 @@
 // state entering the chunk, saved by a training forward (save_checkpoints; memory: 1/kChunk of
 // the states) or recomputed by a first sweep.
 //
-// Reproducibility: the forward's task is (batch, channel block) and walks the K directions in
-// order, adding their outputs; the backward's task is (batch, direction) and walks the channel
-// blocks in order, adding their dB / dC. Everything summed across tasks (du over directions, dA,
-// dD, ddelta_bias over the batch) is reduced afterwards in a fixed order. The task split depends
-// on the shapes only, so results are bit-identical run to run and for any torch.set_num_threads
-// value; tasks are handed out dynamically, which only changes who runs them.
+// Tasks and reproducibility: with at least two batch elements per thread, a task is one batch
+// element, walking the directions in order (each direction's rows gathered once) and within
+// each its channel blocks; with fewer, the forward's task is (batch, channel block) over the
+// directions in order and the backward's (batch, direction). Either way every output and every
+// gradient of a shared u adds the directions in order k = 0, 1, ..., and a direction's dB / dC
+// add its channel blocks in order; the backward's partial sums over tasks (du per direction when
+// tasks are (batch, direction); dA, dD, ddelta_bias and dt_weight per batch element) are reduced
+// afterwards in a fixed order. So results are bit-identical run to run and for any
+// torch.set_num_threads value; tasks are handed out dynamically, which only changes who runs them.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include "vector_math.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
 #endif
 
@@ -50,13 +53,12 @@
 
 namespace {
 
-// Channels per forward task and SIMD lanes per step: fixed, so no summation order depends on threads.
+// Channels per block and SIMD lanes per step: fixed, so no summation order depends on threads.
 constexpr int kLanes = 16;
 // Steps per checkpoint and backward recompute chunk (whose states and decays are kept in cache).
 constexpr int64_t kChunk = 64;
 
 using mambaad::scan_exp;
-using mambaad::sigmoid;
 using mambaad::softplus;
 
 // A (b, L, K, inner) operand with unit stride along inner; stride k is 0 for a shared operand.
@@ -101,18 +103,22 @@ struct ScanArgs {
 template <typename T>
 struct Scratch {
   std::vector<int64_t> step;                        // step[l]: the step at which the direction visits token l
-  std::vector<T> dt, u, dtu, ys;                    // (L, kLanes)
+  std::vector<T> dt, u, dtu;                        // (L, kLanes)
+  std::vector<T> ys;                                // forward: outputs, (L, kLanes)
   std::vector<T> Bs, Cs;                            // (L, n)
   std::vector<T> Ds, dDs;                           // low-rank step sizes and their gradient, (L, r)
-  std::vector<T> ddt, gy, gdt, gu;                  // backward: (L, kLanes)
+  std::vector<T> ddt, gy, hB, qA;                   // backward: (L, kLanes)
   std::vector<T> dB_rows, dC_rows;                  // backward: (L, n), sums over the direction's channels
   std::vector<T> checkpoints, states, decays;       // backward chunking
   Scratch(int64_t length, int64_t state, int64_t rank, bool backward)
-      : step(length), dt(length * kLanes), u(length * kLanes), dtu(length * kLanes), ys(length * kLanes),
+      : step(length), dt(length * kLanes), u(length * kLanes), dtu(length * kLanes),
         Bs(length * state), Cs(length * state), Ds(length * rank) {
-    if (!backward) return;
+    if (!backward) {
+      ys.resize(length * kLanes);
+      return;
+    }
     dDs.resize(length * rank);
-    for (auto* v : {&ddt, &gy, &gdt, &gu}) v->resize(length * kLanes);
+    for (auto* v : {&ddt, &gy, &hB, &qA}) v->resize(length * kLanes);
     for (auto* v : {&dB_rows, &dC_rows}) v->resize(length * state);
     checkpoints.resize((length + kChunk - 1) / kChunk * state * kLanes);
     states.resize((kChunk + 1) * state * kLanes);
@@ -157,6 +163,19 @@ MAMBAAD_INLINE void copy_lanes(const T* src, const T* offset, int valid, T* dst)
   }
 }
 
+// dst[0..valid) = (or, adding, +=) src[0..valid).
+template <typename T>
+MAMBAAD_INLINE void store_lanes(const T* src, int valid, bool add, T* dst) {
+  if (valid == kLanes && add) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) dst[j] += src[j];
+  } else if (valid == kLanes) {
+    std::memcpy(dst, src, kLanes * sizeof(T));
+  } else {
+    for (int j = 0; j < valid; ++j) dst[j] = add ? dst[j] + src[j] : src[j];
+  }
+}
+
 // In place over m values: x -> dt = softplus(x) (or x), and ddt = d dt / dx when ddt is not null.
 // Flat loops over contiguous memory, so that the compiler vectorises exp and log1p.
 template <typename T>
@@ -165,12 +184,20 @@ void step_sizes(T* x, bool softplus_dt, int64_t m, T* ddt) {
     if (ddt) std::fill(ddt, ddt + m, T(1));
     return;
   }
-  if (ddt) {
+  if (!ddt) {
 #pragma omp simd
-    for (int64_t i = 0; i < m; ++i) ddt[i] = x[i] > T(20) ? T(1) : sigmoid(x[i]);  // the threshold's branch is the identity
+    for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
+    return;
   }
+  // softplus and its slope, the sigmoid, from one exp(-|v|) (what softplus() and sigmoid() compute
+  // separately); above the threshold softplus is the identity, slope 1.
 #pragma omp simd
-  for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
+  for (int64_t i = 0; i < m; ++i) {
+    const T v = x[i];
+    const T w = scan_exp(-std::abs(v));
+    ddt[i] = v > T(20) ? T(1) : (v >= T(0) ? T(1) : w) / (T(1) + w);
+    x[i] = v > T(20) ? v : std::max(v, T(0)) + mambaad::scan_log1p_unit(w);
+  }
 }
 
 // s.step = the inverse of direction k's order, and its B, C rows in sequence order. Tokens are
@@ -210,6 +237,60 @@ void low_rank_steps(int64_t rank, int64_t L, const T* W, const T* bias, const T*
       for (int j = 0; j < kLanes; ++j) v[j] += W[r * kLanes + j] * f;
     }
     std::memcpy(dt + t * kLanes, v, kLanes * sizeof(T));
+  }
+}
+
+// Runs `body(rank)` with rank a compile-time constant when it is a common one (else 0).
+template <typename Body>
+void dispatch_rank(int64_t rank, Body&& body) {
+  switch (rank) {
+    case 4: body(std::integral_constant<int, 4>()); break;
+    case 8: body(std::integral_constant<int, 8>()); break;
+    case 16: body(std::integral_constant<int, 16>()); break;
+    case 32: body(std::integral_constant<int, 32>()); break;
+    default: body(std::integral_constant<int, 0>()); break;
+  }
+}
+
+// The backward of low_rank_steps for one block, steps in sequence order: dd (L, kLanes) =
+// dLoss/d(delta + bias), factors (L, r). d_factors (L, r) = dd W^T (added to what it holds when
+// accumulate) and dW (r, kLanes) += sum over steps of factors^T dd. Each lane's contribution is
+// one multiply-add across the r factors (W transposed here), not a sum across lanes per factor.
+// R: r at compile time (0: read rank), so that a step's r sums stay in registers.
+template <typename T, int R>
+void low_rank_backward(int64_t rank, int64_t L, const T* W, const T* dd, const T* factors, bool accumulate,
+                       T* d_factors, T* dW) {
+  const int64_t r_count = R > 0 ? R : rank;
+  std::vector<T> Wt(kLanes * r_count);  // (kLanes, r)
+  for (int64_t r = 0; r < r_count; ++r)
+    for (int j = 0; j < kLanes; ++j) Wt[j * r_count + r] = W[r * kLanes + j];
+  // Four partial sums over the lanes (lanes j, j + 4, ...), so that a step's sums are not one
+  // chain of sixteen dependent multiply-adds; added in a fixed order.
+  constexpr int kParts = 4;
+  std::vector<T> sums(kParts * r_count);
+  for (int64_t t = 0; t < L; ++t) {
+    const T* dd_t = dd + t * kLanes;
+    T* out = d_factors + t * r_count;
+    std::fill(sums.begin(), sums.end(), T(0));
+    for (int j = 0; j < kLanes; ++j) {
+      const T v = dd_t[j];
+      const T* Wt_j = Wt.data() + j * r_count;
+      T* part = sums.data() + (j % kParts) * r_count;
+#pragma omp simd
+      for (int64_t r = 0; r < r_count; ++r) part[r] += v * Wt_j[r];
+    }
+#pragma omp simd
+    for (int64_t r = 0; r < r_count; ++r) {
+      const T total = (sums[r] + sums[r_count + r]) + (sums[2 * r_count + r] + sums[3 * r_count + r]);
+      out[r] = accumulate ? out[r] + total : total;
+    }
+    const T* f = factors + t * r_count;
+    for (int64_t r = 0; r < r_count; ++r) {
+      const T fr = f[r];
+      T* dW_r = dW + r * kLanes;
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) dW_r[j] += dd_t[j] * fr;
+    }
   }
 }
 
@@ -284,7 +365,7 @@ void store_outputs(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t c0, int v
   }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define MAMBAAD_AVX512 1
 // Hand-vectorised recurrences for float with 16 lanes and a state size that is a multiple of 4
 // (n = 16 in every MambaAD model), used where the compiler's code is exp- and store-bound:
@@ -297,21 +378,29 @@ namespace avx512 {
 
 constexpr int kBlock = 4;  // states per register block
 
-MAMBAAD_INLINE __m512 exp2(__m512 y) {
-  // Below 2^-125.95 (exp below e^-87.3) the result is exactly 0, as in scan_exp; NaN stays NaN.
-  const __mmask16 keep = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-125.95f), _CMP_NLT_UQ);
-  const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(127.0f), y);
-  const __m512 k = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(clamped, k);  // [-0.5, 0.5]
-  // 2^f, near-minimax degree 6 (relative error 1e-7 in float32 evaluation).
-  __m512 p = _mm512_set1_ps(1.5345764405e-04f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930904e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184890717e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503286421e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718246e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(keep, p, k);
+// 2^(y16 / 16) (y16: the exponent in sixteenths). 2^(y16/16) = 2^m 2^(j/16) 2^(r/16) with
+// floor(y16) = 16 m + j and r = y16 - floor(y16) in [0, 1): a 16-entry table for 2^(j/16) (one
+// vpermps), a degree-3 polynomial for 2^(r/16), and m added to the exponent bits. Relative error
+// below 2e-7; five of its thirteen instructions use the multiply-add ports that the recurrences
+// are bound by (a polynomial over a whole octave needs eight). Below 2^-125.95 (exp below
+// e^-87.3) the result is exactly 0, as in scan_exp; NaN stays NaN.
+MAMBAAD_INLINE __m512 exp2_16(__m512 y16) {
+  const __m512 table = _mm512_set_ps(1.915206552e+00f, 1.834008098e+00f, 1.756252170e+00f, 1.681792855e+00f,
+                                     1.610490322e+00f, 1.542210817e+00f, 1.476826191e+00f, 1.414213538e+00f,
+                                     1.354255557e+00f, 1.296839595e+00f, 1.241857767e+00f, 1.189207077e+00f,
+                                     1.138788581e+00f, 1.090507746e+00f, 1.044273734e+00f, 1.0f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(y16, _mm512_set1_ps(-125.95f * 16), _CMP_NLT_UQ);
+  const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(127.0f * 16), y16);
+  const __m512i k = _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_reduce_ps(clamped, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 q = _mm512_set1_ps(1.3847206901e-05f);
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(9.3819940230e-04f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.3321736157e-02f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+  const __m512 p = _mm512_mul_ps(q, _mm512_permutexvar_ps(k, table));  // in [1, 2)
+  const __m512i m = _mm512_slli_epi32(_mm512_srai_epi32(k, 4), 23);
+  // A NaN y16 gives a NaN p and m = 0 (k is the integer indefinite 0x80000000), so it stays NaN.
+  return _mm512_castsi512_ps(_mm512_maskz_add_epi32(keep, _mm512_castps_si512(p), m));
 }
 
 MAMBAAD_INLINE __m512 load(const float* p) { return _mm512_loadu_ps(p); }
@@ -319,11 +408,11 @@ MAMBAAD_INLINE __m512 splat(float v) { return _mm512_set1_ps(v); }
 
 // A block's 4 (natural) A rows and their log2 e multiples.
 struct StateBlock {
-  __m512 A[kBlock], A2[kBlock];
+  __m512 A[kBlock], A2[kBlock];  // A2 = A log2(e) 16: dt A2 is exp(dt A)'s exponent for exp2_16
   StateBlock(const float* A_rows, int64_t s0) {
     for (int i = 0; i < kBlock; ++i) {
       A[i] = load(A_rows + (s0 + i) * 16);
-      A2[i] = _mm512_mul_ps(A[i], splat(1.44269504088896341f));
+      A2[i] = _mm512_mul_ps(A[i], splat(1.44269504088896341f * 16));
     }
   }
 };
@@ -345,7 +434,7 @@ inline void forward(int64_t n, int64_t L, const float* A_rows, const float* dt, 
       const float* C = Cs + t * n + s0;
       __m512 acc = load(y + t * 16);
       for (int i = 0; i < kBlock; ++i) {
-        x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(B[i])));
+        x[i] = _mm512_fmadd_ps(exp2_16(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(B[i])));
         acc = _mm512_fmadd_ps(x[i], splat(C[i]), acc);
       }
       _mm512_storeu_ps(y + t * 16, acc);
@@ -388,11 +477,15 @@ MAMBAAD_INLINE void sum_lanes8(const __m512 r[8], float* lo, float* hi, bool acc
 // Bs, Cs (L, n). Out: hB[t] = sum_s h_t B_t and qA[t] = sum_s q_t A (L, 16); dA (n, 16), the
 // sums over time; dB_rows / dC_rows (L, n), the sums over the block's lanes (added to what the
 // rows hold when accumulate). checkpoints (L / kChunk, n, 16): the states entering the chunks,
-// computed here unless saved (a first sweep). Buffers for one chunk: states x_t and decays,
-// (kChunk * 4, 16) each.
+// computed here unless saved (a first sweep). Buffers for one chunk: states x_{t0-1} .. x_{t1-1},
+// ((kChunk + 1) * 4, 16), and decays, (kChunk * 4, 16). on_chunk(t0, t1) runs when steps
+// [t0, t1) have their final hB and qA (after the last state block's pass over them), while they
+// are in cache.
+template <typename OnChunk>
 inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt, const float* dtu, const float* gy,
                      const float* Bs, const float* Cs, bool accumulate, float* hB, float* qA, float* dA,
-                     float* dB_rows, float* dC_rows, float* checkpoints, bool saved, float* states, float* decays) {
+                     float* dB_rows, float* dC_rows, float* checkpoints, bool saved, float* states, float* decays,
+                     OnChunk&& on_chunk) {
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   for (int64_t s0 = 0; s0 < n; s0 += kBlock) {
     const StateBlock S(A_rows, s0);
@@ -405,7 +498,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
           for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(checkpoints + ((t / kChunk) * n + s0 + i) * 16, x[i]);
         const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
         for (int i = 0; i < kBlock; ++i)
-          x[i] = _mm512_fmadd_ps(exp2(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
+          x[i] = _mm512_fmadd_ps(exp2_16(_mm512_mul_ps(d, S.A2[i])), x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
       }
     }
     // Sweep 2, chunks last to first: recompute the chunk's states and decays, then the adjoint.
@@ -413,15 +506,18 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
     for (int i = 0; i < kBlock; ++i) carry[i] = dA_acc[i] = _mm512_setzero_ps();
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-      for (int i = 0; i < kBlock; ++i) x[i] = load(checkpoints + (c * n + s0 + i) * 16);
+      for (int i = 0; i < kBlock; ++i) {
+        x[i] = load(checkpoints + (c * n + s0 + i) * 16);
+        _mm512_storeu_ps(states + i * 16, x[i]);
+      }
       for (int64_t t = t0; t < t1; ++t) {
         const __m512 d = load(dt + t * 16), du = load(dtu + t * 16);
         const int64_t row = (t - t0) * kBlock;
         for (int i = 0; i < kBlock; ++i) {
-          const __m512 decay = exp2(_mm512_mul_ps(d, S.A2[i]));
+          const __m512 decay = exp2_16(_mm512_mul_ps(d, S.A2[i]));
           x[i] = _mm512_fmadd_ps(decay, x[i], _mm512_mul_ps(du, splat(Bs[t * n + s0 + i])));
           _mm512_storeu_ps(decays + (row + i) * 16, decay);
-          _mm512_storeu_ps(states + (row + i) * 16, x[i]);
+          _mm512_storeu_ps(states + (row + kBlock + i) * 16, x[i]);
         }
       }
       for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -434,17 +530,15 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
         for (int i = 0; i < kBlock; ++i) {
           const __m512 h = _mm512_fmadd_ps(g, splat(C[i]), carry[i]);
           const __m512 decay = load(decays + (row + i) * 16);
-          const __m512 cur = load(states + (row + i) * 16);
-          const __m512 input = _mm512_mul_ps(du, splat(B[i]));
+          const __m512 cur = load(states + (row + kBlock + i) * 16);
+          const __m512 prev = load(states + (row + i) * 16);
           sums[i] = _mm512_mul_ps(g, cur);
           sums[kBlock + i] = _mm512_mul_ps(h, du);
           hB_t = _mm512_fmadd_ps(h, splat(B[i]), hB_t);
-          // dLoss/d(dt A) = h decay x_{t-1}, with decay x_{t-1} = x_t - dt u B (exact up to x_t's
-          // rounding): the recurrence's step undone instead of reloading x_{t-1}.
-          const __m512 q = _mm512_mul_ps(h, _mm512_sub_ps(cur, input));
+          carry[i] = _mm512_mul_ps(decay, h);
+          const __m512 q = _mm512_mul_ps(carry[i], prev);  // dLoss/d(dt A) = h decay x_{t-1}
           dA_acc[i] = _mm512_fmadd_ps(q, d, dA_acc[i]);
           qA_t = _mm512_fmadd_ps(q, S.A[i], qA_t);
-          carry[i] = _mm512_mul_ps(decay, h);
         }
         if (!first) {
           hB_t = _mm512_add_ps(load(hB + t * 16), hB_t);
@@ -454,6 +548,7 @@ inline void backward(int64_t n, int64_t L, const float* A_rows, const float* dt,
         _mm512_storeu_ps(qA + t * 16, qA_t);
         sum_lanes8(sums, dC_rows + t * n + s0, dB_rows + t * n + s0, accumulate);
       }
+      if (s0 + kBlock >= n) on_chunk(t0, t1);
     }
     for (int i = 0; i < kBlock; ++i) _mm512_storeu_ps(dA + (s0 + i) * 16, dA_acc[i]);
   }
@@ -469,19 +564,20 @@ MAMBAAD_INLINE int64_t checkpoint_offset(const ScanArgs<T>& a, int64_t b, int64_
   return ((b * a.dirs + k) * a.blocks() + block) * ((a.length + kChunk - 1) / kChunk) * a.state * kLanes;
 }
 
-// Forward of one (b, channel block) task over every direction, adding their outputs when summed;
-// with checkpoints not null, also the states entering every chunk.
+// Forward of one channel block over direction k (after gather_direction(b, k)): writes its
+// outputs, or adds them for k > 0 when summed; with checkpoints not null, also the states
+// entering every chunk.
 template <typename T, int NS>
-void forward_task(const ScanArgs<T>& a, int64_t b, int64_t block, T* out, T* checkpoints, Scratch<T>& s) {
+void forward_block(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block, T* out, T* checkpoints,
+                   Scratch<T>& s) {
   const int64_t n = NS > 0 ? NS : a.state;
   const int64_t c0 = block * kLanes;
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
   T x_fixed[NS > 0 ? NS * kLanes : 1];
   std::vector<T> x_heap(NS > 0 ? 0 : n * kLanes);
   T* x = NS > 0 ? x_fixed : x_heap.data();
-  for (int64_t k = 0; k < a.dirs; ++k) {
+  {
     BlockConstants<T, NS> K(a, k, c0, valid);
-    gather_direction(a, b, k, s);
     gather_lanes<T, NS>(a, K, b, k, c0, valid, s, nullptr);
     T* y = s.ys.data();
     T* cp = checkpoints ? checkpoints + checkpoint_offset(a, b, k, block) : nullptr;
@@ -540,7 +636,9 @@ MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out, bool accumulate)
 template <typename T>
 struct GradArgs {
   const T* dout;      // like out, dense
-  Operand<T> du;      // like u (its strides when u is dense); per direction (b, L, K, d) when u is shared
+  Operand<T> du;      // like u (its strides when u is dense); for a shared u, see du_adds
+  bool du_adds;       // shared u: du is (b, L, d) and direction k > 0 adds its part (one task per batch
+                      // element, directions in order); else du holds one part per direction
   Operand<T> ddelta;  // like delta (its strides when delta is dense)
   T* dW_part;         // (b, K*d, r): per-channel sums over time of the low-rank weight's gradient
   T* dA_part;         // (b, K*d, n): per-channel sums over time
@@ -553,10 +651,11 @@ struct GradArgs {
 
 // The generic backward recurrences of one block over direction k (any dtype and state size):
 // dA (n, kLanes) sums over time, the block's dB / dC rows (added when accumulate), and per step
-// gdt = dLoss/d dt and gu = dLoss/du through dt u, into the scratch.
-template <typename T, int NS>
+// hB = sum_s h B and qA = sum_s q A (avx512::backward's outputs), into the scratch; on_chunk as
+// in avx512::backward.
+template <typename T, int NS, typename OnChunk>
 void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>& s, bool accumulate, T* dA,
-                     T* checkpoints, bool saved) {
+                     T* checkpoints, bool saved, OnChunk&& on_chunk) {
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   std::vector<T> heap(NS > 0 ? 0 : 4 * n * kLanes);
   T x_fixed[NS > 0 ? NS * kLanes : 1], carry_fixed[NS > 0 ? NS * kLanes : 1];
@@ -591,7 +690,8 @@ void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>&
       const T* prev = states + (t - t0) * n * kLanes;
       const T* cur = prev + n * kLanes;
       const T* dec = s.decays.data() + (t - t0) * n * kLanes;
-      T hB[kLanes], qA[kLanes];
+      T* hB = s.hB.data() + t * kLanes;
+      T* qA = s.qA.data() + t * kLanes;
 #pragma omp simd
       for (int j = 0; j < kLanes; ++j) { hB[j] = T(0); qA[j] = T(0); }
       for (int64_t st = 0; st < n; ++st) {
@@ -612,15 +712,8 @@ void backward_sweeps(int64_t n, int64_t L, BlockConstants<T, NS>& K, Scratch<T>&
       }
       sum_lanes(pC, n, s.dC_rows.data() + t * n, accumulate);
       sum_lanes(pB, n, s.dB_rows.data() + t * n, accumulate);
-      T* gdt = s.gdt.data() + t * kLanes;
-      T* gu = s.gu.data() + t * kLanes;
-      const T* u = s.u.data() + t * kLanes;
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        gdt[j] = qA[j] + hB[j] * u[j];  // dLoss/d dt_t
-        gu[j] = hB[j] * dt[j];
-      }
     }
+    on_chunk(t0, t1);
   }
 }
 
@@ -642,67 +735,52 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     gather_lanes<T, NS>(a, K, b, k, c0, valid, s, g.dout);
     const bool accumulate = block > 0;
     T* checkpoints = saved ? g.checkpoints + checkpoint_offset(a, b, k, block) : s.checkpoints.data();
+    // Chain to u, delta and the skip term, chunk by chunk as the recurrences finish them (steps
+    // in a fixed order: the per-channel sums are reproducible): dLoss/d dt_t = qA + hB u,
+    // dLoss/d(delta + bias) = that times ddt (into ddt), dLoss/du_t = hB dt + gy D (into hB).
+    T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
+    const bool add_du = g.du_adds && k > 0;
+    auto chain = [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t row = t * kLanes, l = a.token(k, t);
+        const T* hB = s.hB.data() + row;
+        T* ddt = s.ddt.data() + row;
+        const T* qA = s.qA.data() + row;
+        const T* dt = s.dt.data() + row;
+        const T* gy = s.gy.data() + row;
+        const T* u = s.u.data() + row;
+        T du_t[kLanes];
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const T dd = (qA[j] + hB[j] * u[j]) * ddt[j];
+          du_t[j] = hB[j] * dt[j] + gy[j] * K.D[j];
+          ddt[j] = dd;
+          dD_acc[j] += gy[j] * u[j];
+          dbias_acc[j] += dd;
+        }
+        store_lanes(du_t, valid, add_du, g.du.at(b, l, k) + c0);
+        if (!a.rank) store_lanes(ddt, valid, false, g.ddelta.at(b, l, k) + c0);
+      }
+    };
     bool vectorised = false;
 #ifdef MAMBAAD_AVX512
     if constexpr (std::is_same_v<T, float>) {
       if (n % avx512::kBlock == 0) {
-        T* hB = s.gu.data();
-        T* qA = s.gdt.data();
         avx512::backward(n, L, K.A_row(0), s.dt.data(), s.dtu.data(), s.gy.data(), s.Bs.data(), s.Cs.data(),
-                         accumulate, hB, qA, dA, s.dB_rows.data(), s.dC_rows.data(), checkpoints, saved,
-                         s.states.data(), s.decays.data());
-        const T* u = s.u.data();
-        const T* dt = s.dt.data();
-#pragma omp simd
-        for (int64_t i = 0; i < L * kLanes; ++i) {
-          qA[i] += hB[i] * u[i];  // dLoss/d dt_t, into gdt
-          hB[i] *= dt[i];         // dLoss/du_t through dt_t u_t, into gu
-        }
+                         accumulate, s.hB.data(), s.qA.data(), dA, s.dB_rows.data(), s.dC_rows.data(), checkpoints,
+                         saved, s.states.data(), s.decays.data(), chain);
         vectorised = true;
       }
     }
 #endif
-    if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA, checkpoints, saved);
+    if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA, checkpoints, saved, chain);
 
-    // Chain to delta and the skip term, tokens in memory order (a fixed order: the per-channel
-    // sums are reproducible). With low-rank step sizes, dLoss/d factors goes to the task's dDs
-    // rows (the blocks add up in order) and the weight's gradient to dW.
-    T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
     std::vector<T> dW(a.rank * kLanes, T(0));
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t row = s.step[l] * kLanes;
-      const T* gdt = s.gdt.data() + row;
-      const T* ddt = s.ddt.data() + row;
-      const T* gu = s.gu.data() + row;
-      const T* gy = s.gy.data() + row;
-      const T* u = s.u.data() + row;
-      T dd[kLanes], du_t[kLanes];
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        dd[j] = gdt[j] * ddt[j];
-        du_t[j] = gu[j] + gy[j] * K.D[j];
-        dD_acc[j] += gy[j] * u[j];
-        dbias_acc[j] += dd[j];
-      }
-      if (a.rank) {
-        const T* factors = s.Ds.data() + s.step[l] * a.rank;
-        T* d_factors = s.dDs.data() + s.step[l] * a.rank;
-        for (int64_t r = 0; r < a.rank; ++r) {
-          const T* W = K.W.data() + r * kLanes;
-          T* dW_r = dW.data() + r * kLanes;
-          T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-          for (int j = 0; j < kLanes; ++j) {
-            acc += dd[j] * W[j];
-            dW_r[j] += dd[j] * factors[r];
-          }
-          d_factors[r] = block > 0 ? d_factors[r] + acc : acc;
-        }
-      } else {
-        std::memcpy(g.ddelta.at(b, l, k) + c0, dd, valid * sizeof(T));
-      }
-      std::memcpy(g.du.at(b, l, k) + c0, du_t, valid * sizeof(T));
-    }
+    if (a.rank)
+      dispatch_rank(a.rank, [&](auto rank) {
+        low_rank_backward<T, decltype(rank)::value>(a.rank, L, K.W.data(), s.ddt.data(), s.Ds.data(), block > 0,
+                                                    s.dDs.data(), dW.data());
+      });
     for (int j = 0; j < valid; ++j) {
       const int64_t row = (b * a.dirs + k) * a.channels + c0 + j;
       for (int64_t st = 0; st < n; ++st) g.dA_part[row * n + st] = dA[st * kLanes + j];
@@ -844,19 +922,34 @@ ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const 
   return a;
 }
 
-// du[b, l, :] = sum over k of parts[b, l, k, :], k in order.
+// du[b, l, :] = sum over k of parts[b, k, l, :], k in order.
 template <typename T>
 void sum_directions(const T* parts, const Operand<T>& du, int64_t batch, int64_t length, int64_t dirs,
                     int64_t channels) {
   at::parallel_for(0, batch * length, 64, [&](int64_t begin, int64_t end) {
     for (int64_t bl = begin; bl < end; ++bl) {
-      T* row = du.at(bl / length, bl % length, 0);
-      const T* part = parts + bl * dirs * channels;
+      const int64_t b = bl / length, l = bl % length;
+      T* row = du.at(b, l, 0);
+      const T* part = parts + (b * dirs * length + l) * channels;
       std::memcpy(row, part, channels * sizeof(T));
       for (int64_t k = 1; k < dirs; ++k) {
+        const T* part_k = part + k * length * channels;
 #pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) row[c] += part[k * channels + c];
+        for (int64_t c = 0; c < channels; ++c) row[c] += part_k[c];
       }
+    }
+  });
+}
+
+// out[i] = sum over b of parts[b, i], b in order (the batch's per-sample partial sums).
+template <typename T>
+void sum_batch(const T* parts, int64_t batch, int64_t m, T* out) {
+  at::parallel_for(0, m, 4096, [&](int64_t begin, int64_t end) {
+    std::memcpy(out + begin, parts + begin, (end - begin) * sizeof(T));
+    for (int64_t b = 1; b < batch; ++b) {
+      const T* part = parts + b * m;
+#pragma omp simd
+      for (int64_t i = begin; i < end; ++i) out[i] += part[i];
     }
   });
 }
@@ -874,6 +967,10 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
   auto out = summed ? torch::empty({batch, length, channels}, u.options())
                     : torch::empty({batch, length, dirs, channels}, u.options());
   const int64_t blocks = (channels + kLanes - 1) / kLanes, chunks = (length + kChunk - 1) / kChunk;
+  // Tasks: one per batch element (directions outer, so each direction's rows are gathered once)
+  // when there are enough to keep the threads busy, else one per (batch element, channel block).
+  // Either way every output adds the directions in order k = 0, 1, ...: bit-identical results.
+  const bool per_batch = batch >= 2 * at::get_num_threads();
   auto checkpoints = save_checkpoints ? torch::empty({batch, dirs, blocks, chunks, state, kLanes}, u.options())
                                       : torch::empty({0}, u.options());
   if (out.numel() == 0 || state == 0) return {out.zero_(), checkpoints.zero_()};
@@ -883,10 +980,23 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
     scalar_t* cp = save_checkpoints ? checkpoints.data_ptr<scalar_t>() : nullptr;
     dispatch_state(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
-      for_each_task<scalar_t>(batch * blocks, length, args.state, args.rank, false,
-                              [&](int64_t task, Scratch<scalar_t>& s) {
-        forward_task<scalar_t, NS>(args, task / blocks, task % blocks, out_ptr, cp, s);
-      });
+      if (per_batch) {
+        for_each_task<scalar_t>(batch, length, args.state, args.rank, false, [&](int64_t b, Scratch<scalar_t>& s) {
+          for (int64_t k = 0; k < dirs; ++k) {
+            gather_direction(args, b, k, s);
+            for (int64_t block = 0; block < blocks; ++block) forward_block<scalar_t, NS>(args, b, k, block, out_ptr, cp, s);
+          }
+        });
+      } else {
+        for_each_task<scalar_t>(batch * blocks, length, args.state, args.rank, false,
+                                [&](int64_t task, Scratch<scalar_t>& s) {
+          const int64_t b = task / blocks, block = task % blocks;
+          for (int64_t k = 0; k < dirs; ++k) {
+            gather_direction(args, b, k, s);
+            forward_block<scalar_t, NS>(args, b, k, block, out_ptr, cp, s);
+          }
+        });
+      }
     });
   });
   return {out, checkpoints};
@@ -918,9 +1028,13 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
   // the ops that consume them need no copy.
   auto du = u.is_non_overlapping_and_dense() ? torch::empty_like(u) : torch::empty(u.sizes(), options);
   auto ddelta = delta.is_non_overlapping_and_dense() ? torch::empty_like(delta) : torch::empty(delta.sizes(), options);
-  // A shared u gets one gradient per direction first, summed over directions in a fixed order below.
+  // A shared u's gradient sums the directions' parts in order k = 0, 1, ...: with enough batch
+  // elements to keep the threads busy, one task per batch element adds them into du as it goes;
+  // else every (batch, direction) task writes its part to du_parts, (b, K, L, d), summed below.
+  // Both add the same numbers in the same order (bit-identical results).
   const bool shared_u = u.dim() == 3;
-  auto du_dirs = shared_u ? torch::empty({batch, length, dirs, channels}, options) : du;
+  const bool per_batch = shared_u && batch >= 2 * at::get_num_threads();
+  auto du_parts = shared_u && !per_batch ? torch::empty({batch, dirs, length, channels}, options) : du;
   auto dA_part = torch::empty({batch, dirs * channels, state}, options);
   auto dD_part = torch::empty({batch, dirs * channels}, options);
   auto dbias_part = torch::empty({batch, dirs * channels}, options);
@@ -937,41 +1051,37 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
       using T = scalar_t;
       const auto args = make_args<T>(u, delta, A, B, C, D, bias, dt_weight, order, softplus, summed, shape);
-      GradArgs<T> grads{dout.data_ptr<T>(), operand<T>(du_dirs), operand<T>(ddelta), dW_part.data_ptr<T>(),
+      // du_parts (b, K, L, d) read as (b, L, K, d) strides.
+      const Operand<T> du_op = shared_u && !per_batch
+                                   ? Operand<T>{du_parts.data_ptr<T>(), dirs * length * channels, channels,
+                                                length * channels}
+                                   : operand<T>(du);
+      GradArgs<T> grads{dout.data_ptr<T>(), du_op, per_batch, operand<T>(ddelta), dW_part.data_ptr<T>(),
                         dA_part.data_ptr<T>(), dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(),
                         dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr};
       dispatch_state(state, [&](auto ns) {
         constexpr int NS = decltype(ns)::value;
-        for_each_task<T>(batch * dirs, length, state, rank, true, [&](int64_t task, Scratch<T>& s) {
-          backward_task<T, NS>(args, grads, task / dirs, task % dirs, s);
-        });
+        if (per_batch) {
+          for_each_task<T>(batch, length, state, rank, true, [&](int64_t b, Scratch<T>& s) {
+            for (int64_t k = 0; k < dirs; ++k) backward_task<T, NS>(args, grads, b, k, s);
+          });
+        } else {
+          for_each_task<T>(batch * dirs, length, state, rank, true, [&](int64_t task, Scratch<T>& s) {
+            backward_task<T, NS>(args, grads, task / dirs, task % dirs, s);
+          });
+        }
       });
-      // Fixed-order reductions: directions for a shared u, the batch for dA / dD / ddelta_bias.
-      if (shared_u) sum_directions(du_dirs.data_ptr<T>(), operand<T>(du), batch, length, dirs, channels);
+      // Fixed-order reductions: directions for a shared u (unless added per batch element), the
+      // batch for dA / dD / ddelta_bias.
+      if (shared_u && !per_batch) sum_directions(du_parts.data_ptr<T>(), operand<T>(du), batch, length, dirs, channels);
       const int64_t rows = dirs * channels;
       T* dA_out = dA.data_ptr<T>();
       T* dD_out = dD.data_ptr<T>();
       T* dbias_out = dbias.data_ptr<T>();
-      for (int64_t i = 0; i < rows * state; ++i) {
-        T acc = T(0);
-        for (int64_t b = 0; b < batch; ++b) acc += grads.dA_part[b * rows * state + i];
-        dA_out[i] = acc;
-      }
-      T* dW_out = dW.data_ptr<T>();
-      for (int64_t i = 0; i < rows * rank; ++i) {
-        T acc = T(0);
-        for (int64_t b = 0; b < batch; ++b) acc += grads.dW_part[b * rows * rank + i];
-        dW_out[i] = acc;
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        T sd = T(0), sbias = T(0);
-        for (int64_t b = 0; b < batch; ++b) {
-          sd += grads.dD_part[b * rows + r];
-          sbias += grads.dbias_part[b * rows + r];
-        }
-        dD_out[r] = sd;
-        dbias_out[r] = sbias;
-      }
+      sum_batch(grads.dA_part, batch, rows * state, dA.data_ptr<T>());
+      sum_batch(grads.dW_part, batch, rows * rank, dW.data_ptr<T>());
+      sum_batch(grads.dD_part, batch, rows, dD.data_ptr<T>());
+      sum_batch(grads.dbias_part, batch, rows, dbias.data_ptr<T>());
     });
   }
   return {du, ddelta, dA, dB, dC, D.has_value() ? dD : torch::Tensor(), bias.has_value() ? dbias : torch::Tensor(),
