@@ -5,7 +5,8 @@ backward, AdamW step over the trainable parameters with the release's parameter 
 ``train.adamw`` default implementation; every implementation's step is timed too)
 images/s; the achieved GFLOP/s as a fraction of a 1024x1024 fp32 matmul timed in the same
 process, between the model's runs; the selective scan's share of the time; and the five
-largest operators' shares of a training step (torch.profiler, self time).
+largest operators' shares of a training step (torch.profiler, self time over three consecutive
+calls).
 
 FLOP convention: 2 FLOPs per multiply-accumulate for the model and the matmul alike.
 ``count_flops`` counts multiply-accumulates (the paper's Table 2: 8.3 G for the default model =
@@ -62,6 +63,9 @@ LR, WEIGHT_DECAY, BETAS = 0.0025, 1e-4, (0.9, 0.999)
 SCAN_EVENTS = {"cpu": ("_FusedScan", "_FusedScanBackward"), "mamba_ssm": ("_MambaSsmScan", "_MambaSsmScanBackward")}
 # Profiler ranges that wrap other events rather than doing work themselves.
 WRAPPER_PREFIXES = ("ProfilerStep", "Optimizer.", "autograd::engine::evaluate_function", "## ")
+# Calls per profile: one call's operator shares moved by up to 5 points from call to call on the
+# shared 2-core machine; three consecutive calls (after the timed runs) are steadier.
+PROFILED_CALLS = 3
 LOAD_SCRIPT = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nb = torch.randn(1024, 1024)\n"
                "while True:\n    a @ b\n")
 
@@ -143,17 +147,19 @@ def timed(function, repeats: int, matmul_repeats: int) -> tuple[float, float]:
     return best, rate
 
 
-def profile_shares(function, backend: str, top: int = 5) -> dict[str, object]:
-    """Self-time shares of one call: the scan's, and the ``top`` largest operators'."""
+def profile_shares(function, backend: str, top: int = 5, calls: int = PROFILED_CALLS) -> dict[str, object]:
+    """Self-time shares over ``calls`` consecutive calls: the scan's, and the ``top`` largest
+    operators' (``calls`` per operator: how often it ran per call)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        function()
+        for _ in range(calls):
+            function()
     events = [e for e in prof.key_averages() if not e.key.startswith(WRAPPER_PREFIXES)]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
     scan_names = SCAN_EVENTS.get(backend)
     scan = None if scan_names is None else sum(e.self_cpu_time_total for e in events if e.key in scan_names) / total
-    return {"scan_share": scan,
-            "top_operators": [{"name": e.key, "share": e.self_cpu_time_total / total, "calls": e.count}
+    return {"scan_share": scan, "profiled_calls": calls,
+            "top_operators": [{"name": e.key, "share": e.self_cpu_time_total / total, "calls": e.count // calls}
                               for e in ranked[:top]]}
 
 

@@ -98,8 +98,8 @@ struct ScanArgs {
   }
 };
 
-// Per-worker buffers, reused across tasks: every entry a task reads, it has written first.
-// Rows are in sequence order (row t = step t of the current direction).
+// Per-thread buffers, reused across tasks and calls: every entry a task reads, it has written
+// first. Rows are in sequence order (row t = step t of the current direction).
 template <typename T>
 struct Scratch {
   std::vector<int64_t> step;                        // step[l]: the step at which the direction visits token l
@@ -110,9 +110,18 @@ struct Scratch {
   std::vector<T> ddt, gy, hB, qA;                   // backward: (L, kLanes)
   std::vector<T> dB_rows, dC_rows;                  // backward: (L, n), sums over the direction's channels
   std::vector<T> checkpoints, states, decays;       // backward chunking
-  Scratch(int64_t length, int64_t state, int64_t rank, bool backward)
-      : step(length), dt(length * kLanes), u(length * kLanes), dtu(length * kLanes),
-        Bs(length * state), Cs(length * state), Ds(length * rank) {
+  // One task per batch element: its (L, d) maps with each block's rows contiguous, (blocks, L,
+  // kLanes) (see to_blocks): u, the outputs (forward) or their gradient (backward), du.
+  std::vector<T> u_blocks, y_blocks, du_blocks;
+
+  // Sizes the buffers for a call. Shrinking keeps a vector's memory, so after the largest call a
+  // thread allocates (and the OS maps) nothing more: fresh pages cost about a microsecond each
+  // on a virtual machine, a few percent of a training step.
+  void resize(int64_t length, int64_t state, int64_t rank, bool backward) {
+    step.resize(length);
+    for (auto* v : {&dt, &u, &dtu}) v->resize(length * kLanes);
+    for (auto* v : {&Bs, &Cs}) v->resize(length * state);
+    Ds.resize(length * rank);
     if (!backward) {
       ys.resize(length * kLanes);
       return;
@@ -125,6 +134,14 @@ struct Scratch {
     decays.resize(kChunk * state * kLanes);
   }
 };
+
+// This thread's scratch, sized for a call.
+template <typename T>
+Scratch<T>& thread_scratch(int64_t length, int64_t state, int64_t rank, bool backward) {
+  thread_local Scratch<T> scratch;
+  scratch.resize(length, state, rank, backward);
+  return scratch;
+}
 
 // One direction's constants for a block of lanes; lanes past the last channel hold zeros, which
 // keep their states, adjoints and every contribution of theirs exactly zero.
@@ -258,24 +275,28 @@ void dispatch_rank(int64_t rank, Body&& body) {
 // one multiply-add across the r factors (W transposed here), not a sum across lanes per factor.
 // R: r at compile time (0: read rank), so that a step's r sums stay in registers.
 template <typename T, int R>
-void low_rank_backward(int64_t rank, int64_t L, const T* W, const T* dd, const T* factors, bool accumulate,
-                       T* d_factors, T* dW) {
+void low_rank_backward(int64_t rank, int64_t L, const T* W, const T* __restrict__ dd, const T* __restrict__ factors,
+                       bool accumulate, T* __restrict__ d_factors, T* dW) {
   const int64_t r_count = R > 0 ? R : rank;
-  std::vector<T> Wt(kLanes * r_count);  // (kLanes, r)
-  for (int64_t r = 0; r < r_count; ++r)
-    for (int j = 0; j < kLanes; ++j) Wt[j * r_count + r] = W[r * kLanes + j];
   // Four partial sums over the lanes (lanes j, j + 4, ...), so that a step's sums are not one
   // chain of sixteen dependent multiply-adds; added in a fixed order.
   constexpr int kParts = 4;
-  std::vector<T> sums(kParts * r_count);
+  std::vector<T> heap(R > 0 ? 0 : (kLanes + kParts + kLanes) * r_count);
+  T Wt_fixed[R > 0 ? kLanes * R : 1], sums_fixed[R > 0 ? kParts * R : 1], dW_fixed[R > 0 ? R * kLanes : 1];
+  T* Wt = R > 0 ? Wt_fixed : heap.data();                                // (kLanes, r)
+  T* sums = R > 0 ? sums_fixed : heap.data() + kLanes * r_count;          // (kParts, r)
+  T* dW_sum = R > 0 ? dW_fixed : heap.data() + (kLanes + kParts) * r_count;  // (r, kLanes)
+  for (int64_t r = 0; r < r_count; ++r)
+    for (int j = 0; j < kLanes; ++j) Wt[j * r_count + r] = W[r * kLanes + j];
+  std::fill(dW_sum, dW_sum + r_count * kLanes, T(0));
   for (int64_t t = 0; t < L; ++t) {
     const T* dd_t = dd + t * kLanes;
     T* out = d_factors + t * r_count;
-    std::fill(sums.begin(), sums.end(), T(0));
+    std::fill(sums, sums + kParts * r_count, T(0));
     for (int j = 0; j < kLanes; ++j) {
       const T v = dd_t[j];
-      const T* Wt_j = Wt.data() + j * r_count;
-      T* part = sums.data() + (j % kParts) * r_count;
+      const T* Wt_j = Wt + j * r_count;
+      T* part = sums + (j % kParts) * r_count;
 #pragma omp simd
       for (int64_t r = 0; r < r_count; ++r) part[r] += v * Wt_j[r];
     }
@@ -287,38 +308,71 @@ void low_rank_backward(int64_t rank, int64_t L, const T* W, const T* dd, const T
     const T* f = factors + t * r_count;
     for (int64_t r = 0; r < r_count; ++r) {
       const T fr = f[r];
-      T* dW_r = dW + r * kLanes;
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) dW_r[j] += dd_t[j] * fr;
+      for (int j = 0; j < kLanes; ++j) dW_sum[r * kLanes + j] += dd_t[j] * fr;
     }
   }
+  for (int64_t i = 0; i < r_count * kLanes; ++i) dW[i] += dW_sum[i];
+}
+
+// Rows of one block of lanes in a per-token map: token l's lanes at first + l * stride.
+template <typename T>
+struct LaneRows {
+  T* first;
+  int64_t stride;
+  MAMBAAD_INLINE T* at(int64_t l) const { return first + l * stride; }
+};
+
+// (L, d) rows (row stride `stride`) -> (blocks, L, kLanes), lanes past the last channel zero:
+// the copy that makes one block's rows contiguous.
+template <typename T>
+void to_blocks(const T* rows, int64_t stride, int64_t L, int64_t channels, T* blocked) {
+  const int64_t blocks = (channels + kLanes - 1) / kLanes;
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int valid = static_cast<int>(std::min<int64_t>(kLanes, channels - block * kLanes));
+      copy_lanes(rows + l * stride + block * kLanes, static_cast<const T*>(nullptr), valid,
+                 blocked + (block * L + l) * kLanes);
+    }
+}
+
+// (blocks, L, kLanes) -> (L, d) rows: to_blocks undone.
+template <typename T>
+void from_blocks(const T* blocked, int64_t L, int64_t channels, T* rows, int64_t stride) {
+  const int64_t blocks = (channels + kLanes - 1) / kLanes;
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int valid = static_cast<int>(std::min<int64_t>(kLanes, channels - block * kLanes));
+      store_lanes(blocked + (block * L + l) * kLanes, valid, false, rows + l * stride + block * kLanes);
+    }
 }
 
 // One block's lanes in sequence order (after gather_direction): dt = softplus(delta + bias) (or
-// delta + bias), u, dt * u, and in the backward (dout not null) ddt = d dt / d(delta + bias) and
-// the output gradient gy. Low-rank step sizes are formed here from the gathered factors.
+// delta + bias), u, dt * u, and in the backward (gy.first not null) ddt = d dt / d(delta + bias)
+// and the output gradient gy. Low-rank step sizes are formed here from the gathered factors.
 template <typename T, int NS>
 void gather_lanes(const ScanArgs<T>& a, const BlockConstants<T, NS>& K, int64_t b, int64_t k, int64_t c0, int valid,
-                  Scratch<T>& s, const T* dout) {
+                  Scratch<T>& s, LaneRows<const T> u, LaneRows<const T> gy) {
   const int64_t L = a.length;
   const int64_t* step = s.step.data();
+  const bool backward = gy.first != nullptr;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t row = step[l] * kLanes;
     if (!a.rank) copy_lanes(a.delta.at(b, l, k) + c0, K.bias, valid, s.dt.data() + row);
-    copy_lanes(a.u.at(b, l, k) + c0, static_cast<const T*>(nullptr), valid, s.u.data() + row);
-    if (dout) copy_lanes(dout + a.dense(!a.summed, b, l, k, c0), static_cast<const T*>(nullptr), valid, s.gy.data() + row);
+    copy_lanes(u.at(l), static_cast<const T*>(nullptr), valid, s.u.data() + row);
+    if (backward) copy_lanes(gy.at(l), static_cast<const T*>(nullptr), valid, s.gy.data() + row);
   }
   T* dt = s.dt.data();
   if (a.rank) low_rank_steps(a.rank, L, K.W.data(), K.bias, s.Ds.data(), dt);
-  step_sizes(dt, a.softplus, L * kLanes, dout ? s.ddt.data() : nullptr);
+  step_sizes(dt, a.softplus, L * kLanes, backward ? s.ddt.data() : nullptr);
   if (valid < kLanes) {
     // Lanes past the last channel get dt = 0: decay 1 and no input, their states stay 0.
     for (int64_t t = 0; t < L; ++t) std::fill(dt + t * kLanes + valid, dt + (t + 1) * kLanes, T(0));
   }
-  const T* u = s.u.data();
+  const T* u_seq = s.u.data();
   T* dtu = s.dtu.data();
 #pragma omp simd
-  for (int64_t i = 0; i < L * kLanes; ++i) dtu[i] = dt[i] * u[i];
+  for (int64_t i = 0; i < L * kLanes; ++i) dtu[i] = dt[i] * u_seq[i];
 }
 
 // x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t for one block, steps [t0, t1), states in x (n, kLanes).
@@ -347,22 +401,10 @@ MAMBAAD_INLINE void advance(int64_t n, BlockConstants<T, NS>& K, const Scratch<T
 }
 
 // Writes (or, summing directions, adds) the block's outputs s.ys, in sequence order, to their
-// tokens' rows of out, walking the tokens in memory order.
+// tokens' rows, walking the tokens in memory order.
 template <typename T>
-void store_outputs(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t c0, int valid, bool accumulate,
-                   const Scratch<T>& s, T* out) {
-  for (int64_t l = 0; l < a.length; ++l) {
-    const T* y = s.ys.data() + s.step[l] * kLanes;
-    T* o = out + a.dense(!a.summed, b, l, k, c0);
-    if (valid == kLanes && accumulate) {
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) o[j] += y[j];
-    } else if (valid == kLanes) {
-      std::memcpy(o, y, kLanes * sizeof(T));
-    } else {
-      for (int j = 0; j < valid; ++j) o[j] = accumulate ? o[j] + y[j] : y[j];
-    }
-  }
+void store_outputs(int64_t L, int valid, bool accumulate, const Scratch<T>& s, LaneRows<T> out) {
+  for (int64_t l = 0; l < L; ++l) store_lanes(s.ys.data() + s.step[l] * kLanes, valid, accumulate, out.at(l));
 }
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -569,7 +611,7 @@ MAMBAAD_INLINE int64_t checkpoint_offset(const ScanArgs<T>& a, int64_t b, int64_
 // entering every chunk.
 template <typename T, int NS>
 void forward_block(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block, T* out, T* checkpoints,
-                   Scratch<T>& s) {
+                   Scratch<T>& s, bool blocked) {
   const int64_t n = NS > 0 ? NS : a.state;
   const int64_t c0 = block * kLanes;
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
@@ -578,7 +620,10 @@ void forward_block(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block, T*
   T* x = NS > 0 ? x_fixed : x_heap.data();
   {
     BlockConstants<T, NS> K(a, k, c0, valid);
-    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, nullptr);
+    const int64_t blocked_at = block * a.length * kLanes;
+    const LaneRows<const T> u_rows = blocked && a.shared_u ? LaneRows<const T>{s.u_blocks.data() + blocked_at, kLanes}
+                                                           : LaneRows<const T>{a.u.at(b, 0, k) + c0, a.u.sl};
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, u_rows, LaneRows<const T>{nullptr, 0});
     T* y = s.ys.data();
     T* cp = checkpoints ? checkpoints + checkpoint_offset(a, b, k, block) : nullptr;
     bool vectorised = false;
@@ -618,7 +663,11 @@ void forward_block(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block, T*
         }
       }
     }
-    store_outputs(a, b, k, c0, valid, a.summed && k > 0, s, out);
+    const LaneRows<T> out_rows = blocked && a.summed
+                                     ? LaneRows<T>{s.y_blocks.data() + blocked_at, kLanes}
+                                     : LaneRows<T>{out + a.dense(!a.summed, b, 0, k, c0),
+                                                   a.summed ? a.channels : a.dirs * a.channels};
+    store_outputs(a.length, valid, a.summed && k > 0, s, out_rows);
   }
 }
 
@@ -647,6 +696,8 @@ struct GradArgs {
   T* dB;              // (b, L, K, n)
   T* dC;              // (b, L, K, n)
   T* checkpoints;     // the forward's, or null
+  bool blocked;       // one task per batch element: u, the output gradient (summed) and du are read
+                      // and written through the task's blocked copies (Scratch::u_blocks, ...)
 };
 
 // The generic backward recurrences of one block over direction k (any dtype and state size):
@@ -732,35 +783,54 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     const int64_t c0 = block * kLanes;
     const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
     BlockConstants<T, NS> K(a, k, c0, valid);
-    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, g.dout);
+    const int64_t blocked_at = block * L * kLanes;
+    const LaneRows<const T> u_rows = g.blocked ? LaneRows<const T>{s.u_blocks.data() + blocked_at, kLanes}
+                                               : LaneRows<const T>{a.u.at(b, 0, k) + c0, a.u.sl};
+    const LaneRows<const T> gy_rows =
+        g.blocked && a.summed ? LaneRows<const T>{s.y_blocks.data() + blocked_at, kLanes}
+                              : LaneRows<const T>{g.dout + a.dense(!a.summed, b, 0, k, c0),
+                                                  a.summed ? a.channels : a.dirs * a.channels};
+    const LaneRows<T> du_rows = g.blocked ? LaneRows<T>{s.du_blocks.data() + blocked_at, kLanes}
+                                          : LaneRows<T>{g.du.at(b, 0, k) + c0, g.du.sl};
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, u_rows, gy_rows);
     const bool accumulate = block > 0;
     T* checkpoints = saved ? g.checkpoints + checkpoint_offset(a, b, k, block) : s.checkpoints.data();
     // Chain to u, delta and the skip term, chunk by chunk as the recurrences finish them (steps
     // in a fixed order: the per-channel sums are reproducible): dLoss/d dt_t = qA + hB u,
-    // dLoss/d(delta + bias) = that times ddt (into ddt), dLoss/du_t = hB dt + gy D (into hB).
+    // dLoss/d(delta + bias) = that times ddt (into ddt), dLoss/du_t = hB dt + gy D (to its token's
+    // row of du, added there for k > 0 when u is shared).
     T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
     const bool add_du = g.du_adds && k > 0;
     auto chain = [&](int64_t t0, int64_t t1) {
+      // Locals, so that the sums and D stay in registers (no aliasing with the rows written).
+      T dD_sum[kLanes], dbias_sum[kLanes], D[kLanes];
+      std::memcpy(dD_sum, dD_acc, sizeof(dD_sum));
+      std::memcpy(dbias_sum, dbias_acc, sizeof(dbias_sum));
+      std::memcpy(D, K.D, sizeof(D));
+      T* __restrict__ ddt = s.ddt.data();
+      const T* __restrict__ hB = s.hB.data();
+      const T* __restrict__ qA = s.qA.data();
+      const T* __restrict__ dt = s.dt.data();
+      const T* __restrict__ gy = s.gy.data();
+      const T* __restrict__ u = s.u.data();
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t row = t * kLanes, l = a.token(k, t);
-        const T* hB = s.hB.data() + row;
-        T* ddt = s.ddt.data() + row;
-        const T* qA = s.qA.data() + row;
-        const T* dt = s.dt.data() + row;
-        const T* gy = s.gy.data() + row;
-        const T* u = s.u.data() + row;
+        const int64_t row = t * kLanes;
         T du_t[kLanes];
 #pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
-          const T dd = (qA[j] + hB[j] * u[j]) * ddt[j];
-          du_t[j] = hB[j] * dt[j] + gy[j] * K.D[j];
-          ddt[j] = dd;
-          dD_acc[j] += gy[j] * u[j];
-          dbias_acc[j] += dd;
+          const int64_t i = row + j;
+          const T dd = (qA[i] + hB[i] * u[i]) * ddt[i];
+          du_t[j] = hB[i] * dt[i] + gy[i] * D[j];
+          ddt[i] = dd;
+          dD_sum[j] += gy[i] * u[i];
+          dbias_sum[j] += dd;
         }
-        store_lanes(du_t, valid, add_du, g.du.at(b, l, k) + c0);
-        if (!a.rank) store_lanes(ddt, valid, false, g.ddelta.at(b, l, k) + c0);
+        const int64_t l = a.token(k, t);
+        store_lanes(du_t, valid, add_du, du_rows.at(l));
+        if (!a.rank) store_lanes(ddt + row, valid, false, g.ddelta.at(b, l, k) + c0);
       }
+      std::memcpy(dD_acc, dD_sum, sizeof(dD_sum));
+      std::memcpy(dbias_acc, dbias_sum, sizeof(dbias_sum));
     };
     bool vectorised = false;
 #ifdef MAMBAAD_AVX512
@@ -790,10 +860,11 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     }
   }
   // The direction's dB / dC (and low-rank factor) rows back to token order.
+  // (NS: a compile-time row length for the common state sizes, so the copies are inlined.)
   for (int64_t l = 0; l < L; ++l) {
     const int64_t at = ((b * L + l) * a.dirs + k) * n;
-    std::memcpy(g.dB + at, s.dB_rows.data() + s.step[l] * n, n * sizeof(T));
-    std::memcpy(g.dC + at, s.dC_rows.data() + s.step[l] * n, n * sizeof(T));
+    std::memcpy(g.dB + at, s.dB_rows.data() + s.step[l] * n, (NS > 0 ? NS : n) * sizeof(T));
+    std::memcpy(g.dC + at, s.dC_rows.data() + s.step[l] * n, (NS > 0 ? NS : n) * sizeof(T));
     if (a.rank) std::memcpy(g.ddelta.at(b, l, k), s.dDs.data() + s.step[l] * a.rank, a.rank * sizeof(T));
   }
 }
@@ -807,7 +878,7 @@ void for_each_task(int64_t tasks, int64_t length, int64_t state, int64_t rank, b
   std::atomic<int64_t> next{0};
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    Scratch<T> scratch(length, state, rank, backward);
+    Scratch<T>& scratch = thread_scratch<T>(length, state, rank, backward);
     for (int64_t task = next.fetch_add(1); task < tasks; task = next.fetch_add(1)) fn(task, scratch);
   });
 }
@@ -981,11 +1052,17 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
     dispatch_state(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
       if (per_batch) {
+        // Each block's rows of u and of the (summed) output made contiguous once per batch element
+        // (to_blocks): the directions' passes gather from and add to a compact region.
         for_each_task<scalar_t>(batch, length, args.state, args.rank, false, [&](int64_t b, Scratch<scalar_t>& s) {
+          for (auto* v : {&s.u_blocks, &s.y_blocks}) v->resize(blocks * length * kLanes);
+          if (args.shared_u) to_blocks(args.u.at(b, 0, 0), args.u.sl, length, channels, s.u_blocks.data());
           for (int64_t k = 0; k < dirs; ++k) {
             gather_direction(args, b, k, s);
-            for (int64_t block = 0; block < blocks; ++block) forward_block<scalar_t, NS>(args, b, k, block, out_ptr, cp, s);
+            for (int64_t block = 0; block < blocks; ++block)
+              forward_block<scalar_t, NS>(args, b, k, block, out_ptr, cp, s, true);
           }
+          if (summed) from_blocks(s.y_blocks.data(), length, channels, out_ptr + b * length * channels, channels);
         });
       } else {
         for_each_task<scalar_t>(batch * blocks, length, args.state, args.rank, false,
@@ -993,7 +1070,7 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
           const int64_t b = task / blocks, block = task % blocks;
           for (int64_t k = 0; k < dirs; ++k) {
             gather_direction(args, b, k, s);
-            forward_block<scalar_t, NS>(args, b, k, block, out_ptr, cp, s);
+            forward_block<scalar_t, NS>(args, b, k, block, out_ptr, cp, s, false);
           }
         });
       }
@@ -1058,12 +1135,19 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
                                    : operand<T>(du);
       GradArgs<T> grads{dout.data_ptr<T>(), du_op, per_batch, operand<T>(ddelta), dW_part.data_ptr<T>(),
                         dA_part.data_ptr<T>(), dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(),
-                        dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr};
+                        dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr, per_batch};
       dispatch_state(state, [&](auto ns) {
         constexpr int NS = decltype(ns)::value;
         if (per_batch) {
+          // Each block's rows of u, the output gradient and du made contiguous once per batch
+          // element: the directions' passes then gather from and scatter to a compact region.
+          const int64_t blocked_size = blocks * length * kLanes;
           for_each_task<T>(batch, length, state, rank, true, [&](int64_t b, Scratch<T>& s) {
+            for (auto* v : {&s.u_blocks, &s.y_blocks, &s.du_blocks}) v->resize(blocked_size);
+            to_blocks(args.u.at(b, 0, 0), args.u.sl, length, channels, s.u_blocks.data());
+            if (summed) to_blocks(grads.dout + b * length * channels, channels, length, channels, s.y_blocks.data());
             for (int64_t k = 0; k < dirs; ++k) backward_task<T, NS>(args, grads, b, k, s);
+            from_blocks(s.du_blocks.data(), length, channels, grads.du.at(b, 0, 0), grads.du.sl);
           });
         } else {
           for_each_task<T>(batch * dirs, length, state, rank, true, [&](int64_t task, Scratch<T>& s) {
