@@ -257,10 +257,11 @@ void low_rank_steps(int64_t rank, int64_t L, const T* W, const T* bias, const T*
   }
 }
 
-// Runs `body(rank)` with rank a compile-time constant when it is a common one (else 0).
+// Runs `body(N)` with N = size as a compile-time constant when it is a common state size or
+// step-size rank (else N = 0: the size is read at run time).
 template <typename Body>
-void dispatch_rank(int64_t rank, Body&& body) {
-  switch (rank) {
+void dispatch_size(int64_t size, Body&& body) {
+  switch (size) {
     case 4: body(std::integral_constant<int, 4>()); break;
     case 8: body(std::integral_constant<int, 8>()); break;
     case 16: body(std::integral_constant<int, 16>()); break;
@@ -847,7 +848,7 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
 
     std::vector<T> dW(a.rank * kLanes, T(0));
     if (a.rank)
-      dispatch_rank(a.rank, [&](auto rank) {
+      dispatch_size(a.rank, [&](auto rank) {
         low_rank_backward<T, decltype(rank)::value>(a.rank, L, K.W.data(), s.ddt.data(), s.Ds.data(), block > 0,
                                                     s.dDs.data(), dW.data());
       });
@@ -883,17 +884,6 @@ void for_each_task(int64_t tasks, int64_t length, int64_t state, int64_t rank, b
   });
 }
 
-// Runs `body<NS>()` with NS the compile-time state size when it is a common one.
-template <typename Body>
-void dispatch_state(int64_t n, Body&& body) {
-  switch (n) {
-    case 4: body(std::integral_constant<int, 4>()); break;
-    case 8: body(std::integral_constant<int, 8>()); break;
-    case 16: body(std::integral_constant<int, 16>()); break;
-    case 32: body(std::integral_constant<int, 32>()); break;
-    default: body(std::integral_constant<int, 0>()); break;
-  }
-}
 
 void check_operand(const torch::Tensor& x, const char* name, torch::ScalarType dtype, bool allow_shared,
                    int64_t batch, int64_t length, int64_t dirs, int64_t inner) {
@@ -1049,7 +1039,7 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
     const auto args = make_args<scalar_t>(u, delta, A, B, C, D, bias, dt_weight, order, softplus, summed, shape);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     scalar_t* cp = save_checkpoints ? checkpoints.data_ptr<scalar_t>() : nullptr;
-    dispatch_state(args.state, [&](auto ns) {
+    dispatch_size(args.state, [&](auto ns) {
       constexpr int NS = decltype(ns)::value;
       if (per_batch) {
         // Each block's rows of u and of the (summed) output made contiguous once per batch element
@@ -1136,7 +1126,7 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
       GradArgs<T> grads{dout.data_ptr<T>(), du_op, per_batch, operand<T>(ddelta), dW_part.data_ptr<T>(),
                         dA_part.data_ptr<T>(), dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(),
                         dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr, per_batch};
-      dispatch_state(state, [&](auto ns) {
+      dispatch_size(state, [&](auto ns) {
         constexpr int NS = decltype(ns)::value;
         if (per_batch) {
           // Each block's rows of u, the output gradient and du made contiguous once per batch
