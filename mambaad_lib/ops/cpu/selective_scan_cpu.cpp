@@ -206,14 +206,14 @@ void step_sizes(T* x, bool softplus_dt, int64_t m, T* ddt) {
     for (int64_t i = 0; i < m; ++i) x[i] = softplus(x[i]);
     return;
   }
-  // softplus and its slope, the sigmoid, from one exp(-|v|) (what softplus() and sigmoid() compute
-  // separately); above the threshold softplus is the identity, slope 1.
+  // softplus and its slope, the sigmoid, from one exp(-|v|); above the threshold softplus is the
+  // identity, slope 1.
 #pragma omp simd
   for (int64_t i = 0; i < m; ++i) {
     const T v = x[i];
     const T w = scan_exp(-std::abs(v));
-    ddt[i] = v > T(20) ? T(1) : (v >= T(0) ? T(1) : w) / (T(1) + w);
-    x[i] = v > T(20) ? v : std::max(v, T(0)) + mambaad::scan_log1p_unit(w);
+    ddt[i] = v > T(20) ? T(1) : mambaad::sigmoid_given(v, w);
+    x[i] = mambaad::softplus_given(v, w);
   }
 }
 
@@ -323,6 +323,23 @@ struct LaneRows {
   int64_t stride;
   MAMBAAD_INLINE T* at(int64_t l) const { return first + l * stride; }
 };
+
+// Block `block`'s rows of u: the task's blocked copy (one task per batch element and a shared u)
+// or u itself.
+template <typename T>
+LaneRows<const T> u_rows(const ScanArgs<T>& a, const Scratch<T>& s, int64_t b, int64_t k, int64_t block,
+                         bool blocked) {
+  if (blocked && a.shared_u) return {s.u_blocks.data() + block * a.length * kLanes, kLanes};
+  return {a.u.at(b, 0, k) + block * kLanes, a.u.sl};
+}
+
+// Block `block`'s rows of an output-shaped map (the output or its gradient, dense): `copy`, the
+// task's blocked copy (one task per batch element, outputs summed), or the map itself.
+template <typename T, typename P>
+LaneRows<P> output_rows(const ScanArgs<T>& a, P* map, P* copy, int64_t b, int64_t k, int64_t block, bool blocked) {
+  if (blocked && a.summed) return {copy + block * a.length * kLanes, kLanes};
+  return {map + a.dense(!a.summed, b, 0, k, block * kLanes), a.summed ? a.channels : a.dirs * a.channels};
+}
 
 // (L, d) rows (row stride `stride`) -> (blocks, L, kLanes), lanes past the last channel zero:
 // the copy that makes one block's rows contiguous.
@@ -619,57 +636,48 @@ void forward_block(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block, T*
   T x_fixed[NS > 0 ? NS * kLanes : 1];
   std::vector<T> x_heap(NS > 0 ? 0 : n * kLanes);
   T* x = NS > 0 ? x_fixed : x_heap.data();
-  {
-    BlockConstants<T, NS> K(a, k, c0, valid);
-    const int64_t blocked_at = block * a.length * kLanes;
-    const LaneRows<const T> u_rows = blocked && a.shared_u ? LaneRows<const T>{s.u_blocks.data() + blocked_at, kLanes}
-                                                           : LaneRows<const T>{a.u.at(b, 0, k) + c0, a.u.sl};
-    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, u_rows, LaneRows<const T>{nullptr, 0});
-    T* y = s.ys.data();
-    T* cp = checkpoints ? checkpoints + checkpoint_offset(a, b, k, block) : nullptr;
-    bool vectorised = false;
+  BlockConstants<T, NS> K(a, k, c0, valid);
+  gather_lanes<T, NS>(a, K, b, k, c0, valid, s, u_rows(a, s, b, k, block, blocked), LaneRows<const T>{nullptr, 0});
+  T* y = s.ys.data();
+  T* cp = checkpoints ? checkpoints + checkpoint_offset(a, b, k, block) : nullptr;
+  bool vectorised = false;
 #ifdef MAMBAAD_AVX512
-    if constexpr (std::is_same_v<T, float>) {
-      if (n % avx512::kBlock == 0) {
-        const T* u = s.u.data();
-        for (int64_t t = 0; t < a.length; ++t)
-          for (int j = 0; j < kLanes; ++j) y[t * kLanes + j] = K.D[j] * u[t * kLanes + j];
-        avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y, cp);
-        vectorised = true;
-      }
+  if constexpr (std::is_same_v<T, float>) {
+    if (n % avx512::kBlock == 0) {
+      const T* u = s.u.data();
+      for (int64_t t = 0; t < a.length; ++t)
+        for (int j = 0; j < kLanes; ++j) y[t * kLanes + j] = K.D[j] * u[t * kLanes + j];
+      avx512::forward(n, a.length, K.A_row(0), s.dt.data(), s.dtu.data(), s.Bs.data(), s.Cs.data(), y, cp);
+      vectorised = true;
     }
+  }
 #endif
-    if (!vectorised) {
-      std::fill(x, x + n * kLanes, T(0));
-      for (int64_t t = 0; t < a.length; ++t) {
-        if (cp && t % kChunk == 0) std::memcpy(cp + (t / kChunk) * n * kLanes, x, n * kLanes * sizeof(T));
-        const T* Bt = s.Bs.data() + t * n;
-        const T* Ct = s.Cs.data() + t * n;
-        const T* dt = s.dt.data() + t * kLanes;
-        const T* dtu = s.dtu.data() + t * kLanes;
-        const T* u = s.u.data() + t * kLanes;
-        T* yt = y + t * kLanes;
+  if (!vectorised) {
+    std::fill(x, x + n * kLanes, T(0));
+    for (int64_t t = 0; t < a.length; ++t) {
+      if (cp && t % kChunk == 0) std::memcpy(cp + (t / kChunk) * n * kLanes, x, n * kLanes * sizeof(T));
+      const T* Bt = s.Bs.data() + t * n;
+      const T* Ct = s.Cs.data() + t * n;
+      const T* dt = s.dt.data() + t * kLanes;
+      const T* dtu = s.dtu.data() + t * kLanes;
+      const T* u = s.u.data() + t * kLanes;
+      T* yt = y + t * kLanes;
 #pragma omp simd
-        for (int j = 0; j < kLanes; ++j) yt[j] = K.D[j] * u[j];
-        for (int64_t st = 0; st < n; ++st) {
-          const T Bs = Bt[st], Cs = Ct[st];
-          const T* A = K.A_row(st);
-          T* xs = x + st * kLanes;
+      for (int j = 0; j < kLanes; ++j) yt[j] = K.D[j] * u[j];
+      for (int64_t st = 0; st < n; ++st) {
+        const T Bs = Bt[st], Cs = Ct[st];
+        const T* A = K.A_row(st);
+        T* xs = x + st * kLanes;
 #pragma omp simd
-          for (int j = 0; j < kLanes; ++j) {
-            const T xv = scan_exp(dt[j] * A[j]) * xs[j] + dtu[j] * Bs;
-            xs[j] = xv;
-            yt[j] += xv * Cs;
-          }
+        for (int j = 0; j < kLanes; ++j) {
+          const T xv = scan_exp(dt[j] * A[j]) * xs[j] + dtu[j] * Bs;
+          xs[j] = xv;
+          yt[j] += xv * Cs;
         }
       }
     }
-    const LaneRows<T> out_rows = blocked && a.summed
-                                     ? LaneRows<T>{s.y_blocks.data() + blocked_at, kLanes}
-                                     : LaneRows<T>{out + a.dense(!a.summed, b, 0, k, c0),
-                                                   a.summed ? a.channels : a.dirs * a.channels};
-    store_outputs(a.length, valid, a.summed && k > 0, s, out_rows);
   }
+  store_outputs(a.length, valid, a.summed && k > 0, s, output_rows(a, out, s.y_blocks.data(), b, k, block, blocked));
 }
 
 // out[st] (+)= sum over lanes of rows[st][0..kLanes), for st < n.
@@ -686,9 +694,8 @@ MAMBAAD_INLINE void sum_lanes(const T* rows, int64_t n, T* out, bool accumulate)
 template <typename T>
 struct GradArgs {
   const T* dout;      // like out, dense
-  Operand<T> du;      // like u (its strides when u is dense); for a shared u, see du_adds
-  bool du_adds;       // shared u: du is (b, L, d) and direction k > 0 adds its part (one task per batch
-                      // element, directions in order); else du holds one part per direction
+  Operand<T> du;      // like u (its strides when u is dense); per direction for a shared u
+                      // without per_batch
   Operand<T> ddelta;  // like delta (its strides when delta is dense)
   T* dW_part;         // (b, K*d, r): per-channel sums over time of the low-rank weight's gradient
   T* dA_part;         // (b, K*d, n): per-channel sums over time
@@ -697,8 +704,9 @@ struct GradArgs {
   T* dB;              // (b, L, K, n)
   T* dC;              // (b, L, K, n)
   T* checkpoints;     // the forward's, or null
-  bool blocked;       // one task per batch element: u, the output gradient (summed) and du are read
-                      // and written through the task's blocked copies (Scratch::u_blocks, ...)
+  bool per_batch;     // one task per batch element (shared u): u, the output gradient (summed) and
+                      // du go through the task's blocked copies (Scratch::u_blocks, ...), and
+                      // directions k > 0 add their part of du
 };
 
 // The generic backward recurrences of one block over direction k (any dtype and state size):
@@ -784,16 +792,10 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     const int64_t c0 = block * kLanes;
     const int valid = static_cast<int>(std::min<int64_t>(kLanes, a.channels - c0));
     BlockConstants<T, NS> K(a, k, c0, valid);
-    const int64_t blocked_at = block * L * kLanes;
-    const LaneRows<const T> u_rows = g.blocked ? LaneRows<const T>{s.u_blocks.data() + blocked_at, kLanes}
-                                               : LaneRows<const T>{a.u.at(b, 0, k) + c0, a.u.sl};
-    const LaneRows<const T> gy_rows =
-        g.blocked && a.summed ? LaneRows<const T>{s.y_blocks.data() + blocked_at, kLanes}
-                              : LaneRows<const T>{g.dout + a.dense(!a.summed, b, 0, k, c0),
-                                                  a.summed ? a.channels : a.dirs * a.channels};
-    const LaneRows<T> du_rows = g.blocked ? LaneRows<T>{s.du_blocks.data() + blocked_at, kLanes}
-                                          : LaneRows<T>{g.du.at(b, 0, k) + c0, g.du.sl};
-    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, u_rows, gy_rows);
+    const LaneRows<T> du_rows = g.per_batch ? LaneRows<T>{s.du_blocks.data() + block * L * kLanes, kLanes}
+                                            : LaneRows<T>{g.du.at(b, 0, k) + c0, g.du.sl};
+    gather_lanes<T, NS>(a, K, b, k, c0, valid, s, u_rows(a, s, b, k, block, g.per_batch),
+                        output_rows(a, g.dout, static_cast<const T*>(s.y_blocks.data()), b, k, block, g.per_batch));
     const bool accumulate = block > 0;
     T* checkpoints = saved ? g.checkpoints + checkpoint_offset(a, b, k, block) : s.checkpoints.data();
     // Chain to u, delta and the skip term, chunk by chunk as the recurrences finish them (steps
@@ -801,7 +803,7 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     // dLoss/d(delta + bias) = that times ddt (into ddt), dLoss/du_t = hB dt + gy D (to its token's
     // row of du, added there for k > 0 when u is shared).
     T dD_acc[kLanes] = {}, dbias_acc[kLanes] = {};
-    const bool add_du = g.du_adds && k > 0;
+    const bool add_du = g.per_batch && k > 0;
     auto chain = [&](int64_t t0, int64_t t1) {
       // Locals, so that the sums and D stay in registers (no aliasing with the rows written).
       T dD_sum[kLanes], dbias_sum[kLanes], D[kLanes];
@@ -1123,7 +1125,7 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
                                    ? Operand<T>{du_parts.data_ptr<T>(), dirs * length * channels, channels,
                                                 length * channels}
                                    : operand<T>(du);
-      GradArgs<T> grads{dout.data_ptr<T>(), du_op, per_batch, operand<T>(ddelta), dW_part.data_ptr<T>(),
+      GradArgs<T> grads{dout.data_ptr<T>(), du_op, operand<T>(ddelta), dW_part.data_ptr<T>(),
                         dA_part.data_ptr<T>(), dD_part.data_ptr<T>(), dbias_part.data_ptr<T>(), dB.data_ptr<T>(),
                         dC.data_ptr<T>(), saved ? checkpoints->data_ptr<T>() : nullptr, per_batch};
       dispatch_size(state, [&](auto ns) {
@@ -1149,9 +1151,6 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
       // batch for dA / dD / ddelta_bias.
       if (shared_u && !per_batch) sum_directions(du_parts.data_ptr<T>(), operand<T>(du), batch, length, dirs, channels);
       const int64_t rows = dirs * channels;
-      T* dA_out = dA.data_ptr<T>();
-      T* dD_out = dD.data_ptr<T>();
-      T* dbias_out = dbias.data_ptr<T>();
       sum_batch(grads.dA_part, batch, rows * state, dA.data_ptr<T>());
       sum_batch(grads.dW_part, batch, rows * rank, dW.data_ptr<T>());
       sum_batch(grads.dD_part, batch, rows, dD.data_ptr<T>());

@@ -51,16 +51,26 @@ MAMBAAD_INLINE float scan_log1p_unit(float w) {
 
 MAMBAAD_INLINE double scan_log1p_unit(double w) { return std::log1p(w); }
 
-// torch's softplus (threshold 20) as max(v, 0) + log1p(exp(-|v|)), and its derivative.
+// torch's softplus (threshold 20) as max(v, 0) + log1p(exp(-|v|)), and its derivative, the
+// sigmoid; the _given forms take w = exp(-|v|), for a caller that needs both.
+template <typename T>
+MAMBAAD_INLINE T softplus_given(T v, T w) {
+  return v > T(20) ? v : std::max(v, T(0)) + scan_log1p_unit(w);
+}
+
+template <typename T>
+MAMBAAD_INLINE T sigmoid_given(T v, T w) {
+  return (v >= T(0) ? T(1) : w) / (T(1) + w);
+}
+
 template <typename T>
 MAMBAAD_INLINE T softplus(T v) {
-  return v > T(20) ? v : std::max(v, T(0)) + scan_log1p_unit(scan_exp(-std::abs(v)));
+  return softplus_given(v, scan_exp(-std::abs(v)));
 }
 
 template <typename T>
 MAMBAAD_INLINE T sigmoid(T v) {
-  const T w = scan_exp(-std::abs(v));
-  return (v >= T(0) ? T(1) : w) / (T(1) + w);
+  return sigmoid_given(v, scan_exp(-std::abs(v)));
 }
 
 }  // namespace mambaad
