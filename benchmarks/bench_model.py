@@ -1,4 +1,4 @@
-"""MambaAD's speed on this machine, as a fraction of what the same CPU does on a dense matmul.
+"""MambaAD's speed on this machine, as a fraction of what the same device does on a dense matmul.
 
 For each (model, batch): inference (``model.anomaly_map``) and training-step (forward loss,
 backward, AdamW step over the trainable parameters with the release's parameter groups, the
@@ -16,6 +16,12 @@ plus three times the bottleneck and decoder (forward, and backward for inputs an
 Models: ``demo`` (ResNet18, depths [1,1,1,1], 128x128, batch 8) and ``paper`` (ResNet34,
 [3,4,6,3], 256x256, batch 1 and 8), Hilbert x 8 scans, random weights.
 
+``--device cuda``: the paper model at batch 16 and 32 in fp32 (torch's default TF32 settings,
+recorded in the results), timed with the device synchronised; the reference is a 4096x4096 fp32
+matmul on the GPU; operator shares are GPU kernel time; the peak memory is reported, and each
+configuration's images/s as a fraction of the released MambaAD's on an H200 (``RELEASE_H200``).
+A configuration that runs out of GPU memory is recorded as such and the others go on.
+
 ``--with-load`` also runs a second process doing a 2-thread fp32 matmul loop and reports the
 demo training step's slowdown beside it: the median over 5 interleaved (idle, loaded) pairs of
 loaded / idle time, with the load average. Threads: ``mambaad_lib.utils.threads`` (respects
@@ -26,6 +32,7 @@ loaded / idle time, with the load average. Threads: ``mambaad_lib.utils.threads`
     python benchmarks/bench_model.py                  # demo b8, paper b1 and b8
     python benchmarks/bench_model.py --with-load      # plus the slowdown beside another job
     python benchmarks/bench_model.py --quick          # smoke run: small demo model, one repeat
+    python benchmarks/bench_model.py --device cuda --backend mamba_ssm   # paper model, b16 and b32
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ from mambaad_lib.utils.threads import configure_threads, set_default_wait_policy
 set_default_wait_policy()  # before torch loads the OpenMP runtime
 
 import torch  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,11 +64,17 @@ from mambaad_lib.models.costs import count_flops  # noqa: E402
 from mambaad_lib.ops import available_backends, backend_status  # noqa: E402
 from mambaad_lib.utils.files import atomic_write_json  # noqa: E402
 
-MATMUL_SIZE = 1024
+# Side of the reference fp32 matmul per device: large enough to reach the device's dense rate.
+MATMUL_SIZE = {"cpu": 1024, "cuda": 4096}
 # The demo profile's optimiser (lr 0.005 x 8 / 16, weight decay 1e-4).
 LR, WEIGHT_DECAY, BETAS = 0.0025, 1e-4, (0.9, 0.999)
 # Autograd functions whose time is the selective scan's, per backend (profiler event names).
 SCAN_EVENTS = {"cpu": ("_FusedScan", "_FusedScanBackward"), "mamba_ssm": ("_MambaSsmScan", "_MambaSsmScanBackward")}
+# On a GPU the shares are kernel time; mamba-ssm's kernels are named selective_scan_{fwd,bwd}_kernel.
+SCAN_KERNEL_SUBSTRING = "selective_scan"
+# The released MambaAD (mamba-ssm's CUDA scan, fp32, 256x256, random weights) on an H200, images/s
+# per batch size, as measured for this project on 2026-11-26 (the project's GPU notes; issue 16).
+RELEASE_H200 = {"inference": {16: 324.0, 32: 344.0}, "train_step": {16: 97.0, 32: 100.0}}
 # Profiler ranges that wrap other events rather than doing work themselves.
 WRAPPER_PREFIXES = ("ProfilerStep", "Optimizer.", "autograd::engine::evaluate_function", "## ")
 # Calls per profile: one call's operator shares moved by up to 5 points from call to call on the
@@ -83,19 +97,33 @@ DEMO = dict(backbone="resnet18", depths=(1, 1, 1, 1), image_size=128)
 PAPER = dict(backbone="resnet34", depths=(3, 4, 6, 3), image_size=256)
 FULL_CASES = (ModelCase("demo", **DEMO, batch=8), ModelCase("paper", **PAPER, batch=1),
               ModelCase("paper", **PAPER, batch=8))
+GPU_CASES = (ModelCase("paper", **PAPER, batch=16), ModelCase("paper", **PAPER, batch=32))
 QUICK_CASES = (ModelCase("demo", backbone="resnet18", depths=(1, 1, 1, 1), image_size=64, batch=2),)
 
 
-def matmul_gflops(repeats: int) -> float:
-    """Best GFLOP/s of a 1024x1024 fp32 matmul (2 FLOPs per multiply-accumulate)."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_of(function, device: torch.device) -> float:
+    """Wall-clock seconds of one call of ``function``, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def matmul_gflops(repeats: int, device: torch.device) -> float:
+    """Best GFLOP/s of a square fp32 matmul of side ``MATMUL_SIZE[device]`` (2 FLOPs per
+    multiply-accumulate), under torch's current TF32 setting for matmuls (off by default)."""
+    size = MATMUL_SIZE[device.type]
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * MATMUL_SIZE ** 3 / best / 1e9
+    best = min(seconds_of(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
 
 
 def make_optimizer(model: torch.nn.Module, implementation: str) -> torch.optim.AdamW:
@@ -107,12 +135,12 @@ def make_optimizer(model: torch.nn.Module, implementation: str) -> torch.optim.A
 class Runner:
     """One model and batch: callables for an inference call and a training step."""
 
-    def __init__(self, case: ModelCase, backend: str, optimizer: str) -> None:
+    def __init__(self, case: ModelCase, backend: str, optimizer: str, device: torch.device) -> None:
         torch.manual_seed(0)
-        self.case = case
+        self.case, self.device = case, device
         self.model = build_mambaad(backbone=case.backbone, depths=case.depths, image_size=case.image_size,
-                                   scan_backend=backend)
-        self.images = torch.randn(case.batch, 3, case.image_size, case.image_size)
+                                   scan_backend=backend).to(device)
+        self.images = torch.randn(case.batch, 3, case.image_size, case.image_size).to(device)
         self.optimizer = make_optimizer(self.model, optimizer)
 
     def inference(self) -> None:
@@ -135,69 +163,96 @@ def gflop_per_image(case: ModelCase) -> dict[str, float]:
     return {"inference": 2 * macs["total"], "train_step": 2 * train, "scan_recurrence_not_counted": 2 * macs["scan"]}
 
 
-def timed(function, repeats: int, matmul_repeats: int) -> tuple[float, float]:
+def timed(function, repeats: int, matmul_repeats: int, device: torch.device) -> tuple[float, float]:
     """(best seconds of ``function``, best matmul GFLOP/s), the two interleaved run by run."""
-    function()  # warm-up: oneDNN primitive creation, allocator
+    function()  # warm-up: oneDNN primitive creation / cuDNN algorithm choice, allocator
     best, rate = float("inf"), 0.0
     for _ in range(repeats):
-        rate = max(rate, matmul_gflops(matmul_repeats))
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
+        rate = max(rate, matmul_gflops(matmul_repeats, device))
+        best = min(best, seconds_of(function, device))
     return best, rate
 
 
-def profile_shares(function, backend: str, top: int = 5, calls: int = PROFILED_CALLS) -> dict[str, object]:
+def profile_shares(function, backend: str, device: torch.device, top: int = 5,
+                   calls: int = PROFILED_CALLS) -> dict[str, object]:
     """Self-time shares over ``calls`` consecutive calls: the scan's, and the ``top`` largest
-    operators' (``calls`` per operator: how often it ran per call)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    operators' (``calls`` per operator: how often it ran per call). On a GPU: kernel time, and
+    the scan is mamba-ssm's kernels (None for other backends, whose scan is many kernels)."""
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
         for _ in range(calls):
             function()
-    events = [e for e in prof.key_averages() if not e.key.startswith(WRAPPER_PREFIXES)]
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
-    scan_names = SCAN_EVENTS.get(backend)
-    scan = None if scan_names is None else sum(e.self_cpu_time_total for e in events if e.key in scan_names) / total
-    return {"scan_share": scan, "profiled_calls": calls,
-            "top_operators": [{"name": e.key, "share": e.self_cpu_time_total / total, "calls": e.count // calls}
+        synchronize(device)
+
+    def self_time(event) -> float:
+        return event.self_device_time_total if on_gpu else event.self_cpu_time_total
+
+    # On a GPU only kernels (and device copies) count: the CPU operators that launched them carry the
+    # same device time again.
+    events = [e for e in prof.key_averages() if not e.key.startswith(WRAPPER_PREFIXES) and self_time(e) > 0
+              and (not on_gpu or e.device_type == DeviceType.CUDA)]
+    total = sum(self_time(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_time, reverse=True)
+    if on_gpu:
+        is_scan = (lambda key: SCAN_KERNEL_SUBSTRING in key) if backend == "mamba_ssm" else None
+    else:
+        is_scan = (lambda key: key in SCAN_EVENTS[backend]) if backend in SCAN_EVENTS else None
+    scan = None if is_scan is None else sum(self_time(e) for e in events if is_scan(e.key)) / total
+    return {"scan_share": scan, "profiled_calls": calls, "time": "GPU kernel" if on_gpu else "CPU self",
+            "top_operators": [{"name": e.key[:120], "share": self_time(e) / total, "calls": e.count // calls}
                               for e in ranked[:top]]}
 
 
-def optimizer_comparison(case: ModelCase, backend: str, repeats: int) -> dict[str, object]:
+def optimizer_comparison(case: ModelCase, backend: str, repeats: int, device: torch.device) -> dict[str, object]:
     """Seconds of one AdamW step (gradients present) with each ``train.adamw`` implementation, and
     each one's time relative to the configured default's (measured in this process)."""
     seconds = {}
     for implementation in ADAMW_IMPLEMENTATIONS:
-        runner = Runner(case, backend, implementation)
+        runner = Runner(case, backend, implementation, device)
         runner.train_step()  # gradients and optimizer state exist from here on
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            runner.optimizer.step()
-            best = min(best, time.perf_counter() - start)
-        seconds[implementation] = best
+        seconds[implementation] = min(seconds_of(runner.optimizer.step, device) for _ in range(repeats))
+        del runner
     default = TrainConfig().adamw
     return {"step_s": seconds, "faster": min(seconds, key=seconds.get), "configured_default": default,
             "time_relative_to_default": {name: value / seconds[default] for name, value in seconds.items()}}
 
 
-def measure_case(case: ModelCase, backend: str, optimizer: str, repeats: int, matmul_repeats: int) -> dict:
-    runner = Runner(case, backend, optimizer)
+def measure_case(case: ModelCase, backend: str, optimizer: str, repeats: int, matmul_repeats: int,
+                 device: torch.device) -> dict:
     flops = gflop_per_image(case)
     result = {"model": case.name, "backbone": case.backbone, "depths": list(case.depths),
               "image_size": case.image_size, "batch": case.batch, "gflop_per_image": flops}
-    for kind, function in (("inference", runner.inference), ("train_step", runner.train_step)):
-        seconds, rate = timed(function, repeats, matmul_repeats)
-        achieved = flops[kind] * case.batch / seconds
-        result[kind] = {"seconds": seconds, "images_per_s": case.batch / seconds, "gflops": achieved,
-                        "matmul_gflops": rate, "fraction_of_matmul": achieved / rate,
-                        **profile_shares(function, backend)}
+    try:
+        runner = Runner(case, backend, optimizer, device)
+        for kind, function in (("inference", runner.inference), ("train_step", runner.train_step)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds, rate = timed(function, repeats, matmul_repeats, device)
+            achieved = flops[kind] * case.batch / seconds
+            result[kind] = {"seconds": seconds, "images_per_s": case.batch / seconds, "gflops": achieved,
+                            "matmul_gflops": rate, "fraction_of_matmul": achieved / rate,
+                            **gpu_figures(kind, case, seconds, device),
+                            **profile_shares(function, backend, device)}
+    except torch.cuda.OutOfMemoryError as error:  # recorded; the other configurations still run
+        result["error"] = f"out of GPU memory: {str(error).splitlines()[0]}"
     return result
+
+
+def gpu_figures(kind: str, case: ModelCase, seconds: float, device: torch.device) -> dict[str, float]:
+    """On a GPU: the peak memory, and images/s as a fraction of the release's on an H200 (paper model)."""
+    if device.type != "cuda":
+        return {}
+    figures = {"peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30}
+    release = RELEASE_H200[kind].get(case.batch)
+    if case.name == "paper" and release is not None:
+        figures.update(release_h200_images_per_s=release, fraction_of_release_h200=case.batch / seconds / release)
+    return figures
 
 
 def load_slowdown(case: ModelCase, backend: str, optimizer: str, pairs: int, steps: int) -> dict[str, object]:
     """The training step beside a 2-thread matmul loop in another process: median loaded/idle ratio."""
-    runner = Runner(case, backend, optimizer)
+    runner = Runner(case, backend, optimizer, torch.device("cpu"))
     runner.train_step()
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT], env=env)
@@ -227,11 +282,40 @@ def load_slowdown(case: ModelCase, backend: str, optimizer: str, pairs: int, ste
             "load_average_1min": load_average, "load": "a second process: 2-thread fp32 1024x1024 matmul loop"}
 
 
+def summary_line(run: dict) -> str:
+    """One printed line per measured configuration."""
+    head = f"{run['model']} ({run['backbone']}, {run['image_size']}px) batch {run['batch']}: "
+    if "error" in run:
+        return head + run["error"]
+    inference, train = run["inference"], run["train_step"]
+    largest = train["top_operators"][0]
+    line = (head + f"inference {inference['images_per_s']:.2f} img/s = {inference['fraction_of_matmul']:.1%} of "
+            f"matmul; train step {train['images_per_s']:.2f} img/s = {train['fraction_of_matmul']:.1%}; "
+            f"largest op {largest['name'][:60]} {largest['share']:.0%}")
+    if "fraction_of_release_h200" in inference:
+        line += (f"; vs the release on an H200: inference {inference['fraction_of_release_h200']:.0%}, "
+                 f"train step {train['fraction_of_release_h200']:.0%}")
+    return line
+
+
+def device_settings(device: torch.device) -> dict[str, object]:
+    """On a GPU: its name, CUDA version and torch's TF32 switches (cuDNN convolutions use TF32 by default)."""
+    if device.type != "cuda":
+        return {}
+    return {"cuda": {"device_name": torch.cuda.get_device_name(device), "cuda_version": torch.version.cuda,
+                     "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                     "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                     "cudnn_version": torch.backends.cudnn.version()}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", choices=("demo", "paper"), default=None,
                         help="default: demo (batch 8) and paper (batch 1 and 8)")
-    parser.add_argument("--backend", default="cpu", help="selective-scan backend (default: cpu)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (default), or cuda: the paper model at batch 16 and 32")
+    parser.add_argument("--backend", default=None,
+                        help="selective-scan backend (default: cpu on the CPU, mamba_ssm on cuda)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     parser.add_argument("--with-load", action="store_true", help="also measure the slowdown beside another job")
     parser.add_argument("--quick", action="store_true", help="smoke run: a 64x64 demo model at batch 2, one repeat")
@@ -240,33 +324,38 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
-    if args.backend not in available_backends("cpu"):
-        raise ValueError(f"backend {args.backend!r} does not run on cpu here: {backend_status()}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    if args.device == "cuda" and args.with_load:
+        raise ValueError("--with-load measures the CPU training step; it does not combine with --device cuda")
+    device = torch.device(args.device)
+    backend = args.backend or {"cpu": "cpu", "cuda": "mamba_ssm"}[args.device]
+    if backend not in available_backends(args.device):
+        raise ValueError(f"backend {backend!r} does not run on {args.device} here: {backend_status()}")
     configure_threads(args.threads)
     repeats, matmul_repeats = (1, 3) if args.quick else (args.repeats, 5)
-    cases = QUICK_CASES if args.quick else tuple(c for c in FULL_CASES if args.models is None or c.name in args.models)
+    all_cases = GPU_CASES if args.device == "cuda" else FULL_CASES
+    cases = QUICK_CASES if args.quick else tuple(c for c in all_cases if args.models is None or c.name in args.models)
+    if not cases:
+        raise ValueError(f"--models {' '.join(args.models)}: none of them is measured on {args.device}")
 
-    optimizers = optimizer_comparison(cases[0], args.backend, 3 if args.quick else 10)
+    optimizers = optimizer_comparison(cases[0], backend, 3 if args.quick else 10, device)
     optimizer = optimizers["configured_default"]  # what a training run uses (train.adamw)
     runs = []
     for case in cases:
-        runs.append(measure_case(case, args.backend, optimizer, repeats, matmul_repeats))
-        r = runs[-1]
-        print(f"{case.name} ({case.backbone}, {case.image_size}px) batch {case.batch}: "
-              f"inference {r['inference']['images_per_s']:.2f} img/s = {r['inference']['fraction_of_matmul']:.1%} "
-              f"of matmul; train step {r['train_step']['images_per_s']:.2f} img/s = "
-              f"{r['train_step']['fraction_of_matmul']:.1%}; largest op "
-              f"{r['train_step']['top_operators'][0]['name']} {r['train_step']['top_operators'][0]['share']:.0%}")
+        runs.append(measure_case(case, backend, optimizer, repeats, matmul_repeats, device))
+        print(summary_line(runs[-1]))
     with_load = None
     if args.with_load:
-        with_load = load_slowdown(cases[0], args.backend, optimizer, pairs=5, steps=1 if args.quick else 2)
+        with_load = load_slowdown(cases[0], backend, optimizer, pairs=5, steps=1 if args.quick else 2)
         print(f"beside a 2-thread matmul job: training step {with_load['slowdown_median']:.2f}x slower "
               f"(median of {len(with_load['ratios'])}; load average {with_load['load_average_1min']})")
     payload = {
         "benchmark": "mambaad_model", "provenance": provenance(), "threads": thread_settings(),
         "flop_convention": "2 FLOPs per multiply-accumulate (model and matmul); scan recurrence not counted; "
                            "training step = encoder forward + 3 x (bottleneck + decoder)",
-        "backend": args.backend, "quick": args.quick, "optimizer": optimizers, "runs": runs, "with_load": with_load,
+        "device": args.device, **device_settings(device),
+        "backend": backend, "quick": args.quick, "optimizer": optimizers, "runs": runs, "with_load": with_load,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, payload)

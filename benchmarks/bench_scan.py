@@ -31,6 +31,8 @@ from mambaad_lib.ops import available_backends, backend_status, selective_scan
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "reference"
 DIRECTIONS, D_STATE = 8, 16
+# Names the source commit in the provenance where the tree is not a git checkout.
+SOURCE_COMMIT_ENV = "MAMBAAD_SOURCE_COMMIT"
 # (d_inner, L) of the decoder's four stages at 256x256 (grids 64x64 .. 8x8).
 STAGES = ((128, 4096), (256, 1024), (512, 256), (1024, 64))
 
@@ -50,9 +52,13 @@ def provenance() -> dict[str, object]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    commit = git("rev-parse", "HEAD")
+    # A copy of the tree without .git (a rented GPU machine's): the caller names the commit it copied.
+    commit_source = "git" if commit else (SOURCE_COMMIT_ENV if os.environ.get(SOURCE_COMMIT_ENV) else None)
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git("rev-parse", "HEAD"), "worktree_dirty": bool(git("status", "--porcelain")),
+        "commit": commit or os.environ.get(SOURCE_COMMIT_ENV), "commit_source": commit_source,
+        "worktree_dirty": bool(git("status", "--porcelain")) if commit else None,
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

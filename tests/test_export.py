@@ -19,21 +19,12 @@ from mambaad_lib.methods import get_method
 from mambaad_lib.ops import selective_scan
 from mambaad_lib.ops.export import selective_scan_export
 from mambaad_lib.ops.reference import selective_scan_reference
+from scan_cases import TOLERANCE as SCAN_TOLERANCE
+from scan_cases import scan_inputs
 
 TOLERANCE = 1e-4  # exported vs eager maps and scores (absolute)
-SCAN_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}  # relative to the largest output
 ONNX_MISSING = ("the ONNX parity test needs onnx, onnxruntime and onnxscript, which are not installed: "
                 "pip install -e '.[export]' (the dev extra includes them)")
-
-
-def _scan_inputs(batch, channels, length, d_state=16, groups=None, dtype=torch.float64):
-    bc = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
-    return dict(u=torch.randn(batch, channels, length, dtype=dtype),
-                delta=torch.randn(batch, channels, length, dtype=dtype) * 0.5,
-                A=-(torch.rand(channels, d_state, dtype=dtype) * 2 + 0.1),
-                B=torch.randn(bc, dtype=dtype), C=torch.randn(bc, dtype=dtype), D=torch.randn(channels, dtype=dtype),
-                z=torch.randn(batch, channels, length, dtype=dtype),
-                delta_bias=torch.randn(channels, dtype=dtype) * 0.3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -42,7 +33,7 @@ def _scan_inputs(batch, channels, length, d_state=16, groups=None, dtype=torch.f
                                    dict(batch=1, channels=3, length=100, d_state=5, groups=1)],
                          ids=["grouped", "ungrouped", "length_1", "length_2", "odd_state"])
 def test_export_scan_matches_the_reference_with_gradients(shape, dtype):
-    inputs = _scan_inputs(**shape, dtype=dtype)
+    inputs = scan_inputs(**shape, dtype=dtype)
     leaves = {key: value.clone().requires_grad_() for key, value in inputs.items()}
     copies = {key: value.clone().requires_grad_() for key, value in inputs.items()}
     expected = selective_scan_reference(**leaves, delta_softplus=True)
@@ -64,7 +55,7 @@ def test_export_scan_graph_grows_with_the_log_of_the_length():
             return selective_scan_export(u, delta, A, B, C, delta_softplus=True)
 
     def nodes(length: int) -> int:
-        inputs = _scan_inputs(1, 4, length, dtype=torch.float32)
+        inputs = scan_inputs(1, 4, length, dtype=torch.float32)
         args = tuple(inputs[key] for key in ("u", "delta", "A", "B", "C"))
         return len(torch.export.export(Scan(), args).graph.nodes)
 

@@ -13,57 +13,17 @@ from mambaad_lib.ops.chunked import selective_scan_chunked
 from mambaad_lib.ops.cpu import _build
 from mambaad_lib.ops.cpu import availability as cpu_availability
 from mambaad_lib.ops.reference import selective_scan_reference
+from scan_cases import CASES, TOLERANCE, relative_error, scan_inputs, values_and_grads
 
 # The package re-exports the function under the module's name, so fetch the module itself.
 dispatch = importlib.import_module("mambaad_lib.ops.selective_scan")
 
 FAST_BACKENDS = ["cpu", "chunked"]
-# (max |a - b| / max |b|) bounds for values and gradients.
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 def _skip_if_unavailable(backend: str) -> None:
     if backend == "cpu" and (reason := cpu_availability()) is not None:
         pytest.skip(f"cpu backend unavailable here: {reason}")
-
-
-def _inputs(batch, channels, length, d_state=16, groups=None, dtype=torch.float64, *,
-            D=True, z=True, bias=True, delta_scale=0.5):
-    """Random scan inputs (A < 0); B, C grouped when ``groups`` is given."""
-    bc_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
-    return dict(
-        u=torch.randn(batch, channels, length, dtype=dtype),
-        delta=torch.randn(batch, channels, length, dtype=dtype) * delta_scale,
-        A=-(torch.rand(channels, d_state, dtype=dtype) * 2 + 0.1),
-        B=torch.randn(bc_shape, dtype=dtype), C=torch.randn(bc_shape, dtype=dtype),
-        D=torch.randn(channels, dtype=dtype) if D else None,
-        z=torch.randn(batch, channels, length, dtype=dtype) if z else None,
-        delta_bias=torch.randn(channels, dtype=dtype) * 0.3 if bias else None,
-    )
-
-
-def _relative_error(value: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |value - expected| / max |expected| (an absolute error when expected is all zero)."""
-    scale = expected.double().abs().max().clamp_min(torch.finfo(torch.float64).tiny)
-    return ((value.double() - expected.double()).abs().max() / scale).item()
-
-
-def _values_and_grads(function, inputs, softplus, grad_out):
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
-    args = {k: leaves.get(k) for k in inputs}
-    out = function(**args, delta_softplus=softplus)
-    grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
-    return out, dict(zip(leaves, grads))
-
-
-CASES = {
-    "grouped": dict(batch=2, channels=8, length=33, groups=4),
-    "ungrouped": dict(batch=2, channels=6, length=40),
-    "odd_state_no_extras": dict(batch=2, channels=4, length=17, d_state=5, D=False, z=False, bias=False),
-    "length_1": dict(batch=3, channels=4, length=1, groups=2),
-    "batch_1": dict(batch=1, channels=5, length=29),
-    "state_64_one_group": dict(batch=1, channels=3, length=12, d_state=64, groups=1),
-}
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -72,39 +32,39 @@ CASES = {
 def test_matches_reference_values_and_gradients(backend, dtype, case):
     _skip_if_unavailable(backend)
     softplus = case != "odd_state_no_extras"
-    inputs = _inputs(**CASES[case], dtype=dtype)
+    inputs = scan_inputs(**CASES[case], dtype=dtype)
     grad_out = torch.randn_like(inputs["u"])
-    expected, expected_grads = _values_and_grads(selective_scan_reference, inputs, softplus, grad_out)
+    expected, expected_grads = values_and_grads(selective_scan_reference, inputs, softplus, grad_out)
     scan = lambda **kw: selective_scan(**kw, backend=backend)  # noqa: E731
-    out, grads = _values_and_grads(scan, inputs, softplus, grad_out)
+    out, grads = values_and_grads(scan, inputs, softplus, grad_out)
     assert out.dtype == dtype and out.shape == expected.shape
-    assert _relative_error(out, expected) < TOLERANCE[dtype]
+    assert relative_error(out, expected) < TOLERANCE[dtype]
     assert grads.keys() == expected_grads.keys()
     for name, grad in grads.items():
         assert grad.shape == expected_grads[name].shape, name
-        assert _relative_error(grad, expected_grads[name]) < TOLERANCE[dtype], name
+        assert relative_error(grad, expected_grads[name]) < TOLERANCE[dtype], name
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_non_contiguous_inputs(backend):
+def test_non_contiguousscan_inputs(backend):
     _skip_if_unavailable(backend)
-    inputs = _inputs(2, 6, 21, groups=3)
+    inputs = scan_inputs(2, 6, 21, groups=3)
     # Same values, transposed storage: (b, L, d) -> (b, d, L) views, B / C with L before n.
     strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() >= 3 else v)
                for k, v in inputs.items()}
     assert not strided["u"].is_contiguous() and not strided["B"].is_contiguous()
     grad_out = torch.randn_like(inputs["u"])
-    expected, expected_grads = _values_and_grads(selective_scan_reference, inputs, True, grad_out)
-    out, grads = _values_and_grads(lambda **kw: selective_scan(**kw, backend=backend), strided, True, grad_out)
-    assert _relative_error(out, expected) < 1e-10
+    expected, expected_grads = values_and_grads(selective_scan_reference, inputs, True, grad_out)
+    out, grads = values_and_grads(lambda **kw: selective_scan(**kw, backend=backend), strided, True, grad_out)
+    assert relative_error(out, expected) < 1e-10
     for name in expected_grads:
-        assert _relative_error(grads[name], expected_grads[name]) < 1e-10, name
+        assert relative_error(grads[name], expected_grads[name]) < 1e-10, name
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_gradcheck(backend):
     _skip_if_unavailable(backend)
-    inputs = _inputs(1, 4, 6, d_state=3, groups=2)
+    inputs = scan_inputs(1, 4, 6, d_state=3, groups=2)
     names = list(inputs)
 
     def scan(*tensors):
@@ -118,14 +78,14 @@ def test_gradcheck(backend):
 def test_long_sequence_with_large_steps_stays_finite_and_exact(backend):
     """L = 4096 with step sizes around 20 (dt * A down to -320 per step): no overflow, no NaN."""
     _skip_if_unavailable(backend)
-    inputs = _inputs(1, 4, 4096, groups=2, delta_scale=5.0)
+    inputs = scan_inputs(1, 4, 4096, groups=2, delta_scale=5.0)
     inputs["delta"] += 20.0
     inputs["A"] *= 8
     expected = selective_scan_reference(**inputs, delta_softplus=True)
     fp32 = {k: (v.float() if v is not None else None) for k, v in inputs.items()}
     out = selective_scan(**fp32, delta_softplus=True, backend=backend)
     assert torch.isfinite(out).all()
-    assert _relative_error(out, expected) < 1e-5
+    assert relative_error(out, expected) < 1e-5
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -133,25 +93,25 @@ def test_a_nan_step_size_spreads_like_the_reference(backend):
     """A NaN in delta makes its channel's outputs NaN from that step on, nowhere else (the
     kernels' exp keeps NaN, as torch.exp does)."""
     _skip_if_unavailable(backend)
-    inputs = {k: (v.float() if v is not None else None) for k, v in _inputs(2, 8, 40, groups=2).items()}
+    inputs = {k: (v.float() if v is not None else None) for k, v in scan_inputs(2, 8, 40, groups=2).items()}
     inputs["delta"][1, 3, 17] = float("nan")
     expected = selective_scan_reference(**inputs, delta_softplus=True)
     out = selective_scan(**inputs, delta_softplus=True, backend=backend)
     assert torch.equal(torch.isnan(out), torch.isnan(expected))
     assert torch.isnan(out[1, 3, 17:]).all() and not torch.isnan(out[1, 3, :17]).any()
     finite = ~torch.isnan(expected)
-    assert _relative_error(out[finite], expected[finite]) < 1e-5
+    assert relative_error(out[finite], expected[finite]) < 1e-5
 
 
 def _cpu_gradients(inputs):
-    _, grads = _values_and_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, True,
+    _, grads = values_and_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, True,
                                  torch.ones_like(inputs["u"]))
     return grads
 
 
 def test_cpu_backward_is_bit_reproducible_across_runs_and_thread_counts():
     _skip_if_unavailable("cpu")
-    inputs = _inputs(3, 96, 64, groups=2, dtype=torch.float32)  # 48 channels/group: 2 blocks
+    inputs = scan_inputs(3, 96, 64, groups=2, dtype=torch.float32)  # 48 channels/group: 2 blocks
     threads = torch.get_num_threads()
     first = _cpu_gradients(inputs)
     second = _cpu_gradients(inputs)
@@ -167,19 +127,19 @@ def test_cpu_backward_is_bit_reproducible_across_runs_and_thread_counts():
 
 def test_cpu_rejects_half_precision_by_computing_in_fp32():
     _skip_if_unavailable("cpu")
-    inputs = _inputs(1, 4, 9, dtype=torch.float32)
+    inputs = scan_inputs(1, 4, 9, dtype=torch.float32)
     half = {k: (v.bfloat16() if v is not None else None) for k, v in inputs.items()}
     out = selective_scan(**half, delta_softplus=True, backend="cpu")
     assert out.dtype == torch.bfloat16
     expected = selective_scan_reference(**half, delta_softplus=True)
-    assert _relative_error(out, expected) < 1e-2
+    assert relative_error(out, expected) < 1e-2
 
 
 def test_chunk_length_does_not_change_the_result():
-    inputs = _inputs(2, 4, 50, groups=2)
+    inputs = scan_inputs(2, 4, 50, groups=2)
     results = [selective_scan_chunked(**inputs, delta_softplus=True, chunk_length=T) for T in (1, 7, 50, 64)]
     for result in results[1:]:
-        assert _relative_error(result, results[0]) < 1e-12
+        assert relative_error(result, results[0]) < 1e-12
     with pytest.raises(ValueError, match="chunk_length"):
         selective_scan_chunked(**inputs, chunk_length=-1)
 
@@ -206,7 +166,7 @@ def test_missing_compiler_falls_back_to_chunked_with_one_warning(fresh_dispatch,
     assert "no C++ compiler" in cpu_availability()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        inputs = _inputs(1, 2, 5)
+        inputs = scan_inputs(1, 2, 5)
         for _ in range(3):
             out = selective_scan(**inputs)
     fallbacks = [w for w in caught if issubclass(w.category, RuntimeWarning)]

@@ -32,17 +32,11 @@ from mambaad_lib.ops import instance_norm_silu, permute_sequences, selective_sca
 from mambaad_lib.ops.cpu import availability as cpu_availability
 from mambaad_lib.ops.directions import selective_scan_directions_reference
 from mambaad_lib.ops.norm_act import instance_norm_silu_reference
+from scan_cases import TOLERANCE, relative_error
 
 REPO = Path(__file__).resolve().parents[1]
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 pytestmark = pytest.mark.skipif(cpu_availability() is not None, reason=f"cpu kernels unavailable: {cpu_availability()}")
-
-
-def relative_error(value: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |value - expected| / max |expected|."""
-    scale = expected.double().abs().max().clamp_min(torch.finfo(torch.float64).tiny)
-    return ((value.double() - expected.double()).abs().max() / scale).item()
 
 
 def direction_inputs(batch, length, directions, channels, d_state, dtype, *, D=True, bias=True, rank=None, seed=0):
