@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     backend = args.backend or {"cpu": "cpu", "cuda": "mamba_ssm"}[args.device]
     if backend not in available_backends(args.device):
-        raise ValueError(f"backend {backend!r} does not run on {args.device} here: {backend_status()}")
+        raise ValueError(f"backend {backend!r} does not run on {args.device} here: {backend_status(args.device)}")
     configure_threads(args.threads)
     repeats, matmul_repeats = (1, 3) if args.quick else (args.repeats, 5)
     all_cases = GPU_CASES if args.device == "cuda" else FULL_CASES

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     backends = args.backends or [name for name in available if name != BASELINE]
     missing = [name for name in backends if name not in available]
     if missing:
-        raise ValueError(f"backends {missing} do not run on {args.device} here: {backend_status()}")
+        raise ValueError(f"backends {missing} do not run on {args.device} here: {backend_status(args.device)}")
 
     stages = [(d, L) for d, L in STAGES if args.lengths is None or L in args.lengths]
     if not stages:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         gc.collect()
 
     payload = {"benchmark": "selective_scan", "baseline": BASELINE, "provenance": provenance(),
-               "backend_status": backend_status(), "stages": rows}
+               "backend_status": backend_status(args.device), "stages": rows}
     atomic_write_json(args.output, payload)
     for row in rows:
         for name, r in row["backends"].items():

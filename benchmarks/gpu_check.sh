@@ -35,14 +35,14 @@ step "machine" 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.tot
 step "install mamba-ssm wheel" 60 python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/mamba_ssm-*.whl
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 step "install the project" 90 python3 -m pip install -q --no-index --no-deps --no-build-isolation .
-step "backends" 30 python3 -c "from mambaad_lib.ops import backend_status; print(backend_status())"
-step "CUDA backend tests" 150 bash -c "python3 -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py 2>&1 \
+step "backends" 30 python3 -c "from mambaad_lib.ops import backend_status; print(backend_status('cuda'))"
+step "CUDA backend tests" 110 bash -c "python3 -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py 2>&1 \
     | tee '$OUT/pytest_cuda.log'; exit \${PIPESTATUS[0]}"
-step "bench_model mamba_ssm" 120 python3 benchmarks/bench_model.py --device cuda --backend mamba_ssm --repeats 5 \
+step "bench_model mamba_ssm" 100 python3 benchmarks/bench_model.py --device cuda --backend mamba_ssm --repeats 5 \
     --output "$OUT/bench_model_cuda_mamba_ssm.json"
-step "bench_model chunked" 120 python3 benchmarks/bench_model.py --device cuda --backend chunked --repeats 3 \
+step "bench_model chunked" 70 python3 benchmarks/bench_model.py --device cuda --backend chunked --repeats 3 \
     --output "$OUT/bench_model_cuda_chunked.json"
-step "bench_scan" 90 python3 benchmarks/bench_scan.py --device cuda --batch 16 --repeats 5 \
+step "bench_scan" 40 python3 benchmarks/bench_scan.py --device cuda --batch 16 --repeats 5 \
     --output "$OUT/bench_scan_cuda.json"
 echo "== $(date -u +%H:%M:%S) done: $failures step(s) failed"
 exit "$failures"

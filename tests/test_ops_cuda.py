@@ -25,7 +25,7 @@ BACKEND_DTYPES = [("mamba_ssm", torch.float32), ("chunked", torch.float32), ("ch
 
 
 def _skip_if_unavailable(backend: str) -> None:
-    if (status := backend_status()[backend]) != "available":
+    if (status := backend_status(CUDA)[backend]) != "available":
         pytest.skip(f"{backend} unavailable here: {status}")
 
 
@@ -84,7 +84,7 @@ def test_long_sequence_with_large_steps_stays_finite_and_exact(backend):
 
 
 def test_auto_picks_the_compiled_kernel_when_it_imports():
-    expected = "mamba_ssm" if backend_status()["mamba_ssm"] == "available" else "chunked"
+    expected = "mamba_ssm" if backend_status(CUDA)["mamba_ssm"] == "available" else "chunked"
     assert resolve_backend("auto", CUDA) == expected
 
 

@@ -78,18 +78,21 @@ def _load(name: str) -> tuple[Callable[..., Tensor] | None, str | None]:
     return getattr(module, spec.function), None
 
 
-def backend_status() -> dict[str, str]:
-    """Every backend with ``"available"`` or the reason it is not usable here."""
-    return {name: _load(name)[1] or "available" for name in BACKENDS}
+def _for_device(device: str | torch.device | None) -> list[str]:
+    """The backends that take ``device``'s type (all of them for None), without loading any."""
+    device_type = None if device is None else torch.device(device).type
+    return [name for name, spec in BACKENDS.items() if device_type is None or device_type in spec.devices]
+
+
+def backend_status(device: str | torch.device | None = None) -> dict[str, str]:
+    """Every backend (for ``device``'s type when given) with ``"available"`` or the reason it is
+    not usable here. Only those backends are loaded: asking about CUDA compiles no CPU kernel."""
+    return {name: _load(name)[1] or "available" for name in _for_device(device)}
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """Names of the backends that work here (for ``device``'s type when given)."""
-    device_type = None if device is None else torch.device(device).type
-    return [
-        name for name, spec in BACKENDS.items()
-        if _load(name)[0] is not None and (device_type is None or device_type in spec.devices)
-    ]
+    """Names of the backends that work here (for ``device``'s type when given; only those are loaded)."""
+    return [name for name in _for_device(device) if _load(name)[0] is not None]
 
 
 _warned_fallbacks: set[tuple[str, str]] = set()
