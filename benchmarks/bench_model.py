@@ -207,35 +207,42 @@ def profile_shares(function, backend: str, device: torch.device, top: int = 5,
 def optimizer_comparison(case: ModelCase, backend: str, repeats: int, device: torch.device) -> dict[str, object]:
     """Seconds of one AdamW step (gradients present) with each ``train.adamw`` implementation, and
     each one's time relative to the configured default's (measured in this process)."""
-    seconds = {}
+    seconds, default = {}, TrainConfig().adamw
     for implementation in ADAMW_IMPLEMENTATIONS:
-        runner = Runner(case, backend, implementation, device)
-        runner.train_step()  # gradients and optimizer state exist from here on
+        try:
+            runner = Runner(case, backend, implementation, device)
+            runner.train_step()  # gradients and optimizer state exist from here on
+        except torch.cuda.OutOfMemoryError as error:  # the configurations' own runs record it too
+            return {"configured_default": default, "error": f"out of GPU memory: {str(error).splitlines()[0]}"}
         seconds[implementation] = min(seconds_of(runner.optimizer.step, device) for _ in range(repeats))
         del runner
-    default = TrainConfig().adamw
     return {"step_s": seconds, "faster": min(seconds, key=seconds.get), "configured_default": default,
             "time_relative_to_default": {name: value / seconds[default] for name, value in seconds.items()}}
 
 
 def measure_case(case: ModelCase, backend: str, optimizer: str, repeats: int, matmul_repeats: int,
                  device: torch.device) -> dict:
+    """Inference and training-step figures of one configuration; a part that runs out of GPU memory
+    is recorded as ``{"error": ...}`` and the other part and configurations still run."""
     flops = gflop_per_image(case)
     result = {"model": case.name, "backbone": case.backbone, "depths": list(case.depths),
               "image_size": case.image_size, "batch": case.batch, "gflop_per_image": flops}
-    try:
-        runner = Runner(case, backend, optimizer, device)
-        for kind, function in (("inference", runner.inference), ("train_step", runner.train_step)):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+    runner = Runner(case, backend, optimizer, device)
+    for kind, function in (("inference", runner.inference), ("train_step", runner.train_step)):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
             seconds, rate = timed(function, repeats, matmul_repeats, device)
-            achieved = flops[kind] * case.batch / seconds
-            result[kind] = {"seconds": seconds, "images_per_s": case.batch / seconds, "gflops": achieved,
-                            "matmul_gflops": rate, "fraction_of_matmul": achieved / rate,
-                            **gpu_figures(kind, case, seconds, device),
-                            **profile_shares(function, backend, device)}
-    except torch.cuda.OutOfMemoryError as error:  # recorded; the other configurations still run
-        result["error"] = f"out of GPU memory: {str(error).splitlines()[0]}"
+        except torch.cuda.OutOfMemoryError as error:
+            result[kind] = {"error": f"out of GPU memory: {str(error).splitlines()[0]}"}
+            runner.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            continue
+        achieved = flops[kind] * case.batch / seconds
+        result[kind] = {"seconds": seconds, "images_per_s": case.batch / seconds, "gflops": achieved,
+                        "matmul_gflops": rate, "fraction_of_matmul": achieved / rate,
+                        **gpu_figures(kind, case, seconds, device),
+                        **profile_shares(function, backend, device)}
     return result
 
 
@@ -284,18 +291,20 @@ def load_slowdown(case: ModelCase, backend: str, optimizer: str, pairs: int, ste
 
 def summary_line(run: dict) -> str:
     """One printed line per measured configuration."""
-    head = f"{run['model']} ({run['backbone']}, {run['image_size']}px) batch {run['batch']}: "
-    if "error" in run:
-        return head + run["error"]
-    inference, train = run["inference"], run["train_step"]
-    largest = train["top_operators"][0]
-    line = (head + f"inference {inference['images_per_s']:.2f} img/s = {inference['fraction_of_matmul']:.1%} of "
-            f"matmul; train step {train['images_per_s']:.2f} img/s = {train['fraction_of_matmul']:.1%}; "
-            f"largest op {largest['name'][:60]} {largest['share']:.0%}")
-    if "fraction_of_release_h200" in inference:
-        line += (f"; vs the release on an H200: inference {inference['fraction_of_release_h200']:.0%}, "
-                 f"train step {train['fraction_of_release_h200']:.0%}")
-    return line
+    parts = []
+    for kind, label in (("inference", "inference"), ("train_step", "train step")):
+        figures = run[kind]
+        if "error" in figures:
+            parts.append(f"{label}: {figures['error']}")
+            continue
+        part = f"{label} {figures['images_per_s']:.2f} img/s = {figures['fraction_of_matmul']:.1%} of matmul"
+        if "fraction_of_release_h200" in figures:
+            part += f" ({figures['fraction_of_release_h200']:.0%} of the release on an H200)"
+        parts.append(part)
+    train = run["train_step"]
+    if "top_operators" in train:
+        parts.append(f"largest op {train['top_operators'][0]['name'][:60]} {train['top_operators'][0]['share']:.0%}")
+    return f"{run['model']} ({run['backbone']}, {run['image_size']}px) batch {run['batch']}: " + "; ".join(parts)
 
 
 def device_settings(device: torch.device) -> dict[str, object]:
@@ -359,8 +368,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, payload)
-    print(f"AdamW step time relative to train.adamw={optimizers['configured_default']!r}: "
-          + ", ".join(f"{name} {ratio:.2f}" for name, ratio in optimizers["time_relative_to_default"].items()))
+    if "error" not in optimizers:
+        print(f"AdamW step time relative to train.adamw={optimizers['configured_default']!r}: "
+              + ", ".join(f"{name} {ratio:.2f}" for name, ratio in optimizers["time_relative_to_default"].items()))
     print(f"wrote {args.output}")
     return payload
 

@@ -52,13 +52,14 @@ def provenance() -> dict[str, object]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    commit = git("rev-parse", "HEAD")
-    # A copy of the tree without .git (a rented GPU machine's): the caller names the commit it copied.
-    commit_source = "git" if commit else (SOURCE_COMMIT_ENV if os.environ.get(SOURCE_COMMIT_ENV) else None)
+    head = git("rev-parse", "HEAD")
+    # A copied tree (a rented GPU machine's) may carry no .git, or a stale one: the caller then names
+    # the commit it copied, and that wins; git's own view is kept beside it.
+    named = os.environ.get(SOURCE_COMMIT_ENV) or None
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit or os.environ.get(SOURCE_COMMIT_ENV), "commit_source": commit_source,
-        "worktree_dirty": bool(git("status", "--porcelain")) if commit else None,
+        "commit": named or head, "commit_source": SOURCE_COMMIT_ENV if named else ("git" if head else None),
+        "git_head": head, "worktree_dirty": bool(git("status", "--porcelain")) if head else None,
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mambaad_lib.methods.training import ADAMW_IMPLEMENTATIONS, TrainConfig
 from mambaad_lib.ops.cpu import availability as cpu_availability
@@ -40,3 +41,32 @@ def test_bench_model_quick_writes_a_complete_results_file(tmp_path):
         assert 0 < measured["scan_share"] < 1
         shares = [op["share"] for op in measured["top_operators"]]
         assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+
+
+def _bench_model_module():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_model
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return bench_model
+
+
+def test_bench_model_records_running_out_of_gpu_memory_and_goes_on(monkeypatch):
+    """A part that runs out of GPU memory (the chunked scan's training step on the paper model at
+    batch 16 did, on an H200) is recorded as an error; the other part is still measured."""
+    bench_model = _bench_model_module()
+    real_timed = bench_model.timed
+
+    def timed(function, *args):
+        if function.__name__ == "train_step":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 92.00 MiB.\nmore")
+        return real_timed(function, *args)
+
+    monkeypatch.setattr(bench_model, "timed", timed)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    run = bench_model.measure_case(bench_model.QUICK_CASES[0], "chunked", "fused", 1, 1, torch.device("cpu"))
+    assert run["train_step"] == {"error": "out of GPU memory: CUDA out of memory. Tried to allocate 92.00 MiB."}
+    assert run["inference"]["images_per_s"] > 0
+    line = bench_model.summary_line(run)
+    assert "train step: out of GPU memory" in line and "inference" in line and "largest op" not in line

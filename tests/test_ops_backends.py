@@ -161,6 +161,21 @@ def test_auto_prefers_cpu_kernel(fresh_dispatch):
     assert resolve_backend("auto", "cpu") == "cpu"
 
 
+def test_asking_about_one_device_type_loads_only_its_backends(fresh_dispatch, monkeypatch):
+    """backend_status / available_backends for CUDA never compile the CPU kernel (on a GPU machine a
+    compile killed half-way left a build lock that hung every later step)."""
+    def no_compile():
+        raise AssertionError("the CPU kernel's availability was probed")
+
+    monkeypatch.setattr(importlib.import_module("mambaad_lib.ops.cpu"), "availability", no_compile)
+    status = dispatch.backend_status("cuda")
+    assert list(status) == [name for name, spec in dispatch.BACKENDS.items() if "cuda" in spec.devices]
+    assert "cpu" not in status and status["chunked"] == "available"
+    assert "cpu" not in dispatch.available_backends("cuda")
+    with pytest.raises(AssertionError, match="probed"):  # no device: every backend, the CPU kernel included
+        dispatch.backend_status()
+
+
 def test_missing_compiler_falls_back_to_chunked_with_one_warning(fresh_dispatch, monkeypatch):
     monkeypatch.setattr(_build.shutil, "which", lambda name: None)
     assert "no C++ compiler" in cpu_availability()
