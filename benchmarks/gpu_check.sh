@@ -3,7 +3,7 @@
 #   1. install mamba-ssm's prebuilt wheel (its compiled selective_scan_cuda; importing the
 #      mamba_ssm package itself fails there with transformers 5) and this project, both --no-deps;
 #   2. the scan backends on CUDA (mamba_ssm and chunked against the reference, values and
-#      gradients, and a small MambaAD's loss and gradients): tests/test_ops_cuda.py;
+#      gradients, and a small MambaAD's loss and gradients against the reference scan): tests/test_ops_cuda.py;
 #   3. bench_model.py --device cuda: the paper model at batch 16 and 32, fp32, with each backend;
 #   4. bench_scan.py --device cuda: the scan alone on the decoder's stage shapes.
 #
@@ -44,8 +44,8 @@ step "bench_model mamba_ssm" 100 python3 benchmarks/bench_model.py --device cuda
     --output "$OUT/bench_model_cuda_mamba_ssm.json"
 step "bench_model chunked" 70 python3 benchmarks/bench_model.py --device cuda --backend chunked --repeats 3 \
     --output "$OUT/bench_model_cuda_chunked.json"
-# The model-level test did not finish within 130 s on the H200 on 2026-11-30 (2 s on a CPU), so it
-# runs last, with a per-test trace of where it stands.
+# The model-level test, with its reference on the host CPU, did not finish within 130 s on the H200
+# on 2026-11-30 (2 s on a 2-core CPU); it now compares on the GPU, and runs last, verbosely.
 step "bench_scan" 40 python3 benchmarks/bench_scan.py --device cuda --batch 16 --repeats 5 \
     --output "$OUT/bench_scan_cuda.json"
 step "CUDA model tests" 150 bash -c "python3 -m pytest -v -rs -p no:cacheprovider tests/test_ops_cuda.py \

@@ -89,9 +89,10 @@ def test_auto_picks_the_compiled_kernel_when_it_imports():
 
 
 @pytest.mark.parametrize("backend", ["mamba_ssm", "chunked"])
-def test_small_mambaad_on_cuda_matches_the_cpu_reference(backend):
-    """A small MambaAD's loss and gradients on CUDA (fp32, TF32 off) against the same weights on
-    the CPU with the reference scan."""
+def test_small_mambaad_on_cuda_matches_the_reference_scan(backend):
+    """A small MambaAD's loss and gradients on CUDA (fp32, TF32 off) against the same weights and
+    device with the reference scan. (The GPU machine's CPU side is left out: with the reference on
+    the CPU this test did not finish within 130 s on an H200 machine, while it takes 2 s here.)"""
     _skip_if_unavailable(backend)
     model = build_mambaad(backbone="resnet18", depths=(1, 1, 1, 1), image_size=64, drop_path_rate=0.0,
                           scan_backend="reference").train()
@@ -100,10 +101,10 @@ def test_small_mambaad_on_cuda_matches_the_cpu_reference(backend):
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        for run, device, scan_backend in (("reference", "cpu", "reference"), ("gpu", CUDA, backend)):
-            replica = copy.deepcopy(model).to(device)
+        for run, scan_backend in (("reference", "reference"), ("gpu", backend)):
+            replica = copy.deepcopy(model).to(CUDA)
             replica.set_scan_backend(scan_backend)
-            loss = replica.loss(images.to(device))
+            loss = replica.loss(images.to(CUDA))
             loss.backward()
             results[run] = (loss.detach().cpu(), {n: p.grad.cpu() for n, p in replica.named_parameters()
                                                   if p.grad is not None})
