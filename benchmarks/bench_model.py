@@ -5,8 +5,8 @@ backward, AdamW step over the trainable parameters with the release's parameter 
 ``train.adamw`` default implementation; every implementation's step is timed too)
 images/s; the achieved GFLOP/s as a fraction of a 1024x1024 fp32 matmul timed in the same
 process, between the model's runs; the selective scan's share of the time; and the five
-largest operators' shares of a training step (torch.profiler, self time over three consecutive
-calls).
+largest operators' shares of a training step (torch.profiler self time: the mean over five
+profiles of three consecutive calls each, with the range).
 
 FLOP convention: 2 FLOPs per multiply-accumulate for the model and the matmul alike.
 ``count_flops`` counts multiply-accumulates (the paper's Table 2: 8.3 G for the default model =
@@ -77,9 +77,11 @@ SCAN_KERNEL_SUBSTRING = "selective_scan"
 RELEASE_H200 = {"inference": {16: 324.0, 32: 344.0}, "train_step": {16: 97.0, 32: 100.0}}
 # Profiler ranges that wrap other events rather than doing work themselves.
 WRAPPER_PREFIXES = ("ProfilerStep", "Optimizer.", "autograd::engine::evaluate_function", "## ")
-# Calls per profile: one call's operator shares moved by up to 5 points from call to call on the
-# shared 2-core machine; three consecutive calls (after the timed runs) are steadier.
-PROFILED_CALLS = 3
+# Calls per profile, and profiles per measurement: one call's operator shares moved by up to 5
+# points from call to call on the shared 2-core machine, and one profile of three calls' by up to 3
+# points from profile to profile (the largest four operators each sit near a fifth of the step), so
+# the reported share is the mean of five three-call profiles, with their range.
+PROFILED_CALLS, PROFILES = 3, 5
 LOAD_SCRIPT = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nb = torch.randn(1024, 1024)\n"
                "while True:\n    a @ b\n")
 
@@ -173,11 +175,10 @@ def timed(function, repeats: int, matmul_repeats: int, device: torch.device) -> 
     return best, rate
 
 
-def profile_shares(function, backend: str, device: torch.device, top: int = 5,
-                   calls: int = PROFILED_CALLS) -> dict[str, object]:
-    """Self-time shares over ``calls`` consecutive calls: the scan's, and the ``top`` largest
-    operators' (``calls`` per operator: how often it ran per call). On a GPU: kernel time, and
-    the scan is mamba-ssm's kernels (None for other backends, whose scan is many kernels)."""
+def profile_once(function, backend: str, device: torch.device, calls: int) -> tuple[dict, dict, float | None]:
+    """One profile of ``calls`` consecutive calls: (self-time share by operator, runs per call by
+    operator, the scan's share). On a GPU: kernel time, and the scan is mamba-ssm's kernels (None
+    for other backends, whose scan is many kernels)."""
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
@@ -193,15 +194,31 @@ def profile_shares(function, backend: str, device: torch.device, top: int = 5,
     events = [e for e in prof.key_averages() if not e.key.startswith(WRAPPER_PREFIXES) and self_time(e) > 0
               and (not on_gpu or e.device_type == DeviceType.CUDA)]
     total = sum(self_time(e) for e in events) or 1.0
-    ranked = sorted(events, key=self_time, reverse=True)
     if on_gpu:
         is_scan = (lambda key: SCAN_KERNEL_SUBSTRING in key) if backend == "mamba_ssm" else None
     else:
         is_scan = (lambda key: key in SCAN_EVENTS[backend]) if backend in SCAN_EVENTS else None
     scan = None if is_scan is None else sum(self_time(e) for e in events if is_scan(e.key)) / total
-    return {"scan_share": scan, "profiled_calls": calls, "time": "GPU kernel" if on_gpu else "CPU self",
-            "top_operators": [{"name": e.key[:120], "share": self_time(e) / total, "calls": e.count // calls}
-                              for e in ranked[:top]]}
+    return ({e.key: self_time(e) / total for e in events}, {e.key: e.count // calls for e in events}, scan)
+
+
+def profile_shares(function, backend: str, device: torch.device, top: int = 5, calls: int = PROFILED_CALLS,
+                   profiles: int = PROFILES) -> dict[str, object]:
+    """Self-time shares, averaged over ``profiles`` profiles of ``calls`` consecutive calls each: the
+    scan's, and the ``top`` largest operators' (by mean share; each with the smallest and largest
+    share of one profile, and ``calls``: how often it ran per call)."""
+    runs = [profile_once(function, backend, device, calls) for _ in range(profiles)]
+    names = set().union(*(shares for shares, _, _ in runs))
+    per_name = {name: [shares.get(name, 0.0) for shares, _, _ in runs] for name in names}
+    ranked = sorted(names, key=lambda name: statistics.fmean(per_name[name]), reverse=True)
+    scans = [scan for _, _, scan in runs]
+    return {"scan_share": None if scans[0] is None else statistics.fmean(scans),
+            "scan_share_range": None if scans[0] is None else [min(scans), max(scans)],
+            "profiles": profiles, "profiled_calls": calls, "time": "GPU kernel" if device.type == "cuda" else "CPU self",
+            "top_operators": [{"name": name[:120], "share": statistics.fmean(per_name[name]),
+                               "share_range": [min(per_name[name]), max(per_name[name])],
+                               "calls": max(counts.get(name, 0) for _, counts, _ in runs)}
+                              for name in ranked[:top]]}
 
 
 def optimizer_comparison(case: ModelCase, backend: str, repeats: int, device: torch.device) -> dict[str, object]:
@@ -221,7 +238,7 @@ def optimizer_comparison(case: ModelCase, backend: str, repeats: int, device: to
 
 
 def measure_case(case: ModelCase, backend: str, optimizer: str, repeats: int, matmul_repeats: int,
-                 device: torch.device) -> dict:
+                 device: torch.device, profiles: int = PROFILES) -> dict:
     """Inference and training-step figures of one configuration; a part that runs out of GPU memory
     is recorded as ``{"error": ...}`` and the other part and configurations still run."""
     flops = gflop_per_image(case)
@@ -242,7 +259,7 @@ def measure_case(case: ModelCase, backend: str, optimizer: str, repeats: int, ma
         result[kind] = {"seconds": seconds, "images_per_s": case.batch / seconds, "gflops": achieved,
                         "matmul_gflops": rate, "fraction_of_matmul": achieved / rate,
                         **gpu_figures(kind, case, seconds, device),
-                        **profile_shares(function, backend, device)}
+                        **profile_shares(function, backend, device, profiles=profiles)}
     return result
 
 
@@ -303,7 +320,9 @@ def summary_line(run: dict) -> str:
         parts.append(part)
     train = run["train_step"]
     if "top_operators" in train:
-        parts.append(f"largest op {train['top_operators'][0]['name'][:60]} {train['top_operators'][0]['share']:.0%}")
+        largest = train["top_operators"][0]
+        low, high = largest["share_range"]
+        parts.append(f"largest op {largest['name'][:60]} {largest['share']:.1%} (profiles {low:.1%}-{high:.1%})")
     return f"{run['model']} ({run['backbone']}, {run['image_size']}px) batch {run['batch']}: " + "; ".join(parts)
 
 
@@ -326,6 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default=None,
                         help="selective-scan backend (default: cpu on the CPU, mamba_ssm on cuda)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--profiles", type=int, default=PROFILES,
+                        help=f"profiles of {PROFILED_CALLS} calls whose operator shares are averaged (default {PROFILES})")
     parser.add_argument("--with-load", action="store_true", help="also measure the slowdown beside another job")
     parser.add_argument("--quick", action="store_true", help="smoke run: a 64x64 demo model at batch 2, one repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all)")
@@ -342,7 +363,10 @@ def main(argv: list[str] | None = None) -> dict:
     if backend not in available_backends(args.device):
         raise ValueError(f"backend {backend!r} does not run on {args.device} here: {backend_status(args.device)}")
     configure_threads(args.threads)
+    if args.profiles < 1:
+        raise ValueError("--profiles must be >= 1")
     repeats, matmul_repeats = (1, 3) if args.quick else (args.repeats, 5)
+    profiles = 1 if args.quick else args.profiles
     all_cases = GPU_CASES if args.device == "cuda" else FULL_CASES
     cases = QUICK_CASES if args.quick else tuple(c for c in all_cases if args.models is None or c.name in args.models)
     if not cases:
@@ -352,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = optimizers["configured_default"]  # what a training run uses (train.adamw)
     runs = []
     for case in cases:
-        runs.append(measure_case(case, backend, optimizer, repeats, matmul_repeats, device))
+        runs.append(measure_case(case, backend, optimizer, repeats, matmul_repeats, device, profiles))
         print(summary_line(runs[-1]))
     with_load = None
     if args.with_load:

@@ -41,6 +41,9 @@ def test_bench_model_quick_writes_a_complete_results_file(tmp_path):
         assert 0 < measured["scan_share"] < 1
         shares = [op["share"] for op in measured["top_operators"]]
         assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+        for op in measured["top_operators"]:  # one profile in a quick run: its range is its share
+            assert op["share_range"] == [op["share"], op["share"]] and op["calls"] >= 1
+        assert measured["profiles"] == 1 and measured["scan_share_range"] == [measured["scan_share"]] * 2
 
 
 def _bench_model_module():
@@ -70,3 +73,18 @@ def test_bench_model_records_running_out_of_gpu_memory_and_goes_on(monkeypatch):
     assert run["inference"]["images_per_s"] > 0
     line = bench_model.summary_line(run)
     assert "train step: out of GPU memory" in line and "inference" in line and "largest op" not in line
+
+
+def test_operator_shares_are_averaged_over_profiles_with_their_range(monkeypatch):
+    bench_model = _bench_model_module()
+    profiles = iter([({"scan_bwd": 0.22, "conv_bwd": 0.18, "mm": 0.10}, {"scan_bwd": 4, "conv_bwd": 20, "mm": 9}, 0.30),
+                     ({"scan_bwd": 0.16, "conv_bwd": 0.20}, {"scan_bwd": 4, "conv_bwd": 20}, 0.24),
+                     ({"scan_bwd": 0.18, "conv_bwd": 0.19, "mm": 0.14}, {"scan_bwd": 4, "conv_bwd": 20, "mm": 9}, 0.27)])
+    monkeypatch.setattr(bench_model, "profile_once", lambda *args: next(profiles))
+    shares = bench_model.profile_shares(None, "cpu", torch.device("cpu"), top=2, profiles=3)
+    assert [op["name"] for op in shares["top_operators"]] == ["conv_bwd", "scan_bwd"]
+    conv, scan = shares["top_operators"]
+    assert conv["share"] == pytest.approx(0.19) and conv["share_range"] == [0.18, 0.20] and conv["calls"] == 20
+    assert scan["share"] == pytest.approx(0.56 / 3) and scan["share_range"] == [0.16, 0.22]
+    assert shares["scan_share"] == pytest.approx(0.27) and shares["scan_share_range"] == [0.24, 0.30]
+    assert shares["profiles"] == 3
