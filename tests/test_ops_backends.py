@@ -13,7 +13,7 @@ from mambaad_lib.ops.chunked import selective_scan_chunked
 from mambaad_lib.ops.cpu import _build
 from mambaad_lib.ops.cpu import availability as cpu_availability
 from mambaad_lib.ops.reference import selective_scan_reference
-from scan_cases import CASES, TOLERANCE, relative_error, scan_inputs, values_and_grads
+from scan_cases import CASES, TOLERANCE, relative_error, scan_inputs, steep_long_inputs, values_and_grads
 
 # The package re-exports the function under the module's name, so fetch the module itself.
 dispatch = importlib.import_module("mambaad_lib.ops.selective_scan")
@@ -78,9 +78,7 @@ def test_gradcheck(backend):
 def test_long_sequence_with_large_steps_stays_finite_and_exact(backend):
     """L = 4096 with step sizes around 20 (dt * A down to -320 per step): no overflow, no NaN."""
     _skip_if_unavailable(backend)
-    inputs = scan_inputs(1, 4, 4096, groups=2, delta_scale=5.0)
-    inputs["delta"] += 20.0
-    inputs["A"] *= 8
+    inputs = steep_long_inputs()
     expected = selective_scan_reference(**inputs, delta_softplus=True)
     fp32 = {k: (v.float() if v is not None else None) for k, v in inputs.items()}
     out = selective_scan(**fp32, delta_softplus=True, backend=backend)

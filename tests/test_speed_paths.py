@@ -32,7 +32,7 @@ from mambaad_lib.ops import instance_norm_silu, permute_sequences, selective_sca
 from mambaad_lib.ops.cpu import availability as cpu_availability
 from mambaad_lib.ops.directions import selective_scan_directions_reference
 from mambaad_lib.ops.norm_act import instance_norm_silu_reference
-from scan_cases import TOLERANCE, relative_error
+from scan_cases import TOLERANCE, assert_model_gradients_match, relative_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,18 +230,7 @@ def test_model_loss_and_gradients_with_the_cpu_kernels_match_the_reference_backe
         loss = model.loss(images)
         loss.backward()
         results[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    (loss, grads), (expected_loss, expected_grads) = results["cpu"], results["reference"]
-    assert relative_error(loss, expected_loss) < 1e-5
-    assert grads.keys() == expected_grads.keys() and len(grads) > 50
-    # float32 through ~20 layers, each fast op within 1e-5 of its reference. Biases of convolutions
-    # followed by a norm have gradient 0 up to rounding, so every gradient is held to 1e-5 of the
-    # largest one, and the gradients that are not rounding noise also to 1e-4 of their own size.
-    scale = max(g.abs().max().item() for g in expected_grads.values())
-    for name, grad in grads.items():
-        expected = expected_grads[name]
-        assert (grad - expected).abs().max().item() < 1e-5 * scale, name
-        if expected.abs().max().item() > 1e-3 * scale:
-            assert relative_error(grad, expected) < 1e-4, name
+    assert_model_gradients_match(*results["cpu"], *results["reference"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
