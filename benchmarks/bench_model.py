@@ -139,7 +139,7 @@ class Runner:
 
     def __init__(self, case: ModelCase, backend: str, optimizer: str, device: torch.device) -> None:
         torch.manual_seed(0)
-        self.case, self.device = case, device
+        self.case = case
         self.model = build_mambaad(backbone=case.backbone, depths=case.depths, image_size=case.image_size,
                                    scan_backend=backend).to(device)
         self.images = torch.randn(case.batch, 3, case.image_size, case.image_size).to(device)

@@ -3,9 +3,10 @@
 #   1. install mamba-ssm's prebuilt wheel (its compiled selective_scan_cuda; importing the
 #      mamba_ssm package itself fails there with transformers 5) and this project, both --no-deps;
 #   2. the scan backends on CUDA (mamba_ssm and chunked against the reference, values and
-#      gradients, and a small MambaAD's loss and gradients against the reference scan): tests/test_ops_cuda.py;
+#      gradients): tests/test_ops_cuda.py;
 #   3. bench_model.py --device cuda: the paper model at batch 16 and 32, fp32, with each backend;
-#   4. bench_scan.py --device cuda: the scan alone on the decoder's stage shapes.
+#   4. bench_scan.py --device cuda: the scan alone on the decoder's stage shapes;
+#   5. a small MambaAD's loss and gradients on CUDA against the reference scan (tests/test_ops_cuda.py).
 #
 # Usage, in the repository root of the GPU machine (no network there; torch 2.11, Python 3.12):
 #     OUT=/some/dir MAMBAAD_SOURCE_COMMIT=<commit> bash benchmarks/gpu_check.sh WHEEL_DIR
