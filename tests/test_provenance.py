@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mambaad_lib.engine.results import load_results, upgrade_record
-from mambaad_lib.experiments.provenance import page_table, provenance_markdown, provenance_rows, replace_table
+from mambaad_lib.experiments.provenance import page_table, markdown_table, provenance_rows, replace_table
 from mambaad_lib.experiments.readme import demo_rows, gain_sentence, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_rows_name_weights_masks_and_dirty_commits():
     # Written before the fields existed: torchvision's file and nearest masks.
     assert second["encoder weights"] == "ImageNet (torchvision IMAGENET1K_V1)"
     assert second["protocols (masks)"] == "standard (masks nearest, > 0)"
-    assert provenance_markdown(rows).count("\n") == 3
+    assert markdown_table(rows).count("\n") == 3
 
 
 def test_replace_table_needs_the_markers():

@@ -61,8 +61,9 @@ def provenance_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]
     return rows
 
 
-def provenance_markdown(rows: list[dict[str, str]]) -> str:
-    """The rows as a Markdown table (``|`` inside cells escaped)."""
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """Rows of equal keys as a Markdown table (``|`` inside cells escaped); the provenance page and
+    the README's demo table use it."""
     if not rows:
         return "No results files."
     header = list(rows[0])
@@ -74,7 +75,7 @@ def provenance_markdown(rows: list[dict[str, str]]) -> str:
 def page_table(results_dir: str | Path) -> str:
     """The block between the markers for the results under ``results_dir``."""
     records = [record for record in load_results(results_dir) if record.get("experiment")]
-    return f"{START}\n{provenance_markdown(provenance_rows(records))}\n{END}"
+    return f"{START}\n{markdown_table(provenance_rows(records))}\n{END}"
 
 
 def replace_table(page_text: str, table: str, start: str = START, end: str = END) -> str:

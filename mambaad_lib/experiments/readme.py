@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mambaad_lib.experiments.provenance import block_command, provenance_markdown
+from mambaad_lib.experiments.provenance import block_command, markdown_table
 from mambaad_lib.experiments.summary import read_summary
 from mambaad_lib.experiments.tables import seed_table
 
@@ -65,7 +65,7 @@ def gain_sentence(summary: Mapping[str, Any]) -> str:
 def readme_block(results_dir: str | Path) -> str:
     """The block between the README's markers for the results under ``results_dir``."""
     summary = read_summary(results_dir, NOTEBOOK, "demo")
-    return f"{START}\n{provenance_markdown(demo_rows(summary))}\n\n{gain_sentence(summary)}\n{END}"
+    return f"{START}\n{markdown_table(demo_rows(summary))}\n\n{gain_sentence(summary)}\n{END}"
 
 
 def main(argv: list[str] | None = None) -> None:
