@@ -31,7 +31,8 @@ from mambaad_lib.ops import available_backends, backend_status, selective_scan
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "reference"
 DIRECTIONS, D_STATE = 8, 16
-# Names the source commit in the provenance where the tree is not a git checkout.
+# Names the source commit in the provenance, in place of git's HEAD (a copied tree's .git can be
+# missing or stale).
 SOURCE_COMMIT_ENV = "MAMBAAD_SOURCE_COMMIT"
 # (d_inner, L) of the decoder's four stages at 256x256 (grids 64x64 .. 8x8).
 STAGES = ((128, 4096), (256, 1024), (512, 256), (1024, 64))

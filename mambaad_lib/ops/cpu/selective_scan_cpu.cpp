@@ -418,18 +418,19 @@ MAMBAAD_INLINE void advance(int64_t n, BlockConstants<T, NS>& K, const Scratch<T
   }
 }
 
-// Writes (or, summing directions, adds) the block's outputs s.ys, in sequence order, to their
-// tokens' rows, walking the tokens in memory order.
+// Writes (or, when accumulate, adds) a block's rows in sequence order (L, kLanes), to their
+// tokens' rows of out, walking the tokens in memory order: sequential stores, out-of-order reads.
 template <typename T>
-void store_outputs(int64_t L, int valid, bool accumulate, const Scratch<T>& s, LaneRows<T> out) {
-  for (int64_t l = 0; l < L; ++l) store_lanes(s.ys.data() + s.step[l] * kLanes, valid, accumulate, out.at(l));
+void store_in_token_order(int64_t L, int valid, bool accumulate, const Scratch<T>& s, const T* rows,
+                          LaneRows<T> out) {
+  for (int64_t l = 0; l < L; ++l) store_lanes(rows + s.step[l] * kLanes, valid, accumulate, out.at(l));
 }
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define MAMBAAD_AVX512 1
 // Hand-vectorised recurrences for float with 16 lanes and a state size that is a multiple of 4
 // (n = 16 in every MambaAD model), used where the compiler's code is exp- and store-bound:
-// - exp(dt A) = 2^(dt A log2 e), with vscalefps doing the 2^k scaling (11 instructions);
+// - exp(dt A) from a 16-entry table and a cubic (exp2_16: 5 of its 13 instructions multiply-add);
 // - states are walked 4 at a time, so their recurrences, adjoints and accumulators live in
 //   registers; the per-step sums over states go to memory once per 4 states;
 // - the backward's sums over lanes (dB, dC) of 4 states use one shuffle tree for 8 rows.
@@ -670,7 +671,8 @@ void forward_block(const ScanArgs<T>& a, int64_t b, int64_t k, int64_t block, T*
       }
     }
   }
-  store_outputs(a.length, valid, a.summed && k > 0, s, output_rows(a, out, s.y_blocks.data(), b, k, block, blocked));
+  store_in_token_order(a.length, valid, a.summed && k > 0, s, s.ys.data(),
+                       output_rows(a, out, s.y_blocks.data(), b, k, block, blocked));
 }
 
 // out[st] (+)= sum over lanes of rows[st][0..kLanes), for st < n.
@@ -837,10 +839,9 @@ void backward_task(const ScanArgs<T>& a, const GradArgs<T>& g, int64_t b, int64_
     }
 #endif
     if (!vectorised) backward_sweeps<T, NS>(n, L, K, s, accumulate, dA, checkpoints, saved, chain);
-    // du in token order: sequential stores (or additions) to du, reads of the step rows out of
-    // order. (Scattering each step's row as the chain makes it, inside the recurrence, evicted the
-    // recurrence's chunk buffers from the cache: 6% of the backward.)
-    for (int64_t l = 0; l < L; ++l) store_lanes(s.hB.data() + s.step[l] * kLanes, valid, add_du, du_rows.at(l));
+    // du in token order, after the block. (Scattering each step's row as the chain makes it, inside
+    // the recurrence, evicted the recurrence's chunk buffers from the cache: 6% of the backward.)
+    store_in_token_order(L, valid, add_du, s, s.hB.data(), du_rows);
 
     std::vector<T> dW(a.rank * kLanes, T(0));
     if (a.rank)
