@@ -46,7 +46,7 @@ def test_matches_reference_values_and_gradients(backend, dtype, case):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_non_contiguousscan_inputs(backend):
+def test_non_contiguous_inputs(backend):
     _skip_if_unavailable(backend)
     inputs = scan_inputs(2, 6, 21, groups=3)
     # Same values, transposed storage: (b, L, d) -> (b, d, L) views, B / C with L before n.
